@@ -1,0 +1,470 @@
+"""The local platform: the whole mirror topology on this machine's loopback, all real software.
+
+    client -> router stand-in (nginx, TCP, public) -> security proxy (nginx, unix socket)
+           -> mirror instances (docker-registry 2.8.2, unix sockets) -> S3 (SeaweedFS)
+                                        \\-> upstream: Docker Hub stand-in (docker-registry, basic auth)
+
+Only the router has a client-reachable TCP port. State (PIDs, generation, fingerprints) lives in
+`<state_dir>/stack.json`, so a later notebook or `make down` finds and stops what an earlier one started.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .credentials import LocalStackSecrets, upstream_password
+from .deploy_report import DeployReport, StepRecorder
+from .errors import DeployError
+from .local_components import (
+    binary, ensure_bucket, nginx_argv, reload_nginx, registry_version, start_hub_stand_in,
+    start_mirror_instance, start_nginx, start_seaweedfs, upstream_answers,
+)
+from .parameters import LocalSettings, Settings, resolve_project_path
+from .preflight import Check, PreflightReport
+from .processes import ProcessRecord, port_is_free, stop_process
+from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
+from .rendering import ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
+from .sample_images import SAMPLE_IMAGES, seed_registry
+from .security_rules import SecurityRules
+
+STOP_ORDER = ("router", "proxy", "mirror", "hub", "s3")
+
+
+class LocalPlatform:
+    """Deploy, redeploy (rolling), inspect and stop the local stack described by `settings`."""
+
+    def __init__(self, settings: Settings, rules: SecurityRules) -> None:
+        if settings.local is None or settings.storage is None:
+            raise ValueError("LocalPlatform needs settings for platform local")
+        self.settings = settings
+        self.local: LocalSettings = settings.local
+        self.rules = rules
+        self.paths = StackPaths(resolve_project_path(self.local.state_dir))
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the public endpoint (the router stand-in)."""
+        return f"{self.local.address}:{self.local.public_port}"
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://{self.local.address}:{self.local.hub_port}"
+
+    @property
+    def uses_hub_stand_in(self) -> bool:
+        return self.settings.upstream.url == self.hub_url
+
+    def preflight(self) -> PreflightReport:
+        """Checks that change nothing: binaries, versions, free ports, secrets, upstream."""
+        state = StackState.load(self.paths.state_file)
+        checks: list[Check] = []
+        for name in ("docker-registry", "nginx", "weed", "skopeo"):
+            path = binary(name)
+            checks.append(Check(f"{name} installed", path is not None, path or "not found; run `make bootstrap`"))
+        version = registry_version()
+        want = self.settings.registry.version
+        checks.append(Check("registry version", version == want,
+                            f"docker-registry {version}; params registry.version {want}"))
+        ports = {"router": self.local.public_port, "s3": self.local.s3_port}
+        if self.uses_hub_stand_in:
+            ports["hub"] = self.local.hub_port
+            ports["hub-token"] = self.local.hub_token_port
+        for component, port in ports.items():
+            ours = state.running(component)
+            free = ours or port_is_free(self.local.address, port)
+            checks.append(Check(f"port {port} ({component})", free,
+                                "held by this stack" if ours else ("free" if free else "in use by another program")))
+        try:
+            upstream_password(self.settings)
+            checks.append(Check("upstream credentials", True, "present" if self.settings.upstream.username
+                                else "anonymous"))
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            checks.append(Check("upstream credentials", False, str(exc)))
+        if not self.uses_hub_stand_in:
+            # The registry panics at start when the upstream does not answer (distribution #4038).
+            up = upstream_answers(self.settings.upstream.url)
+            checks.append(Check("upstream reachable", up, self.settings.upstream.url))
+        try:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            writable = os.access(self.paths.root, os.W_OK)
+        except OSError:
+            writable = False
+        checks.append(Check("state dir writable", writable, str(self.paths.root)))
+        return PreflightReport(checks)
+
+    def deploy(self, *, dry_run: bool = False, replace_mirrors: bool = False) -> DeployReport:
+        """Bring the stack to what the parameters say; idempotent.
+
+        Changed mirror settings (or `replace_mirrors`) replace instances one at a time, each
+        health-checked before an old one leaves the proxy; nothing in flight is dropped.
+        """
+        report = DeployReport(platform="local", dry_run=dry_run, endpoint=self.endpoint)
+        self.preflight().raise_for_failures()
+        steps = StepRecorder(report)
+        state = StackState.load(self.paths.state_file)
+        if not dry_run:
+            self.paths.create()
+        secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=not dry_run)
+        try:
+            self._ensure_s3(steps, state, secrets)
+            self._ensure_upstream(steps, state)
+            self._ensure_mirrors(steps, state, secrets, replace=replace_mirrors)
+            self._ensure_nginx(steps, state, "proxy")
+            self._ensure_nginx(steps, state, "router")
+            if not dry_run:
+                self.paths.client_dir.mkdir(parents=True, exist_ok=True)
+                for name, text in self.client_configs().as_dict().items():
+                    (self.paths.client_dir / name).write_text(text)
+        except Exception as exc:
+            report.error = f"{exc}"
+            raise DeployError(f"local deploy failed at {report.steps[-1].component if report.steps else 'start'}: "
+                              f"{exc}") from exc
+        finally:
+            if not dry_run:
+                state.save(self.paths.state_file)
+        return report
+
+    def status(self) -> pd.DataFrame:
+        state = StackState.load(self.paths.state_file)
+        rows = []
+        for name, rec in state.processes.items():
+            rows.append({"component": name, "pid": rec.pid, "running": rec.alive(),
+                         "in_service": name in state.mirrors or not name.startswith("mirror"),
+                         "log": rec.log})
+        return pd.DataFrame(rows, columns=["component", "pid", "running", "in_service", "log"])
+
+    def down(self, *, dry_run: bool = False) -> DeployReport:
+        """Stop every process of the stack (data and logs stay for the analysis notebooks)."""
+        report = DeployReport(platform="local", dry_run=dry_run, endpoint=self.endpoint, action="down")
+        steps = StepRecorder(report)
+        state = StackState.load(self.paths.state_file)
+        for role in STOP_ORDER:
+            for name in [n for n in state.processes if n == role or n.startswith(role + "-")]:
+                rec = state.processes[name]
+                if not rec.alive():
+                    if not dry_run:
+                        del state.processes[name]
+                    steps.unchanged(name, "stop", "not running")
+                    continue
+
+                def stop(rec: ProcessRecord = rec, name: str = name) -> str:
+                    # SeaweedFS can take 25 s to shut down gracefully; it is a cache, so do not wait that long.
+                    stop_process(rec, timeout=10 if name == "s3" else 30)
+                    del state.processes[name]
+                    return f"pid {rec.pid} stopped"
+
+                steps.run(name, "stop", stop, detail=f"pid {rec.pid}")
+        if not dry_run:
+            state.mirrors = []
+            state.fingerprints = {}
+            state.save(self.paths.state_file)
+        return report
+
+    def rendered_configs(self) -> dict[str, str]:
+        """Every config the deploy writes, as it would write them now (secrets are not in any)."""
+        state = StackState.load(self.paths.state_file)
+        return {
+            "registry config (per instance)": registry_config_yaml(self._mirror_config("mirror-N")),
+            "security proxy nginx.conf": self._render_nginx("proxy", state),
+            "router stand-in nginx.conf": self._render_nginx("router", state),
+            **{f"client {k}": v for k, v in self.client_configs().as_dict().items()},
+        }
+
+    def client_configs(self) -> ClientConfigs:
+        # Locally the fallback location is the mirror too, so a failing mirror never reaches out.
+        return render_client_configs(self.endpoint, insecure=True, primary=self.endpoint)
+
+    def running_processes(self) -> dict[str, ProcessRecord]:
+        state = StackState.load(self.paths.state_file)
+        return {n: r for n, r in state.processes.items() if r.alive()}
+
+    def mirror_sockets(self) -> list[Path]:
+        state = StackState.load(self.paths.state_file)
+        return [self.paths.mirror_socket(n) for n in state.mirrors]
+
+    # ------------------------------------------------------------------ steps
+
+    def _ensure_s3(self, steps: StepRecorder, state: StackState, secrets: LocalStackSecrets) -> None:
+        assert self.settings.storage is not None
+        endpoint = f"http://{self.local.address}:{self.local.s3_port}"
+        if state.running("s3"):
+            steps.unchanged("s3", "SeaweedFS", f"pid {state.processes['s3'].pid}")
+        else:
+            def start() -> str:
+                rec = start_seaweedfs(data_dir=self.paths.data / "s3", config_dir=self.paths.secrets,
+                                      log=self.paths.logs / "s3.log", address=self.local.address,
+                                      s3_port=self.local.s3_port, access_key=secrets.s3_access_key.reveal(),
+                                      secret_key=secrets.s3_secret_key.reveal())
+                state.processes["s3"] = rec
+                return f"pid {rec.pid}, S3 API {endpoint}"
+            steps.run("s3", "start SeaweedFS", start, detail=endpoint)
+        bucket = self.settings.storage.bucket
+        steps.run("s3", f"ensure bucket {bucket}", lambda: "created" if ensure_bucket(
+            endpoint, secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal(), bucket) else "exists")
+
+    def _ensure_upstream(self, steps: StepRecorder, state: StackState) -> None:
+        up = self.settings.upstream
+        if self.uses_hub_stand_in:
+            password = upstream_password(self.settings)
+            if state.running("hub") and state.running("hub-token"):
+                steps.unchanged("hub", "Docker Hub stand-in", f"pid {state.processes['hub'].pid}")
+            else:
+                def start() -> str:
+                    token, hub = start_hub_stand_in(
+                        data_dir=self.paths.data / "hub", config_dir=self.paths.secrets, logs=self.paths.logs,
+                        address=self.local.address, port=self.local.hub_port, token_port=self.local.hub_token_port,
+                        username=up.username or "", password=password.reveal() if password else "")
+                    state.processes["hub-token"], state.processes["hub"] = token, hub
+                    return f"pids {token.pid}/{hub.pid}, {self.hub_url}"
+                steps.run("hub", "start Docker Hub stand-in", start, detail=self.hub_url)
+            if self.local.seed_sample_images:
+                auth = (up.username or "", password.reveal() if password else "")
+
+                def seed() -> str:
+                    seeded = seed_registry(self.hub_url, auth)
+                    pushed = [s for s in seeded if s.pushed]
+                    return f"{len(seeded)} sample images present, {len(pushed)} pushed now"
+                steps.run("hub", "seed sample images", seed, detail=f"{len(SAMPLE_IMAGES)} images")
+
+        def gate() -> str:
+            # The registry panics at start when GET <remoteurl>/v2/ fails (distribution #4038).
+            if not upstream_answers(up.url):
+                raise DeployError(f"upstream {up.url} does not answer /v2/; the registry would crash at start")
+            return f"{up.url} answers"
+        steps.run("upstream", "reachable", gate, detail=up.url)
+
+    def _ensure_mirrors(self, steps: StepRecorder, state: StackState, secrets: LocalStackSecrets, *,
+                        replace: bool) -> None:
+        wanted = self.settings.registry.instances
+        fingerprint = self._mirror_fingerprint(secrets)
+        live = [n for n in state.mirrors if state.running(n)]
+        current = (state.fingerprints.get("mirror") == fingerprint and len(live) == wanted
+                   and live == state.mirrors)
+        if current and not replace:
+            steps.unchanged("mirror", f"{wanted} instance(s)", f"generation {state.generation}")
+            return
+        proxy_up = state.running("proxy")
+        old = list(live)
+        generation = state.generation + 1
+        new_names = [f"mirror-{generation}-{i}" for i in range(wanted)]
+        if not steps.dry_run:
+            state.generation = generation
+        # Instances whose process died are dropped from service straight away.
+        dead = [n for n in state.mirrors if n not in live]
+        for name in dead:
+            steps.run(name, "drop dead instance", lambda name=name: self._forget(state, name))
+
+        for i, name in enumerate(new_names):
+            steps.run(name, "start and health-check", lambda name=name: self._start_mirror(state, name, secrets),
+                      detail="new instance")
+            if proxy_up:
+                steps.run("proxy", f"add {name}", lambda name=name: self._set_service(state, state.mirrors + [name]))
+            elif not steps.dry_run:
+                state.mirrors.append(name)
+            if old and proxy_up:
+                victim = old.pop(0)
+                self._retire(steps, state, victim)
+        for victim in old:
+            if proxy_up:
+                self._retire(steps, state, victim)
+            else:
+                steps.run(victim, "stop", lambda victim=victim: self._stop(state, victim))
+        if not steps.dry_run:
+            state.fingerprints["mirror"] = fingerprint
+
+    def _retire(self, steps: StepRecorder, state: StackState, victim: str) -> None:
+        steps.run("proxy", f"remove {victim}", lambda: self._set_service(
+            state, [n for n in state.mirrors if n != victim]))
+        steps.run(victim, "stop (drains in-flight pulls)", lambda: self._stop(state, victim))
+
+    def _ensure_nginx(self, steps: StepRecorder, state: StackState, name: str) -> None:
+        conf = self.paths.config / f"{name}.conf"
+        text = self._render_nginx(name, state)
+        changed = not conf.exists() or conf.read_text() != text
+        if state.running(name) and not changed:
+            steps.unchanged(name, "nginx", f"pid {state.processes[name].pid}")
+            return
+        if state.running(name):
+            def reload() -> str:
+                conf.write_text(text)
+                reload_nginx(state.processes[name], conf=conf, prefix=self.paths.nginx_prefix(name))
+                return "config changed; reloaded gracefully"
+            steps.run(name, "reload nginx", reload)
+            return
+
+        def start() -> str:
+            conf.write_text(text)
+            ready: Path | tuple[str, int] = (self.paths.proxy_socket if name == "proxy"
+                                             else (self.local.address, self.local.public_port))
+            if name == "proxy" and self.paths.proxy_socket.exists():
+                self.paths.proxy_socket.unlink()  # left behind by a killed nginx; it would block bind()
+            rec = start_nginx(name, conf=conf, prefix=self.paths.nginx_prefix(name),
+                              log=self.paths.logs / f"{name}.stderr.log", ready=ready)
+            state.processes[name] = rec
+            return f"pid {rec.pid}"
+        steps.run(name, "start nginx", start,
+                  detail=f"http://{self.endpoint}" if name == "router" else "unix socket")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _render_nginx(self, name: str, state: StackState) -> str:
+        prefix = self.paths.nginx_prefix(name)
+        if name == "router":
+            target = NginxTarget.local(prefix, name=name, listen=self.endpoint, logs=self.paths.logs)
+            return render_router_conf(target, listen=self.endpoint, proxy_socket=self.paths.proxy_socket)
+        servers = tuple(f"unix:{self.paths.mirror_socket(n)}" for n in state.mirrors)
+        target = NginxTarget.local(prefix, name=name, listen=f"unix:{self.paths.proxy_socket}",
+                                   logs=self.paths.logs, upstream_servers=servers)
+        # The router stand-in connects over a unix socket: that, and only that, is the trusted hop.
+        return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers])
+
+    def _set_service(self, state: StackState, mirrors: list[str]) -> str:
+        """Point the proxy at exactly these instances and wait until no worker uses the old set."""
+        state.mirrors = mirrors
+        conf = self.paths.config / "proxy.conf"
+        conf.write_text(self._render_nginx("proxy", state))
+        reload_nginx(state.processes["proxy"], conf=conf, prefix=self.paths.nginx_prefix("proxy"))
+        state.save(self.paths.state_file)
+        return f"in service: {', '.join(mirrors)}"
+
+    def _start_mirror(self, state: StackState, name: str, secrets: LocalStackSecrets) -> str:
+        config = self._mirror_config(name)
+        path = self.paths.config / f"{name}.yml"
+        path.write_text(registry_config_yaml(config))
+        env = {"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
+               "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal(),
+               "REGISTRY_HTTP_SECRET": secrets.http_secret.reveal()}
+        password = upstream_password(self.settings)
+        if password is not None:
+            env["REGISTRY_PROXY_PASSWORD"] = password.reveal()
+        rec = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
+                                    log=self.paths.logs / f"{name}.log", secrets=env)
+        state.processes[name] = rec
+        state.save(self.paths.state_file)
+        return f"pid {rec.pid}, healthy"
+
+    def _stop(self, state: StackState, name: str) -> str:
+        rec = state.processes.get(name)
+        if rec is not None:
+            stop_process(rec)
+        return self._forget(state, name)
+
+    def _forget(self, state: StackState, name: str) -> str:
+        state.processes.pop(name, None)
+        if name in state.mirrors:
+            state.mirrors.remove(name)
+        state.save(self.paths.state_file)
+        return "stopped"
+
+    def _mirror_config(self, name: str) -> dict:
+        assert self.settings.storage is not None
+        s3 = S3Location(bucket=self.settings.storage.bucket, region=self.settings.storage.region,
+                        endpoint=f"http://{self.local.address}:{self.local.s3_port}",
+                        root_directory=self.settings.storage.root_directory)
+        return registry_config(self.settings, s3=s3, listener=Listener(str(self.paths.mirror_socket(name)), "unix"),
+                               instance=name)
+
+    def _mirror_fingerprint(self, secrets: LocalStackSecrets) -> str:
+        config = self._mirror_config("mirror")
+        config["http"]["addr"] = "<socket>"
+        material = [registry_config_yaml(config), registry_version() or "",
+                    hashlib.sha256(secrets.s3_secret_key.reveal().encode()).hexdigest()]
+        password = upstream_password(self.settings)
+        if password is not None:
+            material.append(hashlib.sha256(password.reveal().encode()).hexdigest())
+        return hashlib.sha256("\n".join(material).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StackState:
+    generation: int = 0
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    mirrors: list[str] = field(default_factory=list)  # instances in the proxy's upstream, in order
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def running(self, name: str) -> bool:
+        rec = self.processes.get(name)
+        return rec is not None and rec.alive()
+
+    @classmethod
+    def load(cls, path: Path) -> StackState:
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(generation=data["generation"],
+                   processes={k: ProcessRecord.from_json(v) for k, v in data["processes"].items()},
+                   mirrors=list(data["mirrors"]), fingerprints=dict(data["fingerprints"]))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"generation": self.generation,
+                                   "processes": {k: v.to_json() for k, v in self.processes.items()},
+                                   "mirrors": self.mirrors, "fingerprints": self.fingerprints}, indent=2))
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"  # 0700: sockets live here
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.secrets / "stack-secrets.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def client_dir(self) -> Path:
+        return self.root / "client"
+
+    @property
+    def proxy_socket(self) -> Path:
+        return self.run / "proxy.sock"
+
+    def mirror_socket(self, name: str) -> Path:
+        return self.run / f"{name}.sock"
+
+    def nginx_prefix(self, name: str) -> Path:
+        return self.root / "nginx" / name
+
+    def create(self) -> None:
+        for d in (self.root, self.config, self.logs, self.data, self.client_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.run, self.secrets):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(0o700)
+        for name in ("proxy", "router"):
+            self.nginx_prefix(name).mkdir(parents=True, exist_ok=True)
+
+
+__all__ = ["LocalPlatform", "StackState", "StackPaths", "nginx_argv"]

@@ -1,0 +1,296 @@
+"""The one typed model of a mirror deployment, validated before anything is started.
+
+A params file (params/<env>.yaml) and a notebook's parameters cell hold the same top-level keys;
+papermill's `-f params/<env>.yaml` injects the file's keys as notebook variables, and
+`runbook_parameters(globals(), ...)` validates them the same way `load_params_file` validates a file.
+"""
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ParameterError
+from .security_rules import SecurityRules, load_security_rules
+from .yaml_files import describe_validation_error, read_yaml_mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_params_file(path: str | Path) -> Settings:
+    """Read and validate params/<env>.yaml; errors name the file and the key."""
+    label = _display_path(Path(path))
+    data = read_yaml_mapping(resolve_project_path(path), label=label)
+    return validate_settings(data, source=label)
+
+
+def validate_settings(data: Mapping[str, Any], *, source: str) -> Settings:
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ParameterError(describe_validation_error(exc, source=source)) from None
+
+
+def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
+                       options: Mapping[str, type] | None = None) -> tuple[Settings, dict[str, Any]]:
+    """Validate a notebook's parameters as papermill left them in `globals()`.
+
+    Papermill only warns about a parameter the notebook does not declare, so a misspelt key in a
+    params file would silently run with the notebook's default; here it is an error instead.
+    `options` are the runbook's own parameters (dry_run, confirmations), typed, with no default.
+    """
+    options = dict(options or {})
+    given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
+    source = f"{notebook} parameters"
+    expected = set(SETTINGS_KEYS) | set(options)
+    unknown = sorted(set(given) - expected)
+    missing = sorted(expected - set(given))
+    if unknown or missing:
+        parts = [f"unknown parameter '{k}'" for k in unknown] + [f"missing parameter '{k}'" for k in missing]
+        raise ParameterError(f"{source}: " + "; ".join(parts))
+    chosen: dict[str, Any] = {}
+    for key, kind in options.items():
+        value = given[key]
+        # bool is an int in Python; a confirmation gate must be a real bool, not 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ParameterError(f"{source}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
+        chosen[key] = value
+    settings = validate_settings({k: given[k] for k in SETTINGS_KEYS}, source=source)
+    return settings, chosen
+
+
+def resolve_project_path(path: str | Path) -> Path:
+    """Relative paths in params are relative to the project root, wherever the kernel runs."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+# ---------------------------------------------------------------------------------------------
+# Field types
+
+
+def _url(value: str, *, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"'{value}' is not a {' or '.join(schemes)} URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials in the URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"'{value}' must be a root URL with no path")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"'{value}' has an invalid port") from None
+    return value.rstrip("/")
+
+
+def _http_url(value: str) -> str:
+    return _url(value, schemes=("http", "https"))
+
+
+def _https_url(value: str) -> str:
+    return _url(value, schemes=("https",))
+
+
+_SIZE = re.compile(r"^[1-9][0-9]*(M|MB|G|GB)$")
+_DURATION = re.compile(r"^(0|([0-9]+(h|m|s))+)$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+_VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"'{value}' is not {what}")
+        return value
+    return AfterValidator(check)
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+Size = Annotated[str, _pattern(_SIZE, "a memory size such as 256M or 1G")]
+Duration = Annotated[str, _pattern(_DURATION, "a duration such as 168h, 90m or 0")]
+Name = Annotated[str, _pattern(_NAME, "a lower-case name of letters, digits and dashes")]
+EnvName = Annotated[str, _pattern(_ENV_NAME, "an environment variable name such as DOCKERHUB_TOKEN")]
+Bucket = Annotated[str, _pattern(_BUCKET, "a valid S3 bucket name")]
+PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest (name[:tag]@sha256:<64 hex>)")]
+Version = Annotated[str, _pattern(_VERSION, "a version such as 2.8.2 (quote it in YAML)")]
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+class _Model(BaseModel):
+    # strict: YAML's `instances: "2"` or `version: 2.8` must fail, not be coerced.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class RegistrySettings(_Model):
+    version: Version  # distribution version the config is rendered for (2.8.2 locally, 3.x on CF)
+    image: PinnedImage | None = None  # CF only: the registry image, pinned by digest
+    instances: int = Field(ge=1, le=64)
+    memory: Size
+    cache_ttl: Duration = "168h"  # 3.x only: how long a cached tag lives; not emitted for 2.x
+    log_level: Literal["error", "warn", "info", "debug"] = "info"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+
+class UpstreamSettings(_Model):
+    url: HttpUrl  # the registry being mirrored (Docker Hub, or the local stand-in)
+    username: str | None = None
+    password: str | None = None  # only in params/local.yaml, for the local Docker Hub stand-in
+    password_env: EnvName | None = None  # elsewhere: the environment variable holding the token
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UpstreamSettings:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give either password (local only) or password_env, not both")
+        if (self.password is not None or self.password_env is not None) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    def __repr__(self) -> str:
+        return (f"UpstreamSettings(url={self.url!r}, username={self.username!r}, "
+                f"password={'<hidden>' if self.password else None}, password_env={self.password_env!r})")
+
+
+class StorageSettings(_Model):
+    bucket: Bucket
+    region: str = Field(min_length=1, max_length=40)
+    root_directory: str = Field(default="/", pattern=r"^/[A-Za-z0-9._/-]*$")
+
+
+class ProxySettings(_Model):
+    instances: int = Field(ge=1, le=64)
+    memory: Size
+    security_rules_file: str | None = None  # private file (allow/deny/trusted_routers) read at run time
+    security_rules: SecurityRules | None = None  # inline rules: only for the local environment
+
+
+class LocalSettings(_Model):
+    address: str = "127.0.0.1"  # loopback address every public listener binds
+    public_port: Port = 8080  # the router stand-in: the mirror's public endpoint
+    hub_port: Port = 5100  # the Docker Hub stand-in (registry)
+    hub_token_port: Port = 5101  # the Docker Hub stand-in's token service (auth.docker.io)
+    s3_port: Port = 8333  # SeaweedFS S3 API
+    state_dir: str = ".state/local"  # processes, configs, data and logs of the stack
+    seed_sample_images: bool = True  # push generated sample images into the Docker Hub stand-in
+
+    @model_validator(mode="after")
+    def _loopback(self) -> LocalSettings:
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(self.address)
+        except ValueError:
+            raise ValueError(f"address '{self.address}' is not an IP address") from None
+        if not ip.is_loopback:
+            raise ValueError(f"address '{self.address}' is not a loopback address; the local platform "
+                             "listens on 127.0.0.0/8 only")
+        ports = [self.public_port, self.hub_port, self.hub_token_port, self.s3_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError("public_port, hub_port, hub_token_port and s3_port must differ")
+        return self
+
+
+class CloudFoundrySettings(_Model):
+    api: HttpsUrl  # the CC API, e.g. https://api.fr.cloud.gov
+    org: str = Field(min_length=1)
+    space: str = Field(min_length=1)
+    mirror_app: Name
+    proxy_app: Name
+    mirror_route: str = Field(pattern=r"^[a-z0-9-]+\.apps\.internal$")  # must stay on apps.internal
+    proxy_route: str = Field(pattern=r"^[a-z0-9-]+(\.[a-z0-9-]+)+$")
+    s3_service_instance: Name
+    s3_service_plan: str = "basic"
+    s3_service_key: Name
+    max_in_flight: int = Field(default=1, ge=1, le=16)
+    deploy_timeout_seconds: int = Field(default=900, ge=60, le=7200)
+
+    @model_validator(mode="after")
+    def _routes(self) -> CloudFoundrySettings:
+        if self.proxy_route.endswith(".apps.internal"):
+            raise ValueError("proxy_route must be public, not on apps.internal")
+        return self
+
+
+class Settings(_Model):
+    environment: Literal["local", "staging", "production"]
+    platform: Literal["local", "cloudfoundry"]
+    on_failure: Literal["stop", "cancel"]  # stop: leave state for debugging; cancel: roll back
+    registry: RegistrySettings
+    upstream: UpstreamSettings
+    storage: StorageSettings | None  # local only: CF takes bucket and region from the service key
+    proxy: ProxySettings
+    local: LocalSettings | None
+    cloudfoundry: CloudFoundrySettings | None
+
+    @model_validator(mode="after")
+    def _platform(self) -> Settings:
+        if self.platform == "local":
+            if self.local is None:
+                raise ValueError("platform local needs the 'local' section")
+            if self.cloudfoundry is not None:
+                raise ValueError("platform local must have 'cloudfoundry: null'")
+            if self.storage is None:
+                raise ValueError("platform local needs the 'storage' section")
+        else:
+            if self.cloudfoundry is None:
+                raise ValueError("platform cloudfoundry needs the 'cloudfoundry' section")
+            if self.local is not None:
+                raise ValueError("platform cloudfoundry must have 'local: null'")
+            if self.registry.image is None:
+                raise ValueError("registry.image must be pinned by digest on cloudfoundry")
+            if self.environment == "local":
+                raise ValueError("environment local runs on platform local")
+        if self.environment == "production" and self.on_failure != "cancel":
+            raise ValueError("production must use on_failure: cancel")
+        if self.environment != "local":
+            if self.upstream.password is not None:
+                raise ValueError("upstream.password may only be written in params for the local "
+                                 "environment; use upstream.password_env")
+            if self.proxy.security_rules is not None:
+                raise ValueError("proxy.security_rules are private outside local; use "
+                                 "proxy.security_rules_file")
+        if (self.proxy.security_rules is None) == (self.proxy.security_rules_file is None):
+            raise ValueError("give exactly one of proxy.security_rules and proxy.security_rules_file")
+        return self
+
+    def load_security_rules(self) -> SecurityRules:
+        """The proxy's IP policy: inline (local) or from the private file named at run time."""
+        if self.proxy.security_rules is not None:
+            return self.proxy.security_rules
+        assert self.proxy.security_rules_file is not None
+        path = resolve_project_path(self.proxy.security_rules_file)
+        return load_security_rules(path, label=f"proxy.security_rules_file ({_display_path(path)})")
+
+
+SETTINGS_KEYS: tuple[str, ...] = tuple(Settings.model_fields)
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def _is_parameter(name: str, value: Any) -> bool:
+    if name.startswith("_") or name in _IPYTHON_NAMES:
+        return False
+    return not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT)) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)

@@ -1,0 +1,185 @@
+"""Starting, finding and stopping the local platform's daemons by PID, and waiting on conditions.
+
+A process is identified by PID *and* its kernel start time, so a PID the kernel reused for something
+else is never signalled. Daemons run in their own session: they outlive the notebook kernel that
+started them, and a Ctrl-C in the kernel does not reach them.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# Children we started in this Python process, so that stopping one also reaps it (no zombies).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    name: str
+    pid: int
+    start_ticks: int
+    argv: tuple[str, ...]
+    log: str
+
+    def alive(self) -> bool:
+        return _start_ticks(self.pid) == self.start_ticks
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> ProcessRecord:
+        return cls(name=str(data["name"]), pid=int(data["pid"]),  # type: ignore[call-overload]
+                   start_ticks=int(data["start_ticks"]),  # type: ignore[call-overload]
+                   argv=tuple(data["argv"]), log=str(data["log"]))  # type: ignore[arg-type]
+
+
+def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str],
+                  cwd: Path | None = None) -> ProcessRecord:
+    """Start a daemon with its output appended to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    ticks = wait_until(lambda: _start_ticks(proc.pid), timeout=5, what=f"{name} to appear in /proc")
+    return ProcessRecord(name=name, pid=proc.pid, start_ticks=ticks, argv=tuple(argv), log=str(log))
+
+
+def stop_process(record: ProcessRecord, *, timeout: float = 30.0) -> None:
+    """SIGTERM, wait for exit, SIGKILL after `timeout`; a process that is already gone is fine."""
+    if record.alive():
+        try:
+            os.kill(record.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if not _wait_gone(record, timeout):
+            try:
+                os.kill(record.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_gone(record, 10)
+    proc = _CHILDREN.pop(record.pid, None)
+    if proc is not None:
+        proc.wait(timeout=10)
+    if record.alive():
+        raise RuntimeError(f"{record.name} (pid {record.pid}) did not stop")
+
+
+def exit_status(record: ProcessRecord) -> int | None:
+    """Exit code of a child that died, None while it runs or when it was not started here."""
+    proc = _CHILDREN.get(record.pid)
+    return None if proc is None else proc.poll()
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05,
+               abort: Callable[[], str | None] | None = None) -> T:
+    """Poll `predicate` until it returns something truthy; TimeoutError naming `what` otherwise.
+
+    `abort` may return a reason to give up early (a process that died while we waited for it).
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - a probe that raises simply is not ready yet
+            last_error = exc
+        if abort is not None:
+            reason = abort()
+            if reason:
+                raise TimeoutError(f"gave up waiting for {what}: {reason}")
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s{detail}")
+        time.sleep(interval)
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is `pid` (nginx workers of a master)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _read_stat(int(entry.name))
+            if stat is not None and int(stat[1]) == pid and stat[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def port_is_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_listeners(pid: int) -> list[tuple[str, int]]:
+    """TCP (v4 and v6) sockets in LISTEN state held by `pid`: how we prove a mirror has no TCP port."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addr_hex, port_hex = fields[1].split(":")
+                found.append((addr_hex, int(port_hex, 16)))
+    return found
+
+
+def _start_ticks(pid: int) -> int | None:
+    stat = _read_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
+        return None
+    return int(stat[19])
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: [state, ppid, ...]; field 19 is starttime."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
+    proc = _CHILDREN.get(record.pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()  # reap, so the zombie does not look alive
+        if not record.alive():
+            return True
+        time.sleep(0.05)
+    return not record.alive()

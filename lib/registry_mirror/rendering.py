@@ -1,0 +1,148 @@
+"""Jinja rendering of every text the platforms and users need: nginx.conf files, CF manifests and
+client mirror configs. The registry's own config is data (registry_config.py)."""
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .parameters import PROJECT_ROOT, Settings
+from .registry_config import registry_config, registry_env, S3Location, Listener
+from .security_rules import SecurityRules
+
+TEMPLATES = PROJECT_ROOT / "templates"
+
+# What the CF nginx buildpack substitutes when the app starts.
+BUILDPACK_PORT = "{{port}}"
+BUILDPACK_NAMESERVERS = "{{nameservers}}"
+BUILDPACK_MIRROR_ROUTE = '{{env "MIRROR_ROUTE"}}'
+MIRROR_PORT = 5000
+
+
+@dataclass(frozen=True)
+class NginxTarget:
+    """Where and how one nginx runs: the parts of nginx.conf that differ between platforms."""
+
+    kind: str
+    listen: str
+    error_log: str
+    access_log: str
+    pid_file: str | None = None
+    user: str | None = None
+    workers: int | str = "auto"
+    temp_paths: tuple[tuple[str, str], ...] = ()
+    upstream_servers: tuple[str, ...] = ()  # local: the mirror instances' sockets
+    resolver: str = BUILDPACK_NAMESERVERS
+    mirror_host: str = BUILDPACK_MIRROR_ROUTE
+    mirror_port: int = MIRROR_PORT
+
+    @classmethod
+    def local(cls, run_dir: Path, *, name: str, listen: str, logs: Path,
+              upstream_servers: tuple[str, ...] = ()) -> NginxTarget:
+        temp = run_dir / f"{name}-temp"
+        return cls(
+            kind="local",
+            listen=listen,
+            error_log=str(logs / f"{name}.error.log"),
+            access_log=str(logs / f"{name}.access.log"),
+            pid_file=str(run_dir / f"{name}.pid"),
+            user=_worker_user(),
+            workers=2,
+            temp_paths=tuple((k, str(temp / k)) for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
+            upstream_servers=upstream_servers,
+        )
+
+    @classmethod
+    def cloudfoundry(cls) -> NginxTarget:
+        # The buildpack runs nginx in the app's directory and collects stdout/stderr as app logs.
+        return cls(kind="cloudfoundry", listen=BUILDPACK_PORT, error_log="stderr",
+                   access_log="/dev/stdout")
+
+
+def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from: list[str] | None = None) -> str:
+    """nginx.conf of the security proxy.
+
+    `real_ip_from` defaults to the rules' trusted routers; the local platform adds `unix:` because
+    its router stand-in reaches the proxy over a unix socket.
+    """
+    sources = list(rules.trusted_routers if real_ip_from is None else real_ip_from)
+    return _render("nginx/security-proxy.conf.j2", rules=rules, target=target, real_ip_from=sources)
+
+
+def render_router_conf(target: NginxTarget, *, listen: str, proxy_socket: Path) -> str:
+    """nginx.conf of the local router stand-in."""
+    return _render("nginx/router-stand-in.conf.j2", target=target, listen=listen, proxy_socket=proxy_socket)
+
+
+@dataclass(frozen=True)
+class CfManifests:
+    mirror: str
+    proxy: str
+    proxy_nginx_conf: str
+    mirror_env: dict[str, str] = field(default_factory=dict)
+
+
+def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Location) -> CfManifests:
+    """Both CF manifests and the proxy app's nginx.conf; the mirror's config travels as REGISTRY_* env."""
+    cf = settings.cloudfoundry
+    if cf is None or settings.registry.image is None:
+        raise ValueError("CF manifests need platform cloudfoundry settings")
+    config = registry_config(settings, s3=s3, listener=Listener(addr=f":{MIRROR_PORT}"), instance=cf.mirror_app)
+    env = registry_env(config)
+    mirror = _render("cf/mirror-manifest.yml.j2", app=cf.mirror_app, instances=settings.registry.instances,
+                     memory=settings.registry.memory, image=settings.registry.image, route=cf.mirror_route,
+                     env=env)
+    proxy = _render("cf/proxy-manifest.yml.j2", app=cf.proxy_app, instances=settings.proxy.instances,
+                    memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route)
+    return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
+                       proxy_nginx_conf=render_nginx_conf(rules, NginxTarget.cloudfoundry()))
+
+
+@dataclass(frozen=True)
+class ClientConfigs:
+    """What users paste to pull docker.io images through the mirror."""
+
+    daemon_json: str  # /etc/docker/daemon.json
+    hosts_toml: str  # /etc/containerd/certs.d/docker.io/hosts.toml
+    registries_conf: str  # /etc/containers/registries.conf(.d)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"daemon.json": self.daemon_json, "hosts.toml": self.hosts_toml,
+                "registries.conf": self.registries_conf}
+
+
+def render_client_configs(endpoint: str, *, insecure: bool, primary: str = "docker.io") -> ClientConfigs:
+    """Client configs for a mirror at `endpoint` (host[:port]).
+
+    `primary` is where a client falls back when the mirror fails; tests and the local demo point it at
+    the mirror too, so nothing leaves the machine.
+    """
+    scheme = "http" if insecure else "https"
+    url = f"{scheme}://{endpoint}"
+    return ClientConfigs(
+        daemon_json=_render("clients/daemon.json.j2", url=url),
+        hosts_toml=_render("clients/hosts.toml.j2", url=url, insecure=insecure),
+        registries_conf=_render("clients/registries.conf.j2", host=endpoint, insecure=insecure,
+                                primary=primary, primary_insecure=insecure and primary == endpoint),
+    )
+
+
+def _render(name: str, **context: Any) -> str:
+    return _environment().get_template(name).render(**context).rstrip() + "\n"
+
+
+def _environment() -> jinja2.Environment:
+    # StrictUndefined: a misspelt variable is an error, not an empty string in a security config.
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def _worker_user() -> str | None:
+    # Workers must open the registry's unix sockets, which belong to the user running the stack.
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(os.geteuid()).pw_name
