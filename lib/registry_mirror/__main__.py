@@ -1,4 +1,4 @@
-"""Small command line for the Makefile: `python -m registry_mirror {status,down} [--params FILE]`."""
+"""Small command line for the Makefile: `python -m registry_mirror {status,down,endpoint} [--params FILE]`."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .platforms import platform_for
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry_mirror")
-    parser.add_argument("command", choices=["status", "down"])
+    parser.add_argument("command", choices=["status", "down", "endpoint"])
     parser.add_argument("--params", default="params/local.yaml")
     args = parser.parse_args(argv)
     try:
@@ -19,12 +19,26 @@ def main(argv: list[str] | None = None) -> int:
         platform = platform_for(settings, settings.load_security_rules())
         if args.command == "status":
             print(platform.status().to_string(index=False))
+        elif args.command == "endpoint":
+            print(usage_text(platform.endpoint, platform.paths.client_dir))
         else:
             print(platform.down())
     except RunbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def usage_text(endpoint: str, client_dir: object) -> str:
+    return f"""
+The mirror answers at http://{endpoint} (plain HTTP, loopback only).
+  skopeo: skopeo --registries-conf {client_dir}/registries.conf inspect docker://docker.io/library/hello:latest
+  podman: CONTAINERS_REGISTRIES_CONF={client_dir}/registries.conf podman pull docker.io/library/hello:latest
+  docker: add {{"registry-mirrors": ["http://{endpoint}"], "insecure-registries": ["{endpoint}"]}}
+          to /etc/docker/daemon.json (a Docker engine is needed; none runs on this machine)
+  sample images: library/hello:latest, library/multiarch:latest (amd64+arm64), library/alpine-sample:3.20
+  stop everything: make down
+"""
 
 
 if __name__ == "__main__":

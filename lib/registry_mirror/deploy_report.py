@@ -60,6 +60,10 @@ class DeployReport:
         return self.verdict() + "\n" + self.to_frame().to_string(index=False)
 
 
+class Unchanged(str):
+    """Returned by a step that looked and found nothing to change (an ensure that was already true)."""
+
+
 class StepRecorder:
     """Runs a step, or in a dry run only records it: one code path for plan and apply."""
 
@@ -90,5 +94,7 @@ class StepRecorder:
             self.report.steps.append(DeployStep(component, action, "failed", str(exc)[:500],
                                                 round(time.monotonic() - start, 2)))
             raise
-        self.report.steps.append(DeployStep(component, action, "done", result[0] if result else detail,
+        outcome = result[0] if result else detail
+        status: Status = "unchanged" if isinstance(outcome, Unchanged) else "done"
+        self.report.steps.append(DeployStep(component, action, status, str(outcome),
                                             round(time.monotonic() - start, 2)))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .credentials import LocalStackSecrets, upstream_password
-from .deploy_report import DeployReport, StepRecorder
+from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import DeployError
 from .local_components import (
     binary, ensure_bucket, nginx_argv, reload_nginx, registry_version, start_hub_stand_in,
@@ -207,7 +207,7 @@ class LocalPlatform:
             steps.run("s3", "start SeaweedFS", start, detail=endpoint)
         bucket = self.settings.storage.bucket
         steps.run("s3", f"ensure bucket {bucket}", lambda: "created" if ensure_bucket(
-            endpoint, secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal(), bucket) else "exists")
+            endpoint, secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal(), bucket) else Unchanged("exists"))
 
     def _ensure_upstream(self, steps: StepRecorder, state: StackState) -> None:
         up = self.settings.upstream
@@ -230,14 +230,15 @@ class LocalPlatform:
                 def seed() -> str:
                     seeded = seed_registry(self.hub_url, auth)
                     pushed = [s for s in seeded if s.pushed]
-                    return f"{len(seeded)} sample images present, {len(pushed)} pushed now"
+                    detail = f"{len(seeded)} sample images present, {len(pushed)} pushed now"
+                    return detail if pushed else Unchanged(detail)
                 steps.run("hub", "seed sample images", seed, detail=f"{len(SAMPLE_IMAGES)} images")
 
         def gate() -> str:
             # The registry panics at start when GET <remoteurl>/v2/ fails (distribution #4038).
             if not upstream_answers(up.url):
                 raise DeployError(f"upstream {up.url} does not answer /v2/; the registry would crash at start")
-            return f"{up.url} answers"
+            return Unchanged(f"{up.url} answers")
         steps.run("upstream", "reachable", gate, detail=up.url)
 
     def _ensure_mirrors(self, steps: StepRecorder, state: StackState, secrets: LocalStackSecrets, *,

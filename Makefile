@@ -1,0 +1,52 @@
+# Two commands set up a fresh Debian 12 machine (both idempotent):
+#   make demo   bootstrap, then deploy the local stack with the deploy runbook and pull through it
+#   make test   bootstrap, then run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT := .out
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap apt venv demo test down status lab clean
+
+bootstrap: apt venv
+
+# Install only what is missing, so a second run does not touch apt at all.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+demo: bootstrap
+	@mkdir -p $(OUT)
+	$(BIN)/papermill notebooks/deploy.ipynb $(OUT)/deploy.ipynb -f params/local.yaml --log-level WARNING
+	@$(BIN)/python -m registry_mirror endpoint
+
+test: bootstrap
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+status:
+	@$(BIN)/python -m registry_mirror status
+
+down:
+	@$(BIN)/python -m registry_mirror down
+
+lab: bootstrap
+	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/
+
+clean: down
+	rm -rf .state $(OUT)

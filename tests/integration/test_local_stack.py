@@ -1,0 +1,191 @@
+"""The local stack, deployed by deploy.ipynb, exercised with real clients from several loopback addresses."""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_log, upstream_manifest_gets
+from registry_mirror.client_pull import pull_with_skopeo
+from registry_mirror.local_platform import LocalPlatform
+from registry_mirror.processes import tcp_listeners
+from registry_mirror.sample_images import SAMPLE_IMAGES, build_image
+from registry_mirror.unix_http import unix_request
+from tests.support import MANIFEST_TYPES, client, sha256
+
+pytestmark = pytest.mark.integration
+
+ALLOWED = "127.0.0.10"
+DENIED = "127.0.0.66"  # explicitly denied
+UNLISTED = "127.0.0.77"  # in no range: refused by default
+
+
+def url(stack: LocalPlatform, path: str) -> str:
+    return f"http://{stack.endpoint}{path}"
+
+
+def hub_log(stack: LocalPlatform) -> str:
+    return str(stack.paths.logs / "hub.log")
+
+
+def test_cold_pull_fetches_upstream_and_warm_pull_makes_no_manifest_get(stack: LocalPlatform) -> None:
+    image = "docker.io/library/alpine-sample:3.20"
+    before = log_size(hub_log(stack))
+    first = pull_with_skopeo(image, registries_conf=stack.client_configs().registries_conf)
+    assert first.layers == 1 and first.bytes > 1_000_000
+    cold = read_registry_log(hub_log(stack), offset=before)
+    assert len(upstream_manifest_gets(cold[cold["uri"].str.contains("alpine-sample")])) >= 1
+
+    middle = log_size(hub_log(stack))
+    second = pull_with_skopeo(image, registries_conf=stack.client_configs().registries_conf)
+    assert second.digest == first.digest
+    warm = read_registry_log(hub_log(stack), offset=middle)
+    assert upstream_manifest_gets(warm).empty, warm.to_string()
+    # The registry still asks upstream whether the tag moved: a HEAD, which Docker Hub does not count.
+    assert (warm["method"] == "HEAD").sum() >= 1
+    assert warm[(warm["method"] == "GET") & warm["uri"].str.contains("/blobs/")].empty
+
+
+def test_pull_went_through_the_proxy_with_the_clients_address(stack: LocalPlatform) -> None:
+    before = log_size(stack.paths.logs / "proxy.access.log")
+    pull_with_skopeo("docker.io/library/hello:latest", registries_conf=stack.client_configs().registries_conf)
+    log = read_nginx_log(stack.paths.logs / "proxy.access.log", offset=before)
+    manifests = log[log["uri"].str.startswith("/v2/library/hello/manifests/")]
+    assert not manifests.empty
+    assert set(manifests["client"]) == {"127.0.0.1"}
+    assert set(manifests["status"]) == {200}
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v2/no-push/blobs/uploads/"),
+    ("POST", "/v2/library/hello/blobs/uploads/?mount=sha256:00&from=library/other"),
+    ("PUT", "/v2/library/hello/manifests/latest"),
+    ("PUT", "/v2/library/hello/blobs/uploads/some-uuid?digest=sha256:00"),
+    ("PATCH", "/v2/library/hello/blobs/uploads/some-uuid"),
+    ("DELETE", "/v2/library/hello/manifests/sha256:" + "0" * 64),
+    ("DELETE", "/v2/library/hello/blobs/sha256:" + "0" * 64),
+    ("OPTIONS", "/v2/"),
+])
+def test_writes_are_refused_by_the_proxy(stack: LocalPlatform, method: str, path: str) -> None:
+    resp = client(ALLOWED).request(method, url(stack, path), data=b"x" * 1024, timeout=10)
+    assert resp.status_code == 405
+    assert resp.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_writes_are_refused_by_the_mirror_itself(stack: LocalPlatform) -> None:
+    # Defence in depth: even past the proxy, a proxy-mode registry takes no push.
+    for sock in stack.mirror_sockets():
+        resp = unix_request(str(sock), "POST", "/v2/no-push/blobs/uploads/")
+        assert resp.status == 405
+        assert b"UNSUPPORTED" in resp.body
+
+
+@pytest.mark.parametrize("source", [DENIED, UNLISTED])
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v2/"), ("GET", "/v2/library/hello/manifests/latest"), ("HEAD", "/v2/library/hello/manifests/latest"),
+    ("GET", "/"), ("POST", "/v2/no-push/blobs/uploads/"), ("GET", "/v2/_catalog"),
+])
+def test_refused_clients_get_403_everywhere(stack: LocalPlatform, source: str, method: str, path: str) -> None:
+    resp = client(source).request(method, url(stack, path), timeout=10)
+    assert resp.status_code == 403
+
+
+@pytest.mark.parametrize("forged", [
+    ALLOWED,
+    f"{ALLOWED}, {ALLOWED}",
+    f"{DENIED}, {ALLOWED}",
+    "127.0.0.1",
+    "::1",
+    "not-an-address",
+    "unix:",
+    ", ".join([ALLOWED] * 300),
+])
+def test_forged_forwarded_for_does_not_let_a_denied_client_in(stack: LocalPlatform, forged: str) -> None:
+    resp = client(DENIED).get(url(stack, "/v2/"), headers={"X-Forwarded-For": forged}, timeout=10)
+    assert resp.status_code == 403
+
+
+def test_allowed_clients_get_the_api(stack: LocalPlatform) -> None:
+    for source in (ALLOWED, "127.0.0.1"):
+        resp = client(source).get(url(stack, "/v2/"), timeout=10)
+        assert resp.status_code == 200
+        assert resp.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+
+
+def test_mirror_is_reachable_only_through_the_proxy(stack: LocalPlatform) -> None:
+    running = stack.running_processes()
+    mirrors = [r for n, r in running.items() if n.startswith("mirror-")]
+    assert len(mirrors) == stack.settings.registry.instances
+    for rec in mirrors + [running["proxy"]]:
+        assert tcp_listeners(rec.pid) == [], f"{rec.name} listens on TCP"
+    # The sockets live in a folder only the stack's user may enter.
+    assert stat.S_IMODE(os.stat(stack.paths.run).st_mode) == 0o700
+    assert tcp_listeners(running["router"].pid), "the router stand-in is the public endpoint"
+
+
+def test_cache_hit_is_served_as_bytes_not_a_redirect(stack: LocalPlatform) -> None:
+    built = build_image(next(i for i in SAMPLE_IMAGES if i.repository == "library/hello"))
+    session = client(ALLOWED)
+    session.get(url(stack, "/v2/library/hello/manifests/latest"), headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    layer = built.platform_manifests[0].layer_digests[0]
+    for _ in range(2):  # the second read is certainly a hit from S3
+        resp = session.get(url(stack, f"/v2/library/hello/blobs/{layer}"), allow_redirects=False, timeout=30)
+        assert resp.status_code == 200, resp.headers
+        assert "Location" not in resp.headers
+        assert sha256(resp.content) == layer
+    for sock in stack.mirror_sockets():
+        direct = unix_request(str(sock), "GET", f"/v2/library/hello/blobs/{layer}")
+        assert direct.status == 200 and sha256(direct.body) == layer
+
+
+def test_redeploy_with_no_change_changes_nothing(stack: LocalPlatform) -> None:
+    before = stack.running_processes()
+    report = stack.deploy()
+    assert report.ok and not report.changed, report
+    assert {n: r.pid for n, r in stack.running_processes().items()} == {n: r.pid for n, r in before.items()}
+
+
+def test_rolling_redeploy_under_load_loses_no_request(stack: LocalPlatform) -> None:
+    built = build_image(next(i for i in SAMPLE_IMAGES if i.repository == "library/multiarch"))
+    child = built.platform_manifests[0]
+    paths = ["/v2/library/multiarch/manifests/latest", f"/v2/library/multiarch/manifests/{child.digest}",
+             *(f"/v2/library/multiarch/blobs/{d}" for d in child.layer_digests)]
+    ok, failures, stop = [0], [], threading.Event()
+
+    def pull_loop(source: str) -> None:
+        session = client(source)
+        while not stop.is_set():
+            for path in paths:
+                try:
+                    resp = session.get(url(stack, path), headers={"Accept": MANIFEST_TYPES}, timeout=30)
+                    if resp.status_code == 200:
+                        ok[0] += 1
+                    else:
+                        failures.append(f"{path}: {resp.status_code}")
+                except Exception as exc:  # noqa: BLE001 - every failure counts
+                    failures.append(f"{path}: {exc}")
+
+    old = {n for n in stack.running_processes() if n.startswith("mirror-")}
+    threads = [threading.Thread(target=pull_loop, args=(s,)) for s in (ALLOWED, "127.0.0.11")]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ok[0] < 50 and time.monotonic() < deadline:  # traffic flows before the redeploy starts
+            time.sleep(0.01)
+        served_before = ok[0]
+        report = stack.deploy(replace_mirrors=True)
+        served_during = ok[0] - served_before
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    new = {n for n in stack.running_processes() if n.startswith("mirror-")}
+    assert report.ok
+    assert not (old & new), "every instance was replaced"
+    assert len(new) == stack.settings.registry.instances
+    assert failures == [], failures[:5]
+    assert served_before >= 50 and served_during > 0
