@@ -35,7 +35,13 @@ def deployed_notebook(stack_dir: Path) -> Iterator[tuple[LocalPlatform, Path]]:
         yield platform, out
     finally:
         started.update(platform.running_processes())
-        platform.down()
+        try:
+            # The teardown runbook, confirmed, is what stops the stack; down() only mops up after a failure.
+            pm.execute_notebook(str(ROOT / "notebooks/teardown.ipynb"), str(stack_dir / "teardown.ipynb"),
+                                parameters={**settings_as_parameters(settings), "confirm_teardown": True},
+                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+        finally:
+            platform.down()
         left = [f"{r.name} (pid {r.pid})" for r in started.values() if r.alive()]
         assert not left, f"processes left running after teardown: {left}"
 

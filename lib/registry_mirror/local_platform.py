@@ -91,11 +91,9 @@ class LocalPlatform:
             # The registry panics at start when the upstream does not answer (distribution #4038).
             up = upstream_answers(self.settings.upstream.url)
             checks.append(Check("upstream reachable", up, self.settings.upstream.url))
-        try:
-            self.paths.root.mkdir(parents=True, exist_ok=True)
-            writable = os.access(self.paths.root, os.W_OK)
-        except OSError:
-            writable = False
+        # Look at the nearest folder that exists: a preflight creates nothing.
+        existing = next(p for p in (self.paths.root, *self.paths.root.parents) if p.exists())
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
         checks.append(Check("state dir writable", writable, str(self.paths.root)))
         return PreflightReport(checks)
 

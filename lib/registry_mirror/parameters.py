@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import ParameterError
 from .security_rules import SecurityRules, load_security_rules
-from .yaml_files import describe_validation_error, read_yaml_mapping
+from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +75,9 @@ def resolve_project_path(path: str | Path) -> Path:
 
 
 def _url(value: str, *, schemes: tuple[str, ...]) -> str:
+    if "@" in value:
+        # Checked first and without quoting the value: what precedes the @ may be a password.
+        raise ValueError("must not carry credentials in the URL")
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
         raise ValueError(f"'{value}' is not a {' or '.join(schemes)} URL")
@@ -157,14 +160,17 @@ class UpstreamSettings(_Model):
     @model_validator(mode="after")
     def _credentials(self) -> UpstreamSettings:
         if self.password is not None and self.password_env is not None:
-            raise ValueError("give either password (local only) or password_env, not both")
+            raise KeyedValueError("password", "give either password (local only) or password_env, not both")
         if (self.password is not None or self.password_env is not None) and not self.username:
-            raise ValueError("a password needs a username")
+            raise KeyedValueError("username", "is required with a password")
         return self
 
     def __repr__(self) -> str:
         return (f"UpstreamSettings(url={self.url!r}, username={self.username!r}, "
                 f"password={'<hidden>' if self.password else None}, password_env={self.password_env!r})")
+
+    # pydantic's own __str__ would print the password.
+    __str__ = __repr__
 
 
 class StorageSettings(_Model):
@@ -196,13 +202,19 @@ class LocalSettings(_Model):
         try:
             ip = ipaddress.ip_address(self.address)
         except ValueError:
-            raise ValueError(f"address '{self.address}' is not an IP address") from None
-        if not ip.is_loopback:
-            raise ValueError(f"address '{self.address}' is not a loopback address; the local platform "
-                             "listens on 127.0.0.0/8 only")
-        ports = [self.public_port, self.hub_port, self.hub_token_port, self.s3_port]
-        if len(set(ports)) != len(ports):
-            raise ValueError("public_port, hub_port, hub_token_port and s3_port must differ")
+            raise KeyedValueError("address", f"{self.address!r} is not an IP address") from None
+        # IPv4 only: endpoints are written as address:port (nginx listen, registries.conf), which an
+        # IPv6 address such as ::1 would break.
+        if ip.version != 4 or not ip.is_loopback:
+            raise KeyedValueError("address", f"{self.address!r} is not an IPv4 loopback address; the local "
+                                  "platform listens on 127.0.0.0/8 only")
+        seen: dict[int, str] = {}
+        for name in ("public_port", "hub_port", "hub_token_port", "s3_port"):
+            port = getattr(self, name)
+            if port in seen:
+                raise KeyedValueError(name, f"{port} is already {seen[port]}; public_port, hub_port, "
+                                      "hub_token_port and s3_port must differ")
+            seen[port] = name
         return self
 
 
@@ -223,7 +235,7 @@ class CloudFoundrySettings(_Model):
     @model_validator(mode="after")
     def _routes(self) -> CloudFoundrySettings:
         if self.proxy_route.endswith(".apps.internal"):
-            raise ValueError("proxy_route must be public, not on apps.internal")
+            raise KeyedValueError("proxy_route", "must be public, not on apps.internal")
         return self
 
 
@@ -240,33 +252,34 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _platform(self) -> Settings:
+        # Each problem names the key to change (KeyedValueError), not just the whole file.
         if self.platform == "local":
             if self.local is None:
-                raise ValueError("platform local needs the 'local' section")
+                raise KeyedValueError("local", "is required for platform local")
             if self.cloudfoundry is not None:
-                raise ValueError("platform local must have 'cloudfoundry: null'")
+                raise KeyedValueError("cloudfoundry", "must be null for platform local")
             if self.storage is None:
-                raise ValueError("platform local needs the 'storage' section")
+                raise KeyedValueError("storage", "is required for platform local")
         else:
             if self.cloudfoundry is None:
-                raise ValueError("platform cloudfoundry needs the 'cloudfoundry' section")
+                raise KeyedValueError("cloudfoundry", "is required for platform cloudfoundry")
             if self.local is not None:
-                raise ValueError("platform cloudfoundry must have 'local: null'")
+                raise KeyedValueError("local", "must be null for platform cloudfoundry")
             if self.registry.image is None:
-                raise ValueError("registry.image must be pinned by digest on cloudfoundry")
+                raise KeyedValueError(("registry", "image"), "must be an image pinned by digest on cloudfoundry")
             if self.environment == "local":
-                raise ValueError("environment local runs on platform local")
+                raise KeyedValueError("environment", "local runs on platform local only")
         if self.environment == "production" and self.on_failure != "cancel":
-            raise ValueError("production must use on_failure: cancel")
+            raise KeyedValueError("on_failure", "must be cancel in production (roll back a failed deployment)")
         if self.environment != "local":
             if self.upstream.password is not None:
-                raise ValueError("upstream.password may only be written in params for the local "
-                                 "environment; use upstream.password_env")
+                raise KeyedValueError(("upstream", "password"), "may only be written in params for the local "
+                                      "environment; use upstream.password_env")
             if self.proxy.security_rules is not None:
-                raise ValueError("proxy.security_rules are private outside local; use "
-                                 "proxy.security_rules_file")
+                raise KeyedValueError(("proxy", "security_rules"), "are private outside local; use "
+                                      "proxy.security_rules_file")
         if (self.proxy.security_rules is None) == (self.proxy.security_rules_file is None):
-            raise ValueError("give exactly one of proxy.security_rules and proxy.security_rules_file")
+            raise KeyedValueError("proxy", "give exactly one of security_rules and security_rules_file")
         return self
 
     def load_security_rules(self) -> SecurityRules:

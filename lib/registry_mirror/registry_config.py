@@ -155,15 +155,25 @@ def registry_env(config: dict[str, Any]) -> dict[str, str]:
     return dict(sorted(env.items(), key=lambda kv: (len(kv[0].split("_")), kv[0])))
 
 
+def _yaml_valued(prefix: str) -> bool:
+    """Maps the registry only understands when the variable carries the whole map as YAML.
+
+    http.headers: header names hold dashes. storage.<section>.<key>: the registry keeps storage
+    sections as untyped maps; a map built from variables there is a map[string]interface{}, which it
+    refuses (2.8.2 and 3.x panic at start: "uploadpurging config key must contain additional keys").
+    """
+    return prefix == "REGISTRY_HTTP_HEADERS" or (prefix.startswith("REGISTRY_STORAGE_") and prefix.count("_") >= 3)
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
-    if isinstance(value, dict) and prefix != "REGISTRY_HTTP_HEADERS":
+    if isinstance(value, dict) and not _yaml_valued(prefix):
         for key, inner in value.items():
             _flatten(f"{prefix}_{str(key).upper()}", inner, out)
         return
     if isinstance(value, bool):
         out[prefix] = "true" if value else "false"
     elif isinstance(value, (dict, list)):
-        # Header names hold dashes, which are not portable in variable names: pass the map as YAML.
+        # A whole map or list as YAML (see _yaml_valued).
         out[prefix] = yaml.safe_dump(value, default_flow_style=True).strip()
     else:
         out[prefix] = str(value)

@@ -10,6 +10,7 @@ from typing import Any
 
 import jinja2
 
+from .errors import ParameterError
 from .parameters import PROJECT_ROOT, Settings
 from .registry_config import registry_config, registry_env, S3Location, Listener
 from .security_rules import SecurityRules
@@ -91,6 +92,11 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
     cf = settings.cloudfoundry
     if cf is None or settings.registry.image is None:
         raise ValueError("CF manifests need platform cloudfoundry settings")
+    if not rules.trusted_routers:
+        # Behind the CF router every connection comes from the router: with no trusted router range
+        # nginx would apply the allow/deny policy to the router's address instead of the client's.
+        raise ParameterError("security rules: trusted_routers is empty; on cloudfoundry it must hold the "
+                             "router ranges, or the allow/deny policy judges the router, not the client")
     config = registry_config(settings, s3=s3, listener=Listener(addr=f":{MIRROR_PORT}"), instance=cf.mirror_app)
     env = registry_env(config)
     mirror = _render("cf/mirror-manifest.yml.j2", app=cf.mirror_app, instances=settings.registry.instances,

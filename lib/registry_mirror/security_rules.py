@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ParameterError
-from .yaml_files import describe_validation_error, read_yaml_mapping
+from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
 
 def _cidr(value: str) -> str:
@@ -46,14 +46,15 @@ class SecurityRules(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SecurityRules:
-        both = sorted(set(self.allow) & set(self.deny))
-        if both:
-            raise ValueError(f"{both[0]} is both allowed and denied")
-        for cidr in self.trusted_routers:
+        allowed = set(self.allow)
+        for index, cidr in enumerate(self.deny):
+            if cidr in allowed:
+                raise KeyedValueError(("deny", index), f"{cidr} is both allowed and denied")
+        for index, cidr in enumerate(self.trusted_routers):
             # Trusting a huge range lets any client in it forge the address nginx acts on.
             if ipaddress.ip_network(cidr).prefixlen < 8:
-                raise ValueError(f"trusted_routers range {cidr} is too broad: any client inside it "
-                                 "could forge X-Forwarded-For")
+                raise KeyedValueError(("trusted_routers", index), f"range {cidr} is too broad: any client "
+                                      "inside it could forge X-Forwarded-For")
         return self
 
     def summary(self) -> dict[str, int]:

@@ -13,6 +13,22 @@ from .errors import ParameterError
 _SECRET_WORDS = ("password", "secret", "token", "accesskey", "access_key", "secret_key")
 
 
+class KeyedValueError(ValueError):
+    """A check made on a whole section that is about one key in it: the error names that key.
+
+    `loc` is relative to the section, e.g. ("on_failure",) or ("deny", 1).
+    """
+
+    def __init__(self, loc: str | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = (loc,) if isinstance(loc, str) else tuple(loc)
+
+
+def one_line(text: str) -> str:
+    """Error messages are one line: a value holding a newline must not break a log or a table row."""
+    return "\\n".join(text.splitlines())
+
+
 def read_yaml_mapping(path: Path, *, label: str) -> dict[str, Any]:
     """Load a YAML mapping; duplicate keys, syntax errors and non-mappings are ParameterErrors."""
     try:
@@ -26,9 +42,9 @@ def read_yaml_mapping(path: Path, *, label: str) -> dict[str, Any]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParameterError(f"{label}: is not valid YAML{where}: {exc.problem}") from None
+        raise ParameterError(one_line(f"{label}: is not valid YAML{where}: {exc.problem}")) from None
     except yaml.YAMLError as exc:
-        raise ParameterError(f"{label}: is not valid YAML: {exc}") from None
+        raise ParameterError(one_line(f"{label}: is not valid YAML: {exc}")) from None
     if not isinstance(data, dict):
         raise ParameterError(f"{label}: must be a mapping of keys to values, not {type(data).__name__}")
     return data
@@ -40,7 +56,7 @@ def describe_validation_error(exc: ValidationError, *, source: str, prefix: str 
     first = problems[0]
     rest = len(problems) - 1
     more = f" (and {rest} more problem{'s' if rest > 1 else ''}: {'; '.join(problems[1:])})" if rest else ""
-    return f"{source}: {first}{more}"
+    return one_line(f"{source}: {first}{more}")
 
 
 def dotted_key(loc: tuple[Any, ...], prefix: str = "") -> str:
@@ -57,7 +73,11 @@ def dotted_key(loc: tuple[Any, ...], prefix: str = "") -> str:
 def _describe_one(err: Any, prefix: str) -> str:
     # Pydantic puts union branches and validator names into loc; they mean nothing to an operator.
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    original = (err.get("ctx") or {}).get("error")
+    if isinstance(original, KeyedValueError):
+        loc += original.loc
     key = dotted_key(loc, prefix)
+    secret = any(w in key.lower() for w in _SECRET_WORDS)
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"unknown key '{key}'"
@@ -66,9 +86,12 @@ def _describe_one(err: Any, prefix: str) -> str:
     message = str(err.get("msg", "is invalid"))
     for lead in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(lead)
+    value = err.get("input")
+    if secret and isinstance(value, str) and value:
+        # A validator may quote the value it refused; under a secret's key that is the secret.
+        message = message.replace(value, "<hidden>")
     shown = ""
-    if kind not in ("value_error", "assertion_error") and not any(w in key.lower() for w in _SECRET_WORDS):
-        value = err.get("input")
+    if kind not in ("value_error", "assertion_error") and not secret:
         if not isinstance(value, (dict, list)):
             text = repr(value)
             shown = f" (got {text[:60]}{'...' if len(text) > 60 else ''})"
