@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt venv demo test down status lab clean
+.PHONY: bootstrap apt venv demo test down status lab clean bench
 
 bootstrap: apt venv
 
@@ -50,3 +50,7 @@ lab: bootstrap
 
 clean: down
 	rm -rf .state $(OUT)
+
+bench: bootstrap
+	$(BIN)/python bench/deploy_overhead.py
+	$(BIN)/python bench/blob_throughput.py

@@ -127,6 +127,8 @@ Bucket = Annotated[str, _pattern(_BUCKET, "a valid S3 bucket name")]
 PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest (name[:tag]@sha256:<64 hex>)")]
 Version = Annotated[str, _pattern(_VERSION, "a version such as 2.8.2 (quote it in YAML)")]
 Port = Annotated[int, Field(ge=1024, le=65535)]
+InternalRoute = Annotated[str, _pattern(re.compile(r"^[a-z0-9-]+\.apps\.internal$"),
+                                        "a route on apps.internal such as my-mirror.apps.internal")]
 
 
 class _Model(BaseModel):
@@ -224,7 +226,7 @@ class CloudFoundrySettings(_Model):
     space: str = Field(min_length=1)
     mirror_app: Name
     proxy_app: Name
-    mirror_route: str = Field(pattern=r"^[a-z0-9-]+\.apps\.internal$")  # must stay on apps.internal
+    mirror_route: InternalRoute  # must stay on apps.internal
     proxy_route: str = Field(pattern=r"^[a-z0-9-]+(\.[a-z0-9-]+)+$")
     s3_service_instance: Name
     s3_service_plan: str = "basic"

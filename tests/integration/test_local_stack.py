@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -189,3 +192,23 @@ def test_rolling_redeploy_under_load_loses_no_request(stack: LocalPlatform) -> N
     assert len(new) == stack.settings.registry.instances
     assert failures == [], failures[:5]
     assert served_before >= 50 and served_during > 0
+
+
+def test_podman_pulls_a_multi_arch_image_by_its_docker_io_name(stack: LocalPlatform, tmp_path, request) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(stack.client_configs().registries_conf)
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(tmp_path), "CONTAINERS_REGISTRIES_CONF": str(conf)}
+    runroot = tempfile.mkdtemp(prefix="pm-")  # podman refuses a runroot path over 50 characters
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    podman = ["podman", "--storage-driver", "vfs", "--root", str(tmp_path / "root"),
+              "--runroot", runroot, "--tmpdir", str(tmp_path / "tmp")]
+    before = log_size(stack.paths.logs / "proxy.access.log")
+    pulled = subprocess.run([*podman, "pull", "--arch", "arm64", "docker.io/library/multiarch:latest"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert pulled.returncode == 0, pulled.stderr[-1000:]
+    inspect = subprocess.run([*podman, "image", "inspect", "--format", "{{.Architecture}}",
+                              "docker.io/library/multiarch:latest"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert inspect.stdout.strip() == "arm64"
+    log = read_nginx_log(stack.paths.logs / "proxy.access.log", offset=before)
+    assert (log["uri"].str.startswith("/v2/library/multiarch/") & (log["status"] == 200)).any()
