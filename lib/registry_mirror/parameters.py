@@ -6,6 +6,7 @@ papermill's `-f params/<env>.yaml` injects the file's keys as notebook variables
 """
 from __future__ import annotations
 
+import ast
 import re
 import types
 from collections.abc import Mapping
@@ -45,7 +46,11 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
     `options` are the runbook's own parameters (dry_run, confirmations), typed, with no default.
     """
     options = dict(options or {})
-    given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
+    names = _parameter_cell_names(namespace.get("In"))
+    if names is None:  # not in IPython: every plain value in the namespace is a parameter
+        given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
+    else:  # in a kernel: only what the parameters cell and papermill's injected cell assigned
+        given = {k: namespace[k] for k in names if k in namespace}
     source = f"{notebook} parameters"
     expected = set(SETTINGS_KEYS) | set(options)
     unknown = sorted(set(given) - expected)
@@ -296,6 +301,37 @@ class Settings(_Model):
 SETTINGS_KEYS: tuple[str, ...] = tuple(Settings.model_fields)
 
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+# First lines of the two cells that define parameters: ours, and the one papermill injects after it.
+PARAMETERS_CELL_MARKER = "# Settings:"
+_INJECTED_CELL_MARKER = "# Parameters"
+
+
+def _parameter_cell_names(history: Any) -> set[str] | None:
+    """Names assigned by the parameters cells run in this kernel (IPython's `In` history).
+
+    Reading the cells, not the namespace, lets an operator re-run the validation cell in JupyterLab
+    after later cells defined `settings`, `platform` and friends.
+    """
+    if not isinstance(history, list):
+        return None
+    names: set[str] = set()
+    for source in history:
+        if not isinstance(source, str):
+            continue
+        first = source.lstrip().split("\n", 1)[0].strip()
+        if not (first.startswith(PARAMETERS_CELL_MARKER) or first == _INJECTED_CELL_MARKER):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, ast.AnnAssign) else []
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names or None
 
 
 def _is_parameter(name: str, value: Any) -> bool:

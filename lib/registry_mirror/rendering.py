@@ -105,7 +105,14 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
     proxy = _render("cf/proxy-manifest.yml.j2", app=cf.proxy_app, instances=settings.proxy.instances,
                     memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route)
     return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
-                       proxy_nginx_conf=render_nginx_conf(rules, NginxTarget.cloudfoundry()))
+                       proxy_nginx_conf=render_nginx_conf(rules, NginxTarget.cloudfoundry(),
+                                                          real_ip_from=cf_real_ip_sources(rules)))
+
+
+def cf_real_ip_sources(rules: SecurityRules) -> list[str]:
+    """Who may report a client's address on CF: the app's own Envoy sidecar, which is the hop that
+    actually connects to nginx (from 127.0.0.1) when route integrity is on, and the routers."""
+    return ["127.0.0.1/32", *rules.trusted_routers]
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ def _cidr(value: str) -> str:
     try:
         network = ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
+        # The ranges are private: name the entry by its key, never quote it.
         if "has host bits set" in str(exc):
-            raise ValueError(f"'{value}' has host bits set (did you mean "
-                             f"'{ipaddress.ip_network(value.strip(), strict=False)}'?)") from None
-        raise ValueError(f"'{value}' is not a CIDR") from None
+            raise ValueError("has host bits set (write the network address, e.g. 10.0.0.0/8 "
+                             "rather than 10.0.0.1/8)") from None
+        raise ValueError("is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32") from None
     return str(network)
 
 
@@ -49,12 +50,12 @@ class SecurityRules(BaseModel):
         allowed = set(self.allow)
         for index, cidr in enumerate(self.deny):
             if cidr in allowed:
-                raise KeyedValueError(("deny", index), f"{cidr} is both allowed and denied")
+                raise KeyedValueError(("deny", index), "is both allowed and denied")
         for index, cidr in enumerate(self.trusted_routers):
             # Trusting a huge range lets any client in it forge the address nginx acts on.
             if ipaddress.ip_network(cidr).prefixlen < 8:
-                raise KeyedValueError(("trusted_routers", index), f"range {cidr} is too broad: any client "
-                                      "inside it could forge X-Forwarded-For")
+                raise KeyedValueError(("trusted_routers", index), "is too broad (shorter than /8): any "
+                                      "client inside it could forge X-Forwarded-For")
         return self
 
     def summary(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from registry_mirror.parameters import (
     Settings,
     load_params_file,
     runbook_parameters,
+    validate_settings,
 )
 from registry_mirror.processes import children_of
 from registry_mirror.security_rules import SecurityRules
@@ -175,7 +176,7 @@ BAD_FILES = [
                  id="cidr-prefix-33"),
     pytest.param(Bad("local", "proxy.security_rules.deny[0]", "is not a CIDR", _rules("deny", 0, "not-a-cidr")),
                  id="cidr-garbage"),
-    pytest.param(Bad("local", "proxy.security_rules.allow[1]", "has host bits set (did you mean '10.0.0.0/8'?)",
+    pytest.param(Bad("local", "proxy.security_rules.allow[1]", "has host bits set",
                      _rules("allow", 1, "10.0.0.1/8")), id="cidr-host-bits-set"),
     pytest.param(Bad("local", "proxy.security_rules.deny[1]", "both allowed and denied",
                      _rules("deny", None, "127.0.0.10/32")), id="cidr-allowed-and-denied"),
@@ -547,3 +548,47 @@ def test_local_rules_are_inline() -> None:
     assert "127.0.0.66/32" in rules.deny
     # The params files are not mutated by loading them.
     assert copy.deepcopy(_load("local")) == _load("local")
+
+
+# --- parameters as a kernel sees them (IPython's In history) ---------------------------------
+
+
+def _kernel_namespace(extra_injected: str = "") -> dict[str, Any]:
+    """What a kernel holds after the parameters cell, papermill's injected cell and later cells ran."""
+    local = _load("local")
+    params_cell = "# Settings: from params\n" + "\n".join(f"{k} = {v!r}" for k, v in local.items())
+    params_cell += "\ndry_run: bool = False\ncomponent: str = 'all'\n"
+    injected = "# Parameters\ndry_run = True\n" + extra_injected
+    namespace: dict[str, Any] = {"In": ["", params_cell, injected, "settings, options = ..."]}
+    exec(params_cell, {}, namespace)  # noqa: S102 - our own literal cells
+    exec(injected, {}, namespace)  # noqa: S102
+    # Names later cells define: re-running the validation cell must not call them parameters.
+    namespace.update(settings=object(), options={}, target=object(), report=object(), rules=object())
+    return namespace
+
+
+def test_kernel_parameters_come_from_the_parameter_cells_not_later_cells() -> None:
+    settings, options = runbook_parameters(_kernel_namespace(), notebook="deploy.ipynb",
+                                           options={"dry_run": bool, "component": str})
+    assert settings.environment == "local"
+    assert options == {"dry_run": True, "component": "all"}  # the injected value wins
+
+
+def test_kernel_parameter_injected_by_papermill_but_unknown_is_refused() -> None:
+    with pytest.raises(ParameterError, match="unknown parameter 'colour'"):
+        runbook_parameters(_kernel_namespace("colour = 'blue'\n"), notebook="deploy.ipynb",
+                           options={"dry_run": bool, "component": str})
+
+
+def test_rule_errors_never_quote_the_private_range(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"allow": ["10.99.0.0/16", "10.98.7.1/16"], "deny": ["10.99.0.0/16"],
+                                     "trusted_routers": ["10.97.0.0/33"]}))
+    staging = _load("staging")
+    staging["proxy"]["security_rules_file"] = str(rules)
+    settings = validate_settings(staging, source="staging")
+    with pytest.raises(ParameterError) as err:
+        settings.load_security_rules()
+    message = str(err.value)
+    assert "allow[1]" in message and "trusted_routers[0]" in message
+    assert "10.9" not in message.replace(str(rules), "")

@@ -133,7 +133,8 @@ def test_cf_security_proxy_conf_passes_nginx_t_after_buildpack_substitution(tmp_
     text = _buildpack_substitute(manifests.proxy_nginx_conf, port=free_port(), temp_dir=tmp_path / "temp")
     _nginx_t(tmp_path, "cf-proxy", text)
     assert "{{" not in text
-    assert re.findall(r"set_real_ip_from (\S+);", text) == EXAMPLE_RULES.trusted_routers
+    # The Envoy sidecar (127.0.0.1) and the routers, nothing else.
+    assert re.findall(r"set_real_ip_from (\S+);", text) == ["127.0.0.1/32", *EXAMPLE_RULES.trusted_routers]
     # The internal route is re-resolved (a variable in proxy_pass), never pinned at start.
     assert re.search(r"set \$mirror_backend docker-registry-mirror-staging\.apps\.internal;", text)
     assert "proxy_pass http://$mirror_backend:5000;" in text
