@@ -28,7 +28,7 @@ from .parameters import LocalSettings, Settings, resolve_project_path
 from .preflight import Check, PreflightReport
 from .processes import ProcessRecord, port_is_free, stop_process
 from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
-from .rendering import ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
+from .rendering import BlobCache, ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
 from .sample_images import SAMPLE_IMAGES, seed_registry
 from .security_rules import SecurityRules
 
@@ -322,7 +322,9 @@ class LocalPlatform:
         target = NginxTarget.local(prefix, name=name, listen=f"unix:{self.paths.proxy_socket}",
                                    logs=self.paths.logs, upstream_servers=servers)
         # The router stand-in connects over a unix socket: that, and only that, is the trusted hop.
-        return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers])
+        cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.data / "proxy-blob-cache"))
+        return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers],
+                                 blob_cache=cache)
 
     def _set_service(self, state: StackState, mirrors: list[str]) -> str:
         """Point the proxy at exactly these instances and wait until no worker uses the old set."""

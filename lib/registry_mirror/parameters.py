@@ -125,6 +125,8 @@ def _pattern(regex: re.Pattern[str], what: str) -> AfterValidator:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 HttpsUrl = Annotated[str, AfterValidator(_https_url)]
 Size = Annotated[str, _pattern(_SIZE, "a memory size such as 256M or 1G")]
+CacheSize = Annotated[str, _pattern(re.compile(r"^(0|[1-9][0-9]*(M|MB|G|GB))$"),
+                                    "a size such as 512M or 2G, or 0 for none")]
 Duration = Annotated[str, _pattern(_DURATION, "a duration such as 168h, 90m or 0")]
 Name = Annotated[str, _pattern(_NAME, "a lower-case name of letters, digits and dashes")]
 EnvName = Annotated[str, _pattern(_ENV_NAME, "an environment variable name such as DOCKERHUB_TOKEN")]
@@ -191,6 +193,7 @@ class ProxySettings(_Model):
     memory: Size
     security_rules_file: str | None = None  # private file (allow/deny/trusted_routers) read at run time
     security_rules: SecurityRules | None = None  # inline rules: only for the local environment
+    blob_cache_size: CacheSize = "0"  # on-disk blob cache per proxy instance; 0 turns it off
 
 
 class LocalSettings(_Model):

@@ -64,14 +64,31 @@ class NginxTarget:
                    access_log="/dev/stdout")
 
 
-def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from: list[str] | None = None) -> str:
+@dataclass(frozen=True)
+class BlobCache:
+    """The security proxy's on-disk cache of blobs (content-addressed, so never stale)."""
+
+    path: str
+    max_size: str  # nginx units, e.g. 2g
+
+    @classmethod
+    def sized(cls, size: str, path: str) -> BlobCache | None:
+        """From params (`2G`, `512M`, or `0` for no cache)."""
+        if size == "0":
+            return None
+        return cls(path=path, max_size=size.rstrip("B").lower())
+
+
+def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from: list[str] | None = None,
+                      blob_cache: BlobCache | None = None) -> str:
     """nginx.conf of the security proxy.
 
     `real_ip_from` defaults to the rules' trusted routers; the local platform adds `unix:` because
     its router stand-in reaches the proxy over a unix socket.
     """
     sources = list(rules.trusted_routers if real_ip_from is None else real_ip_from)
-    return _render("nginx/security-proxy.conf.j2", rules=rules, target=target, real_ip_from=sources)
+    return _render("nginx/security-proxy.conf.j2", rules=rules, target=target, real_ip_from=sources,
+                   blob_cache=blob_cache)
 
 
 def render_router_conf(target: NginxTarget, *, listen: str, proxy_socket: Path) -> str:
@@ -105,8 +122,11 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
     proxy = _render("cf/proxy-manifest.yml.j2", app=cf.proxy_app, instances=settings.proxy.instances,
                     memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route)
     return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
-                       proxy_nginx_conf=render_nginx_conf(rules, NginxTarget.cloudfoundry(),
-                                                          real_ip_from=cf_real_ip_sources(rules)))
+                       proxy_nginx_conf=render_nginx_conf(
+                           rules, NginxTarget.cloudfoundry(), real_ip_from=cf_real_ip_sources(rules),
+                           # Relative to the app folder the buildpack runs nginx in; it counts against
+                           # the instance's disk quota.
+                           blob_cache=BlobCache.sized(settings.proxy.blob_cache_size, "blob-cache")))
 
 
 def cf_real_ip_sources(rules: SecurityRules) -> list[str]:

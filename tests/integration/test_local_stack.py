@@ -15,7 +15,7 @@ from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.local_platform import LocalPlatform
 from registry_mirror.processes import tcp_listeners
-from registry_mirror.sample_images import SAMPLE_IMAGES, build_image
+from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
 from registry_mirror.unix_http import unix_request
 from tests.support import MANIFEST_TYPES, client, sha256
 
@@ -212,3 +212,46 @@ def test_podman_pulls_a_multi_arch_image_by_its_docker_io_name(stack: LocalPlatf
     assert inspect.stdout.strip() == "arm64"
     log = read_nginx_log(stack.paths.logs / "proxy.access.log", offset=before)
     assert (log["uri"].str.startswith("/v2/library/multiarch/") & (log["status"] == 200)).any()
+
+
+def test_proxy_serves_repeated_blob_reads_from_its_cache_and_still_refuses_strangers(stack: LocalPlatform) -> None:
+    built = build_image(next(i for i in SAMPLE_IMAGES if i.repository == "library/alpine-sample"))
+    layer = built.platform_manifests[0].layer_digests[0]
+    path = f"/v2/library/alpine-sample/blobs/{layer}"
+    first = client(ALLOWED).get(url(stack, path), timeout=30)
+    second = client(ALLOWED).get(url(stack, path), timeout=30)
+    assert first.status_code == second.status_code == 200
+    assert sha256(second.content) == layer
+    assert second.headers["X-Mirror-Cache"] == "HIT"
+    assert second.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+    denied = client(DENIED).get(url(stack, path), headers={"X-Forwarded-For": ALLOWED}, timeout=30)
+    assert denied.status_code == 403 and layer.encode() not in denied.content
+
+
+def test_concurrent_cold_reads_of_one_blob_make_one_upstream_fetch(stack: LocalPlatform) -> None:
+    image = SampleImage("library/stampede", "latest", layer_sizes=(8 * 1024 * 1024,))
+    up = stack.settings.upstream
+    seed_registry(stack.hub_url, (up.username or "", up.password or ""), [image])
+    layer = build_image(image).platform_manifests[0].layer_digests[0]
+    path = f"/v2/library/stampede/blobs/{layer}"
+    before = log_size(hub_log(stack))
+    barrier = threading.Barrier(8)
+    results: list[tuple[int, str]] = []
+
+    def fetch(i: int) -> None:
+        session = client(ALLOWED if i % 2 else "127.0.0.11")
+        barrier.wait(timeout=30)
+        resp = session.get(url(stack, path), timeout=120)
+        results.append((resp.status_code, sha256(resp.content)))
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert results == [(200, layer)] * 8
+    upstream = read_registry_log(hub_log(stack), offset=before)
+    gets = upstream[(upstream["method"] == "GET") & (upstream["uri"] == path)]
+    # One miss reaches the registry; 2.8 then fetches the blob twice (for the client and the store).
+    # Without the proxy's cache lock, eight cold clients cost nine upstream fetches.
+    assert 1 <= len(gets) <= 2, gets.to_string()
