@@ -398,10 +398,14 @@ class StackState:
     def load(cls, path: Path) -> StackState:
         if not path.exists():
             return cls()
-        data = json.loads(path.read_text())
-        return cls(generation=data["generation"],
-                   processes={k: ProcessRecord.from_json(v) for k, v in data["processes"].items()},
-                   mirrors=list(data["mirrors"]), fingerprints=dict(data["fingerprints"]))
+        try:
+            data = json.loads(path.read_text())
+            return cls(generation=int(data["generation"]),
+                       processes={k: ProcessRecord.from_json(v) for k, v in data["processes"].items()},
+                       mirrors=list(data["mirrors"]), fingerprints=dict(data["fingerprints"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DeployError(f"{path} is not a stack state this library wrote ({exc.__class__.__name__}); "
+                              "stop the processes it named by hand, then move the file away") from None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

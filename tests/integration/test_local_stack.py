@@ -255,3 +255,42 @@ def test_concurrent_cold_reads_of_one_blob_make_one_upstream_fetch(stack: LocalP
     # One miss reaches the registry; 2.8 then fetches the blob twice (for the client and the store).
     # Without the proxy's cache lock, eight cold clients cost nine upstream fetches.
     assert 1 <= len(gets) <= 2, gets.to_string()
+
+
+def test_a_killed_instance_costs_no_request_and_the_next_deploy_replaces_it(stack: LocalPlatform) -> None:
+    paths = ["/v2/library/hello/manifests/latest", "/v2/", "/v2/library/multiarch/manifests/latest"]
+    ok, failures, stop = [0], [], threading.Event()
+
+    def pull_loop() -> None:
+        session = client(ALLOWED)
+        while not stop.is_set():
+            for path in paths:
+                try:
+                    resp = session.get(url(stack, path), headers={"Accept": MANIFEST_TYPES}, timeout=30)
+                    ok[0] += resp.status_code == 200
+                    if resp.status_code != 200:
+                        failures.append(f"{path}: {resp.status_code}")
+                except Exception as exc:  # noqa: BLE001 - every failure counts
+                    failures.append(f"{path}: {exc}")
+
+    victim = next(r for n, r in stack.running_processes().items() if n.startswith("mirror-"))
+    worker = threading.Thread(target=pull_loop)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ok[0] < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(victim.pid, 9)  # no drain, no goodbye: a crash
+        served = ok[0]
+        while ok[0] < served + 60 and time.monotonic() < deadline + 30:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert failures == [], failures[:5]
+    assert ok[0] >= served + 60
+    report = stack.deploy()
+    assert any(s.action == "drop dead instance" for s in report.steps), report
+    alive = [n for n in stack.running_processes() if n.startswith("mirror-")]
+    assert len(alive) == stack.settings.registry.instances and victim.name not in alive
+    assert stack.deploy().changed is False

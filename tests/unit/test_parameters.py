@@ -592,3 +592,13 @@ def test_rule_errors_never_quote_the_private_range(tmp_path: Path) -> None:
     message = str(err.value)
     assert "allow[1]" in message and "trusted_routers[0]" in message
     assert "10.9" not in message.replace(str(rules), "")
+
+
+def test_a_damaged_stack_state_is_a_clear_error(tmp_path: Path) -> None:
+    from registry_mirror.errors import DeployError
+    from registry_mirror.local_platform import StackState
+
+    state = tmp_path / "stack.json"
+    state.write_text('{"generation": "x", "processes": []}')
+    with pytest.raises(DeployError, match="not a stack state"):
+        StackState.load(state)
