@@ -5,6 +5,7 @@ import hashlib
 
 import pandas as pd
 
+from .cf_platform import CloudFoundryPlatform
 from .client_pull import PullResult, pull_with_skopeo
 from .deploy_report import DeployReport
 from .errors import ParameterError
@@ -15,11 +16,13 @@ from .security_rules import SecurityRules
 COMPONENTS = ("all", "registry", "proxy")
 
 
-def platform_for(settings: Settings, rules: SecurityRules) -> LocalPlatform:
+Platform = LocalPlatform | CloudFoundryPlatform
+
+
+def platform_for(settings: Settings, rules: SecurityRules) -> Platform:
     if settings.platform == "local":
         return LocalPlatform(settings, rules)
-    raise ParameterError("platform 'cloudfoundry' cannot be driven yet: the Cloud Foundry platform is "
-                         "tracked in issue 3; use params/local.yaml")
+    return CloudFoundryPlatform(settings, rules)
 
 
 def check_component(component: str, settings: Settings) -> str:
@@ -33,9 +36,13 @@ def check_component(component: str, settings: Settings) -> str:
 SAMPLE_IMAGE = "docker.io/library/hello:latest"
 
 
-def verify_pull(platform: LocalPlatform, *, image: str = SAMPLE_IMAGE, dry_run: bool = False) -> PullResult | None:
-    """Pull `image` by its docker.io name through the public endpoint, as a user's client would."""
-    if dry_run:
+def verify_pull(platform: Platform, *, image: str = SAMPLE_IMAGE, dry_run: bool = False) -> PullResult | None:
+    """Pull `image` by its docker.io name through the public endpoint, as a user's client would.
+
+    On Cloud Foundry the pipeline's integration job pulls from its workers (which the allow-list
+    admits); this machine is not one of them, so nothing is pulled here.
+    """
+    if dry_run or not isinstance(platform, LocalPlatform):
         return None
     return pull_with_skopeo(image, registries_conf=platform.client_configs().registries_conf)
 
@@ -49,13 +56,17 @@ def config_overview(configs: dict[str, str], rules: SecurityRules) -> pd.DataFra
     return frame
 
 
-def deploy_summary(platform: LocalPlatform, report: DeployReport, pull: PullResult | None) -> pd.DataFrame:
+def deploy_summary(platform: Platform, report: DeployReport, pull: PullResult | None) -> pd.DataFrame:
     """One table an operator reads last: what runs, where the endpoint is, whether a pull worked."""
+    local = isinstance(platform, LocalPlatform)
     rows = [{"item": "result", "value": report.verdict()},
-            {"item": "public endpoint", "value": f"http://{platform.endpoint}"},
-            {"item": "verification pull", "value": pull.verdict() if pull else "not run (dry run)"}]
-    status = platform.status()
-    for _, row in status.iterrows():
-        rows.append({"item": row["component"], "value": f"pid {row['pid']}, running={row['running']}"})
-    rows.append({"item": "client configs", "value": str(platform.paths.client_dir)})
+            {"item": "public endpoint", "value": f"{'http' if local else 'https'}://{platform.endpoint}"},
+            {"item": "verification pull",
+             "value": pull.verdict() if pull else ("not run (dry run)" if local else "by the pipeline's integration job")}]
+    if not report.dry_run:
+        for _, row in platform.status().iterrows():
+            details = ", ".join(f"{k}={v}" for k, v in row.items() if k != "component" and k != "log")
+            rows.append({"item": row["component"], "value": details})
+    if local:
+        rows.append({"item": "client configs", "value": str(platform.paths.client_dir)})
     return pd.DataFrame(rows)
