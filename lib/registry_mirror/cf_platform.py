@@ -26,7 +26,7 @@ from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import DeployError, PreflightError
 from .parameters import CloudFoundrySettings, Settings
 from .preflight import Check, PreflightReport
-from .registry_config import S3Location
+from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
 from .rendering import ClientConfigs, render_cf_manifests, render_client_configs
 from .security_rules import SecurityRules
 
@@ -45,15 +45,14 @@ class S3Key:
 class CloudFoundryPlatform:
     """Deploy/rollback/status of both apps in the org and space the parameters name."""
 
-    def __init__(self, settings: Settings, rules: SecurityRules, *, session: CfSession | None = None,
-                 poll_interval: float = 2.0) -> None:
+    def __init__(self, settings: Settings, rules: SecurityRules, *, session: CfSession | None = None) -> None:
         if settings.cloudfoundry is None:
             raise ValueError("CloudFoundryPlatform needs platform cloudfoundry settings")
         self.settings = settings
         self.cf: CloudFoundrySettings = settings.cloudfoundry
         self.rules = rules
         self._session = session
-        self.poll_interval = poll_interval
+        self.poll_interval = settings.cloudfoundry.poll_interval_seconds
         self._space_guid: str | None = None
 
     @property
@@ -71,9 +70,12 @@ class CloudFoundryPlatform:
 
     def rendered_configs(self) -> dict[str, str]:
         """What the deploy sends; the bucket and region come from the service key at deploy time."""
-        manifests = render_cf_manifests(self.settings, self.rules,
-                                        s3=S3Location(bucket="<from service key>", region="<from service key>"))
-        return {"mirror manifest": manifests.mirror, "proxy manifest": manifests.proxy,
+        s3 = S3Location(bucket="<from service key>", region="<from service key>")
+        manifests = render_cf_manifests(self.settings, self.rules, s3=s3)
+        config = registry_config(self.settings, s3=s3, listener=Listener(f":{MIRROR_PORT}"),
+                                 instance=self.cf.mirror_app)
+        return {"registry config (per instance)": registry_config_yaml(config),
+                "mirror manifest": manifests.mirror, "proxy manifest": manifests.proxy,
                 "security proxy nginx.conf": manifests.proxy_nginx_conf,
                 **{f"client {k}": v for k, v in self.client_configs().as_dict().items()}}
 

@@ -78,7 +78,7 @@ class CfSession:
     api: str
     credentials: CfCredentials
     timeout: float = 30.0
-    retries: int = 4
+    retries: int = 5
     backoff: float = 0.5
     dry_run: bool = False
     calls: list[CfCall] = field(default_factory=list)
@@ -94,13 +94,7 @@ class CfSession:
         from cloudfoundry_client.client import CloudFoundryClient
         from oauth2_client.credentials_manager import OAuthError
 
-        try:
-            # The library's own first request has no timeout; ask once ourselves, with one.
-            root = requests.get(f"{self.api}/", timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise PreflightError(f"Cloud Foundry API {self.api} is unreachable ({exc.__class__.__name__})") from None
-        if root.status_code != 200:
-            raise PreflightError(f"Cloud Foundry API {self.api} answered {root.status_code} to GET /")
+        self._reach_root()
         try:
             if self.credentials.grant == "password":
                 client = CloudFoundryClient(self.api)
@@ -115,6 +109,23 @@ class CfSession:
         except requests.RequestException as exc:
             raise PreflightError(f"Cloud Foundry login endpoint unreachable ({exc.__class__.__name__})") from None
         self._client = client
+
+    def _reach_root(self) -> None:
+        # The library's own first request has no timeout and no retry; ask first ourselves, with both.
+        for attempt in range(1, self.retries + 2):
+            try:
+                root = requests.get(f"{self.api}/", timeout=self.timeout)
+            except requests.RequestException as exc:
+                problem = f"is unreachable ({exc.__class__.__name__})"
+            else:
+                if root.status_code == 200:
+                    return
+                problem = f"answered {root.status_code} to GET /"
+                if root.status_code not in RETRY_STATUSES:
+                    break
+            if attempt <= self.retries:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+        raise PreflightError(f"Cloud Foundry API {self.api} {problem}")
 
     # ------------------------------------------------------------------ calls
 

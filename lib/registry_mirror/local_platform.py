@@ -19,7 +19,7 @@ import pandas as pd
 
 from .credentials import LocalStackSecrets, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
-from .errors import DeployError
+from .errors import DeployError, ParameterError
 from .local_components import (
     binary, ensure_bucket, nginx_argv, reload_nginx, registry_version, start_hub_stand_in,
     start_mirror_instance, start_nginx, start_seaweedfs, upstream_answers,
@@ -97,12 +97,14 @@ class LocalPlatform:
         checks.append(Check("state dir writable", writable, str(self.paths.root)))
         return PreflightReport(checks)
 
-    def deploy(self, *, dry_run: bool = False, replace_mirrors: bool = False) -> DeployReport:
+    def deploy(self, *, dry_run: bool = False, replace_mirrors: bool = False, component: str = "all") -> DeployReport:
         """Bring the stack to what the parameters say; idempotent.
 
         Changed mirror settings (or `replace_mirrors`) replace instances one at a time, each
         health-checked before an old one leaves the proxy; nothing in flight is dropped.
         """
+        if component != "all":
+            raise ParameterError("the local platform deploys the whole stack: use component 'all'")
         report = DeployReport(platform="local", dry_run=dry_run, endpoint=self.endpoint)
         self.preflight().raise_for_failures()
         steps = StepRecorder(report)

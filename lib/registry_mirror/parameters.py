@@ -102,6 +102,9 @@ def _http_url(value: str) -> str:
 
 
 def _https_url(value: str) -> str:
+    # Plain http only to a loopback address: a stand-in on this machine, never a real API.
+    if value.startswith("http://") and (urlsplit(value).hostname or "") in ("127.0.0.1", "localhost"):
+        return _url(value, schemes=("http",))
     return _url(value, schemes=("https",))
 
 
@@ -240,7 +243,8 @@ class CloudFoundrySettings(_Model):
     s3_service_plan: str = "basic"
     s3_service_key: Name
     max_in_flight: int = Field(default=1, ge=1, le=16)
-    deploy_timeout_seconds: int = Field(default=900, ge=60, le=7200)
+    deploy_timeout_seconds: int = Field(default=900, ge=1, le=7200)  # per build and per deployment
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=60)  # how often jobs/builds/deployments are polled
 
     @model_validator(mode="after")
     def _routes(self) -> CloudFoundrySettings:

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .cf_platform import CloudFoundryPlatform
 from .client_pull import PullResult, pull_with_skopeo
-from .deploy_report import DeployReport
+from .deploy_report import DeployReport, DeployStep
 from .errors import ParameterError
 from .local_platform import LocalPlatform
 from .parameters import Settings
@@ -70,3 +70,22 @@ def deploy_summary(platform: Platform, report: DeployReport, pull: PullResult | 
     if local:
         rows.append({"item": "client configs", "value": str(platform.paths.client_dir)})
     return pd.DataFrame(rows)
+
+
+def rollback(platform: Platform, *, component: str, revision: str = "", dry_run: bool = True) -> DeployReport:
+    """Roll one app back (Cloud Foundry); the local platform has no revisions and says so."""
+    if component not in ("registry", "proxy"):
+        raise ParameterError(f"parameter 'component' must be registry or proxy, got {component!r}")
+    if isinstance(platform, LocalPlatform):
+        report = DeployReport(platform="local", dry_run=dry_run, endpoint=platform.endpoint)
+        report.steps.append(DeployStep(component, "rollback", "skipped",
+                                       "the local platform keeps no revisions; redeploy the previous parameters"))
+        return report
+    return platform.rollback(component=component, revision=revision or None, dry_run=dry_run)  # type: ignore[arg-type]
+
+
+def calls_table(platform: Platform) -> pd.DataFrame:
+    """CF calls of this run with their request ids (empty on the local platform)."""
+    if isinstance(platform, LocalPlatform) or platform._session is None:
+        return pd.DataFrame(columns=["method", "path", "status", "request_id", "sent"])
+    return pd.DataFrame([vars(c) for c in platform.session.calls])

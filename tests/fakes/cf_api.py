@@ -1,0 +1,2044 @@
+"""A STAND-IN for the Cloud Foundry API, for tests: Cloud Controller v3, the UAA token endpoint and the
+container networking policy API v1, served over HTTP on 127.0.0.1 from one in-memory state.
+
+Cloud Foundry cannot run here, so this stand-in copies what the real services answer -- paths, methods,
+status codes, JSON shapes, pagination, error bodies and the state machines -- from the CC v3 docs, the
+community OpenAPI contract in /work/shared/contracts and the cloud_controller_ng / cf-networking-release
+sources. Where those disagree, the module says which one it follows at the place it matters.
+
+Covered:
+  * ``GET /`` and ``GET /v3`` link documents (what ``cloudfoundry_client`` reads to find UAA).
+  * UAA ``POST /login/oauth/token`` and ``/uaa/oauth/token``: password, client_credentials and
+    refresh_token grants, opaque tokens tracked here, UAA's error bodies.
+  * CC v3: organizations, spaces, apps, domains, routes, environment variables, web process and its
+    stats, packages (docker, bits with upload), builds, droplets, deployments (rolling, canary with
+    continue, cancel, supersede, stopped-app shortcut), revisions, jobs, space apply_manifest, service
+    offerings/plans/instances and service credential bindings (key) with their details.
+  * Networking policy API v1 external: list, create, delete policies.
+  * Pagination on every list, comma-separated filters, CC error bodies, ``X-Vcap-Request-Id`` on every
+    answer, and the faults in ``Faults`` (502 from the router, 429 from CC's rate limiter, slow answers,
+    token expiry, failing staging, deployments that never get healthy).
+
+Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
+stand-in, so a gap shows up as a failure and never as a silent success):
+  * v2 API, logs, SSH, tasks, sidecars, app start/stop/restart actions, route/droplet relationship
+    PATCHes, deletes, labels/annotations, ``include``/``fields``/``label_selector`` query parameters,
+    manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and canary,
+    canary ``steps``, roles and permissions (every token may do everything), quotas, time-based token
+    expiry (tokens expire only through ``Faults.expire_token_after``).
+  * Jobs, builds and deployments progress per GET of that one resource (``polls_to_finish``), never with
+    time and never through list endpoints, so a client must poll ``GET /v3/<resource>/:guid``; a rolling
+    deployment's instances jump from the first batch (max_in_flight) to all; stats are invented numbers.
+  * A 429 from the networking API uses CC's body (the policy server has no rate limiter of its own).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import email.parser
+import email.policy
+import hashlib
+import io
+import json
+import re
+import secrets
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import yaml
+
+CC_API_VERSION = "3.195.0"
+DEFAULT_PER_PAGE = 50
+MAX_PER_PAGE = 5000
+DEFAULT_S3_CREDENTIALS: dict[str, str] = {
+    "access_key_id": "AKIAFAKESTANDIN",
+    "secret_access_key": "fake-s3-secret-DO-NOT-LEAK",
+    "bucket": "cg-fake-bucket",
+    "region": "us-gov-west-1",
+    # cloud.gov's S3 broker embeds the key pair in the URI too, so leak checks must look here as well.
+    "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
+}
+_TOKEN_PATHS = ("/login/oauth/token", "/uaa/oauth/token")
+_JSON = "application/json; charset=utf-8"
+_ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # DeploymentModel::ACTIVE_STATES
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Faults:
+    """Mutable switches, read on every request, so a test can flip them between calls."""
+
+    build_fails: bool = False  # builds go STAGING -> FAILED ("StagingError - Staging error: staging failed")
+    deployment_never_healthy: bool = False  # deployments stay ACTIVE/DEPLOYING until cancelled
+    # After N more authenticated CC requests every issued access token becomes invalid (401
+    # CF-InvalidAuthToken) until the client gets a new one, e.g. with its refresh token. One-shot.
+    expire_token_after: int | None = None
+    transient_502: int = 0  # the next N CC/networking requests answer 502 (from the router)
+    # The next N CC/networking requests answer 429 with Retry-After: 1. Like CC's rate limiter it skips
+    # GET / and /v3; the policy server has no limiter of its own, so its 429 borrows CC's body.
+    rate_limited_429: int = 0
+    slow_seconds: float = 0.0  # every CC response (not UAA, not networking) is delayed this long
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the stand-in saw it, kept in arrival order in ``FakeCloudFoundry.requests``."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    # Parsed JSON; YAML text for apply_manifest; form dict for the token endpoint; for a multipart
+    # upload {field: {"filename", "size"}}; None when there was no body.
+    body: object
+    status: int
+    request_id: str
+    authenticated: bool  # a valid access token was presented and accepted
+
+    @property
+    def mutating(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH", "DELETE") and self.path not in _TOKEN_PATHS
+
+
+# --------------------------------------------------------------------------------------------------
+# Internal model (one dataclass per CC resource; presenters below turn them into API JSON)
+# --------------------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _guid() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class _Org:
+    name: str
+    guid: str = field(default_factory=_guid)
+    quota_guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Space:
+    name: str
+    org_guid: str
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Domain:
+    name: str
+    internal: bool
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Process:
+    app_guid: str
+    type: str = "web"
+    instances: int = 1
+    memory_in_mb: int = 1024
+    disk_in_mb: int = 1024
+    log_rate_limit: int = -1
+    command: str | None = None
+    health_check_type: str = "port"
+    health_check_endpoint: str | None = None
+    health_check_timeout: int | None = None
+    health_check_invocation_timeout: int | None = None
+    health_check_interval: int | None = None
+    revision_guid: str | None = None
+    guid: str = field(default_factory=_guid)
+    version: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _App:
+    name: str
+    space_guid: str
+    lifecycle_type: str  # "docker" or "buildpack"
+    buildpacks: list[str] = field(default_factory=list)
+    stack: str | None = "cflinuxfs4"
+    state: str = "STOPPED"
+    droplet_guid: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    # Web processes, oldest first. A rolling deployment adds one and removes the others when it ends,
+    # as CC does, so the web process guid changes across a deployment.
+    processes: list[_Process] = field(default_factory=list)
+    started_at: float = 0.0
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+    @property
+    def web(self) -> _Process:
+        return self.processes[-1]
+
+
+@dataclass
+class _Package:
+    app_guid: str
+    type: str  # "docker" or "bits"
+    state: str
+    image: str | None = None
+    sha256: str | None = None
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Droplet:
+    app_guid: str
+    package_guid: str
+    lifecycle_type: str
+    image: str | None
+    stack: str | None
+    buildpacks: list[str]
+    sha256: str | None
+    state: str = "STAGED"
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Build:
+    app_guid: str
+    package_guid: str
+    lifecycle_type: str
+    stack: str | None
+    buildpacks: list[str]
+    created_by: str
+    state: str = "STAGING"
+    error: str | None = None
+    droplet_guid: str | None = None
+    polls: int = 0
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Revision:
+    app_guid: str
+    version: int
+    droplet_guid: str
+    env: dict[str, Any]
+    commands: dict[str, str | None]
+    description: str
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Deployment:
+    app_guid: str
+    strategy: str
+    max_in_flight: int
+    droplet_guid: str
+    previous_droplet_guid: str | None
+    revision_guid: str | None
+    revision_version: int | None
+    original_instances: int
+    web_instances: int | None = None
+    memory_in_mb: int | None = None
+    state: str = "DEPLOYING"  # the deprecated field, still required by the contract
+    status_value: str = "ACTIVE"
+    status_reason: str | None = "DEPLOYING"
+    deploying_process_guid: str | None = None
+    new_processes: list[dict[str, str]] = field(default_factory=list)
+    polls: int = 0
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+    status_updated_at: str = field(default_factory=_now)
+    last_healthy_at: str = field(default_factory=_now)
+
+    def set_status(self, state: str, value: str, reason: str) -> None:
+        self.state, self.status_value, self.status_reason = state, value, reason
+        self.updated_at = self.status_updated_at = _now()
+        self.polls = 0
+
+
+@dataclass
+class _Destination:
+    app_guid: str
+    port: int = 8080
+    protocol: str = "http1"
+    guid: str = field(default_factory=_guid)
+
+
+@dataclass
+class _Route:
+    space_guid: str
+    domain_guid: str
+    host: str
+    path: str
+    destinations: list[_Destination] = field(default_factory=list)
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+class _JobFailure(Exception):
+    """Raised by a job's completion step; the job goes FAILED with this CC error."""
+
+    def __init__(self, detail: str, code: int = 10008, title: str = "CF-UnprocessableEntity") -> None:
+        super().__init__(detail)
+        self.error = {"code": code, "title": title, "detail": detail}
+
+
+@dataclass
+class _Job:
+    operation: str
+    resource_type: str  # the link name CC uses: "space", "service_instances", ...
+    resource_guid: str
+    complete: Callable[[], None]
+    state: str = "PROCESSING"
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    polls: int = 0
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _ServiceOffering:
+    name: str
+    description: str
+    broker_guid: str = field(default_factory=_guid)
+    guid: str = field(default_factory=_guid)
+    catalog_id: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _ServicePlan:
+    name: str
+    offering_guid: str
+    description: str
+    guid: str = field(default_factory=_guid)
+    catalog_id: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _LastOperation:
+    type: str = "create"
+    state: str = "in progress"
+    description: str = ""
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+    def present(self) -> dict[str, Any]:
+        return {"type": self.type, "state": self.state, "description": self.description,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+@dataclass
+class _ServiceInstance:
+    name: str
+    space_guid: str
+    plan_guid: str
+    tags: list[str]
+    last_operation: _LastOperation = field(default_factory=_LastOperation)
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _ServiceKey:
+    name: str
+    instance_guid: str
+    last_operation: _LastOperation = field(default_factory=_LastOperation)
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Token:
+    subject: str  # user name or client id
+    client_id: str
+    grant_type: str
+    scope: str
+    refresh_token: str | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors and responses
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Resp:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_resp(status: int, payload: object, headers: Mapping[str, str] | None = None) -> _Resp:
+    return _Resp(status, json.dumps(payload).encode(), {"Content-Type": _JSON, **(headers or {})})
+
+
+class _CCError(Exception):
+    """A Cloud Controller error: ``{"errors": [{"code", "title", "detail"}]}`` (errors/v2.yml codes)."""
+
+    def __init__(self, status: int, code: int, title: str, detail: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.title, self.detail = status, code, title, detail
+        self.headers = dict(headers or {})
+
+    def response(self) -> _Resp:
+        body = {"errors": [{"code": self.code, "title": self.title, "detail": self.detail}]}
+        return _json_resp(self.status, body, self.headers)
+
+
+class _RawError(Exception):
+    """An error from a service that is not CC (UAA, policy server, router): its own body shape."""
+
+    def __init__(self, resp: _Resp) -> None:
+        super().__init__(resp.status)
+        self.resp = resp
+
+
+def _not_found(what: str) -> _CCError:
+    return _CCError(404, 10010, "CF-ResourceNotFound", f"{what} not found")
+
+
+def _unknown_request() -> _CCError:
+    return _CCError(404, 10000, "CF-NotFound", "Unknown request")
+
+
+def _unprocessable(detail: str) -> _CCError:
+    return _CCError(422, 10008, "CF-UnprocessableEntity", detail)
+
+
+def _bad_query(detail: str) -> _CCError:
+    return _CCError(400, 10005, "CF-BadQueryParameter", f"The query parameter is invalid: {detail}")
+
+
+def _parse_error() -> _CCError:
+    return _CCError(400, 1001, "CF-MessageParseError", "Request invalid due to parse error: invalid request body")
+
+
+def _invalid_token() -> _CCError:
+    # cloudfoundry_client refreshes only on exactly this code and title (client.py _is_token_expired).
+    return _CCError(401, 1000, "CF-InvalidAuthToken", "Invalid Auth Token")
+
+
+def _uaa_error(status: int, error: str, description: str) -> _RawError:
+    return _RawError(_json_resp(status, {"error": error, "error_description": description}))
+
+
+def _policy_error(status: int, message: str) -> _RawError:
+    return _RawError(_json_resp(status, {"error": message}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Req:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Message
+    raw: bytes
+    user: str = ""
+
+    def json_object(self, required: bool = True) -> dict[str, Any]:
+        """The body as a JSON object; CC answers 400 MessageParseError for anything else."""
+        if not self.raw.strip():
+            if required:
+                raise _parse_error()
+            return {}
+        try:
+            value = json.loads(self.raw)
+        except (ValueError, UnicodeDecodeError):
+            raise _parse_error() from None
+        if not isinstance(value, dict):
+            raise _parse_error()
+        return value
+
+
+def _decode_form(raw: bytes) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+
+
+def _multipart_fields(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Form fields of a multipart/form-data body: name -> (filename, bytes). The stdlib cgi module is
+    deprecated, so this goes through the email parser, which understands the same MIME framing."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+def _csv(values: list[str]) -> list[str]:
+    return [item for value in values for item in value.split(",")]
+
+
+_MEMORY_UNITS = {"B": 1 / (1024 * 1024), "K": 1 / 1024, "KB": 1 / 1024, "M": 1, "MB": 1, "G": 1024,
+                 "GB": 1024, "T": 1024 * 1024, "TB": 1024 * 1024}
+
+
+def _megabytes(value: object, what: str, app_name: str) -> int:
+    """Manifest sizes like "512M" or "1G". CC rejects bare numbers: a unit is required."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]+)\s*", str(value))
+    if not match or match.group(2).upper() not in _MEMORY_UNITS:
+        raise _unprocessable(f"For application '{app_name}': {what} must use a supported unit: "
+                             "B, K, KB, M, MB, G, GB, T, or TB")
+    megabytes = int(int(match.group(1)) * _MEMORY_UNITS[match.group(2).upper()])
+    if megabytes <= 0:
+        raise _unprocessable(f"For application '{app_name}': {what} must be greater than 0MB")
+    return megabytes
+
+
+# --------------------------------------------------------------------------------------------------
+# The stand-in
+# --------------------------------------------------------------------------------------------------
+
+_Handler = Callable[..., _Resp]
+
+
+class FakeCloudFoundry:
+    """In-memory Cloud Foundry (CC v3 + UAA + policy server) served on 127.0.0.1:<free port>."""
+
+    def __init__(self, *, users: Mapping[str, str] | None = None, clients: Mapping[str, str] | None = None,
+                 org: str = "cloud-gov", spaces: tuple[str, ...] = ("registry-mirror-staging", "registry-mirror"),
+                 s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2) -> None:
+        self.users: dict[str, str] = dict(users if users is not None else {"deployer": "deployer-password"})
+        self.clients: dict[str, str] = dict(clients if clients is not None else {"ci-deployer": "ci-secret"})
+        self.s3_credentials: dict[str, Any] = dict(s3_credentials if s3_credentials is not None
+                                                   else DEFAULT_S3_CREDENTIALS)
+        self.polls_to_finish = polls_to_finish
+        self.faults = Faults()
+        self.requests: list[RecordedRequest] = []
+        self.url = ""
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+        self._orgs: list[_Org] = [_Org(org)]
+        self._spaces: list[_Space] = [_Space(name, self._orgs[0].guid) for name in spaces]
+        # Shared domains, as on cloud.gov: the internal one for container-to-container traffic.
+        self._domains: list[_Domain] = [_Domain("app.cloud.gov", internal=False),
+                                         _Domain("apps.internal", internal=True)]
+        self._apps: list[_App] = []
+        self._packages: list[_Package] = []
+        self._droplets: list[_Droplet] = []
+        self._builds: list[_Build] = []
+        self._revisions: list[_Revision] = []
+        self._deployments: list[_Deployment] = []
+        self._routes: list[_Route] = []
+        self._jobs: list[_Job] = []
+        offering = _ServiceOffering("s3", "Use AWS S3 buckets to store files")
+        self._offerings: list[_ServiceOffering] = [offering]
+        self._plans: list[_ServicePlan] = [_ServicePlan("basic", offering.guid, "A basic S3 bucket")]
+        self._instances: list[_ServiceInstance] = []
+        self._keys: list[_ServiceKey] = []
+        self._policies: list[dict[str, Any]] = []
+        self._access_tokens: dict[str, _Token] = {}
+        self._refresh_tokens: dict[str, _Token] = {}
+        self._routes_table: list[tuple[str, re.Pattern[str], _Handler]] = self._build_routes()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _HTTPHandler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        # A short poll interval: stop() waits up to one interval, and tests start a stand-in each.
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-cf", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeCloudFoundry:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # ---- internal views for assertions -----------------------------------------------------------
+
+    def app(self, name: str) -> dict[str, Any] | None:
+        """What the platform holds for an app, beyond what the API shows in one call."""
+        with self._lock:
+            app = next((a for a in self._apps if a.name == name), None)
+            if app is None:
+                return None
+            droplet = self._find(self._droplets, app.droplet_guid)
+            return {
+                "guid": app.guid, "name": app.name, "space_guid": app.space_guid, "state": app.state,
+                "droplet_guid": app.droplet_guid, "image": droplet.image if droplet else None,
+                "lifecycle": {"type": app.lifecycle_type, "buildpacks": list(app.buildpacks), "stack": app.stack},
+                "instances": app.web.instances, "memory_in_mb": app.web.memory_in_mb,
+                "disk_in_mb": app.web.disk_in_mb, "env": copy.deepcopy(app.env),
+                "health_check": {"type": app.web.health_check_type, "endpoint": app.web.health_check_endpoint,
+                                 "timeout": app.web.health_check_timeout},
+                "web_process_guids": [p.guid for p in app.processes],
+                "routes": [self._route_url(r) for r in self._routes_of(app)],
+            }
+
+    def deployments(self, app_name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            guids = {a.guid for a in self._apps if a.name == app_name}
+            return [{"guid": d.guid, "app_guid": d.app_guid, "state": d.state, "status_value": d.status_value,
+                     "status_reason": d.status_reason, "strategy": d.strategy, "max_in_flight": d.max_in_flight,
+                     "droplet_guid": d.droplet_guid, "previous_droplet_guid": d.previous_droplet_guid,
+                     "revision_guid": d.revision_guid, "revision_version": d.revision_version}
+                    for d in self._deployments if d.app_guid in guids]
+
+    def policies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._policies)
+
+    # ---- request handling ------------------------------------------------------------------------
+
+    def _handle(self, method: str, target: str, headers: Message, raw: bytes) -> _Resp:
+        request_id = _guid()
+        split = urlsplit(target)
+        path = split.path.rstrip("/") or "/"
+        query = parse_qs(split.query, keep_blank_values=True)
+        kind = self._kind(path)
+        req = _Req(method, path, query, headers, raw)
+        authenticated = False
+        try:
+            with self._lock:
+                fault = self._fault_response(kind, path, headers)
+                if fault is not None:
+                    authenticated = self._peek_token(headers) is not None
+                    resp = fault
+                else:
+                    # Like CC, an unrouted path is a 404 before any token check.
+                    handler, params = self._match(req)
+                    if kind == "cc" and path not in ("/", "/v3"):
+                        req.user = self._authenticate_cc(headers)
+                        authenticated = True
+                    elif kind == "networking":
+                        req.user = self._authenticate_networking(headers)
+                        authenticated = True
+                    resp = handler(req, **params)
+        except _CCError as error:
+            resp = error.response()
+        except _RawError as error:
+            resp = error.resp
+        except Exception as error:  # a bug in the stand-in: answer like CC's 500, but say what broke
+            resp = _CCError(500, 10001, "CF-ServerError", f"stand-in bug: {error!r}").response()
+        if kind == "cc" and self.faults.slow_seconds > 0:
+            time.sleep(self.faults.slow_seconds)  # outside the lock: other requests keep flowing
+        resp.headers["X-Vcap-Request-Id"] = request_id
+        record = RecordedRequest(method, path, query, self._body_for_record(req), resp.status, request_id,
+                                 authenticated)
+        with self._lock:
+            self.requests.append(record)
+        return resp
+
+    @staticmethod
+    def _kind(path: str) -> str:
+        if path in _TOKEN_PATHS or path.startswith(("/login/", "/uaa/")):
+            return "uaa"
+        if path.startswith("/networking/"):
+            return "networking"
+        return "cc"
+
+    @staticmethod
+    def _body_for_record(req: _Req) -> object:
+        if not req.raw:
+            return None
+        content_type = req.headers.get("Content-Type", "")
+        if req.path in _TOKEN_PATHS:
+            return _decode_form(req.raw)
+        if req.path.endswith("/actions/apply_manifest"):
+            return req.raw.decode("utf-8", "replace")
+        if content_type.startswith("multipart/form-data"):
+            return {name: {"filename": filename, "size": len(data)}
+                    for name, (filename, data) in _multipart_fields(content_type, req.raw).items()}
+        try:
+            return json.loads(req.raw)
+        except (ValueError, UnicodeDecodeError):
+            return req.raw.decode("utf-8", "replace")
+
+    def _fault_response(self, kind: str, path: str, headers: Message) -> _Resp | None:
+        if kind == "uaa":
+            return None
+        if self.faults.transient_502 > 0:
+            self.faults.transient_502 -= 1
+            # A 502 comes from the gorouter, not from CC: plain text, with the router's error header.
+            return _Resp(502, b"502 Bad Gateway: Registered endpoint failed to handle the request.\n",
+                         {"Content-Type": "text/plain; charset=utf-8", "X-Cf-Routererror": "endpoint_failure"})
+        # CC's RateLimiter skips the root documents (root_api?: /, /v3), so the fault waits for the next
+        # request it would really limit.
+        if self.faults.rate_limited_429 > 0 and not (kind == "cc" and path in ("/", "/v3")):
+            self.faults.rate_limited_429 -= 1
+            limit_headers = {"Retry-After": "1", "X-RateLimit-Limit": "20000", "X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset": str(int(time.time()) + 1)}
+            if self._bearer(headers) is None:  # CC limits callers without a user token per IP
+                return _CCError(429, 10014, "CF-IPBasedRateLimitExceeded",
+                                "Rate Limit Exceeded: Unauthenticated requests from this IP address have exceeded "
+                                "the limit. Please log in.", limit_headers).response()
+            return _CCError(429, 10013, "CF-RateLimitExceeded", "Rate Limit Exceeded", limit_headers).response()
+        return None
+
+    # ---- authentication --------------------------------------------------------------------------
+
+    @staticmethod
+    def _bearer(headers: Message) -> str | None:
+        value = headers.get("Authorization")
+        if value is None:
+            return None
+        scheme, _, token = value.strip().partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+
+    def _peek_token(self, headers: Message) -> _Token | None:
+        token = self._bearer(headers)
+        return self._access_tokens.get(token) if token else None
+
+    def _authenticate_cc(self, headers: Message) -> str:
+        token = self._bearer(headers)
+        if token is None:
+            raise _CCError(401, 10002, "CF-NotAuthenticated", "Authentication error")
+        record = self._access_tokens.get(token)
+        if record is None:
+            raise _invalid_token()
+        if self.faults.expire_token_after is not None:
+            if self.faults.expire_token_after <= 0:
+                self.faults.expire_token_after = None
+                self._access_tokens.clear()  # refresh tokens survive: that is how clients recover
+                raise _invalid_token()
+            self.faults.expire_token_after -= 1
+        return record.subject
+
+    def _authenticate_networking(self, headers: Message) -> str:
+        # The policy server has its own error bodies (cf-networking-release authenticator.go): 401 with
+        # no header, 403 for a token UAA rejects. cloudfoundry_client does not refresh on either.
+        token = self._bearer(headers)
+        if token is None:
+            raise _policy_error(401, "authenticator: missing authorization header")
+        record = self._access_tokens.get(token)
+        if record is None:
+            raise _policy_error(403, "authenticator: failed to verify token with uaa")
+        return record.subject
+
+    # ---- routing ---------------------------------------------------------------------------------
+
+    def _build_routes(self) -> list[tuple[str, re.Pattern[str], _Handler]]:
+        g = r"(?P<guid>[^/]+)"
+        table: list[tuple[str, str, _Handler]] = [
+            ("GET", "/", self._h_root),
+            ("GET", "/v3", self._h_v3_root),
+            ("POST", "/login/oauth/token", self._h_token),
+            ("POST", "/uaa/oauth/token", self._h_token),
+            ("GET", "/v3/organizations", self._h_list_orgs),
+            ("GET", "/v3/spaces", self._h_list_spaces),
+            ("POST", f"/v3/spaces/{g}/actions/apply_manifest", self._h_apply_manifest),
+            ("GET", "/v3/apps", self._h_list_apps),
+            ("GET", f"/v3/apps/{g}", self._h_get_app),
+            ("GET", f"/v3/apps/{g}/environment_variables", self._h_get_env),
+            ("PATCH", f"/v3/apps/{g}/environment_variables", self._h_patch_env),
+            ("GET", f"/v3/apps/{g}/processes/(?P<type>[^/]+)", self._h_get_app_process),
+            ("GET", f"/v3/apps/{g}/routes", self._h_app_routes),
+            ("GET", f"/v3/apps/{g}/droplets/current", self._h_current_droplet),
+            ("GET", f"/v3/apps/{g}/revisions", self._h_app_revisions),
+            ("GET", f"/v3/apps/{g}/revisions/deployed", self._h_deployed_revisions),
+            ("GET", f"/v3/revisions/{g}", self._h_get_revision),
+            ("GET", "/v3/domains", self._h_list_domains),
+            ("GET", "/v3/routes", self._h_list_routes),
+            ("GET", f"/v3/processes/{g}", self._h_get_process),
+            ("GET", f"/v3/processes/{g}/stats", self._h_process_stats),
+            ("GET", f"/v3/jobs/{g}", self._h_get_job),
+            ("POST", "/v3/packages", self._h_create_package),
+            ("GET", f"/v3/packages/{g}", self._h_get_package),
+            ("POST", f"/v3/packages/{g}/upload", self._h_upload_package),
+            ("POST", "/v3/builds", self._h_create_build),
+            ("GET", f"/v3/builds/{g}", self._h_get_build),
+            ("GET", f"/v3/droplets/{g}", self._h_get_droplet),
+            ("POST", "/v3/deployments", self._h_create_deployment),
+            ("GET", "/v3/deployments", self._h_list_deployments),
+            ("GET", f"/v3/deployments/{g}", self._h_get_deployment),
+            ("POST", f"/v3/deployments/{g}/actions/cancel", self._h_cancel_deployment),
+            ("POST", f"/v3/deployments/{g}/actions/continue", self._h_continue_deployment),
+            ("GET", "/v3/service_offerings", self._h_list_offerings),
+            ("GET", "/v3/service_plans", self._h_list_plans),
+            ("GET", "/v3/service_instances", self._h_list_instances),
+            ("POST", "/v3/service_instances", self._h_create_instance),
+            ("GET", f"/v3/service_instances/{g}", self._h_get_instance),
+            ("GET", "/v3/service_credential_bindings", self._h_list_keys),
+            ("POST", "/v3/service_credential_bindings", self._h_create_key),
+            ("GET", f"/v3/service_credential_bindings/{g}", self._h_get_key),
+            ("GET", f"/v3/service_credential_bindings/{g}/details", self._h_key_details),
+            ("GET", "/networking/v1/external/policies", self._h_list_policies),
+            ("POST", "/networking/v1/external/policies", self._h_create_policies),
+            ("POST", "/networking/v1/external/policies/delete", self._h_delete_policies),
+        ]
+        return [(method, re.compile(pattern + r"\Z"), handler) for method, pattern, handler in table]
+
+    def _match(self, req: _Req) -> tuple[_Handler, dict[str, str]]:
+        for method, pattern, handler in self._routes_table:
+            match = pattern.match(req.path)
+            if match and method == req.method:
+                return handler, match.groupdict()
+        # Rails answers an unrouted method like an unknown path; the other services have their own 404s.
+        kind = self._kind(req.path)
+        if kind == "networking":
+            raise _RawError(_Resp(404, b"404 page not found\n", {"Content-Type": "text/plain; charset=utf-8"}))
+        if req.path in _TOKEN_PATHS:
+            raise _uaa_error(405, "method_not_allowed", f"Request method '{req.method}' is not supported")
+        if kind == "uaa":
+            raise _RawError(_json_resp(404, {"error": "Not Found"}))
+        raise _unknown_request()
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _href(self, path: str) -> dict[str, str]:
+        return {"href": self.url + path}
+
+    @staticmethod
+    def _find(items: Iterable[Any], guid: str | None) -> Any:
+        return next((item for item in items if item.guid == guid), None) if guid else None
+
+    def _get(self, items: Iterable[Any], guid: str, what: str) -> Any:
+        item = self._find(items, guid)
+        if item is None:
+            raise _not_found(what)
+        return item
+
+    def _finished(self, polls: int) -> bool:
+        return polls >= self.polls_to_finish
+
+    def _paginate(self, req: _Req, path: str, items: list[Any], present: Callable[[Any], dict[str, Any]],
+                  filters: Mapping[str, Callable[[Any, list[str]], bool]],
+                  order_fields: tuple[str, ...] = ("created_at", "updated_at")) -> _Resp:
+        """A CC list: filters, order_by, page/per_page validated like CC, links like PaginationPresenter."""
+        unsupported = {"include", "fields", "label_selector", "created_ats", "updated_ats"} & req.query.keys()
+        if unsupported:
+            raise _bad_query(f"{', '.join(sorted(unsupported))} (real CC accepts this; the stand-in does "
+                             "not implement it)")
+        known = set(filters) | {"page", "per_page", "order_by"}
+        unknown = sorted(set(req.query) - known)
+        if unknown:
+            raise _bad_query(f"Unknown query parameter(s): '{', '.join(unknown)}'. Valid parameters are: "
+                             f"'{', '.join(sorted(known))}'")
+        page = self._int_param(req, "page", 1)
+        per_page = self._int_param(req, "per_page", DEFAULT_PER_PAGE)
+        if page < 1:
+            raise _bad_query("Page must be greater than 0")
+        if not 1 <= per_page <= MAX_PER_PAGE:
+            raise _bad_query(f"Per page must be between 1 and {MAX_PER_PAGE}")
+        selected = list(items)
+        filter_params: dict[str, str] = {}
+        for name, predicate in filters.items():
+            if name in req.query:
+                values = _csv(req.query[name])
+                filter_params[name] = ",".join(values)
+                selected = [item for item in selected if predicate(item, values)]
+        order_by = req.query.get("order_by", [""])[-1]
+        if order_by:
+            key = order_by.lstrip("+-")
+            if key not in order_fields:
+                raise _bad_query(f"Order by can only be: '{', '.join(order_fields)}'")
+            selected.sort(key=lambda item: getattr(item, key), reverse=order_by.startswith("-"))
+            filter_params["order_by"] = order_by
+        total = len(selected)
+        last = max(1, -(-total // per_page))
+
+        def link(number: int) -> dict[str, str]:
+            params = dict(sorted({**filter_params, "page": str(number), "per_page": str(per_page)}.items()))
+            return self._href(f"{path}?{urlencode(params)}")
+
+        body = {
+            "pagination": {"total_results": total, "total_pages": last, "first": link(1), "last": link(last),
+                           "next": link(page + 1) if page < last else None,
+                           "previous": link(page - 1) if page > 1 else None},
+            "resources": [present(item) for item in selected[(page - 1) * per_page: page * per_page]],
+        }
+        return _json_resp(200, body)
+
+    @staticmethod
+    def _int_param(req: _Req, name: str, default: int) -> int:
+        raw = req.query.get(name, [str(default)])[-1]
+        try:
+            return int(raw)
+        except ValueError:
+            raise _bad_query(f"{name.replace('_', ' ').capitalize()} must be an integer") from None
+
+    @staticmethod
+    def _check_fields(body: Mapping[str, Any], allowed: set[str]) -> None:
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise _unprocessable(f"Unknown field(s): '{', '.join(unknown)}'")
+
+    @staticmethod
+    def _relationship_guid(body: Mapping[str, Any], name: str) -> str | None:
+        relationships = body.get("relationships")
+        if not isinstance(relationships, dict):
+            return None
+        data = (relationships.get(name) or {}).get("data") if isinstance(relationships.get(name), dict) else None
+        guid = data.get("guid") if isinstance(data, dict) else None
+        return guid if isinstance(guid, str) else None
+
+    def _metadata(self) -> dict[str, dict[str, str]]:
+        return {"labels": {}, "annotations": {}}
+
+    # ---- root documents --------------------------------------------------------------------------
+
+    def _h_root(self, req: _Req) -> _Resp:
+        base = self.url
+        # No cloud_controller_v2 link: the stand-in serves no v2, and cloudfoundry_client skips a missing one.
+        return _json_resp(200, {"links": {
+            "self": {"href": base},
+            "cloud_controller_v3": {"href": f"{base}/v3", "meta": {"version": CC_API_VERSION}},
+            "network_policy_v0": {"href": f"{base}/networking/v0/external"},
+            "network_policy_v1": {"href": f"{base}/networking/v1/external"},
+            "login": {"href": f"{base}/login"},
+            "uaa": {"href": f"{base}/uaa"},
+            "credhub": None,
+        }})
+
+    def _h_v3_root(self, req: _Req) -> _Resp:
+        names = ("app_usage_events", "apps", "audit_events", "buildpacks", "builds", "deployments", "domains",
+                 "droplets", "environment_variable_groups", "feature_flags", "info", "isolation_segments",
+                 "organizations", "organization_quotas", "packages", "processes", "resource_matches", "roles",
+                 "routes", "security_groups", "service_brokers", "service_instances",
+                 "service_credential_bindings", "service_offerings", "service_plans", "service_route_bindings",
+                 "service_usage_events", "spaces", "space_quotas", "stacks", "tasks", "users")
+        links = {"self": self._href("/v3")} | {name: self._href(f"/v3/{name}") for name in names}
+        return _json_resp(200, {"links": links})
+
+    # ---- UAA -------------------------------------------------------------------------------------
+
+    def _h_token(self, req: _Req) -> _Resp:
+        form = _decode_form(req.raw)
+        client_id, client_secret = self._client_auth(req.headers, form)
+        grant = form.get("grant_type")
+        if not grant:
+            raise _uaa_error(400, "invalid_request", "Missing grant type")
+        if grant == "client_credentials":
+            if client_id not in self.clients or self.clients[client_id] != client_secret:
+                raise _uaa_error(401, "unauthorized", "Bad credentials")
+            # UAA issues no refresh token for client_credentials: the client re-authenticates instead.
+            return self._issue(_Token(client_id, client_id, grant, "cloud_controller.read cloud_controller.write "
+                                      "network.write uaa.none", None))
+        if not self._known_client(client_id, client_secret):
+            raise _uaa_error(401, "unauthorized", "Bad credentials")
+        if grant == "password":
+            username, password = form.get("username", ""), form.get("password", "")
+            if username not in self.users or self.users[username] != password:
+                raise _uaa_error(401, "unauthorized", "Bad credentials")
+            return self._issue(_Token(username, client_id, grant, "openid cloud_controller.read "
+                                      "cloud_controller.write network.write uaa.user", secrets.token_urlsafe(24)))
+        if grant == "refresh_token":
+            record = self._refresh_tokens.get(form.get("refresh_token", ""))
+            if record is None or record.client_id != client_id:
+                raise _uaa_error(401, "invalid_token", "Invalid refresh token")
+            return self._issue(record)
+        raise _uaa_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
+
+    def _known_client(self, client_id: str, client_secret: str) -> bool:
+        # "cf" is the CLI's public client (empty secret), the one cloudfoundry_client uses by default.
+        if client_id == "cf":
+            return client_secret == ""
+        return self.clients.get(client_id) == client_secret
+
+    @staticmethod
+    def _client_auth(headers: Message, form: Mapping[str, str]) -> tuple[str, str]:
+        value = headers.get("Authorization", "")
+        scheme, _, encoded = value.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                client_id, _, secret = base64.b64decode(encoded.strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise _uaa_error(401, "unauthorized", "Bad credentials") from None
+            return client_id, secret
+        return form.get("client_id", ""), form.get("client_secret", "")
+
+    def _issue(self, record: _Token) -> _Resp:
+        access = secrets.token_urlsafe(32)
+        self._access_tokens[access] = record
+        body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": 1199,
+                                "scope": record.scope, "jti": secrets.token_hex(16)}
+        if record.refresh_token is not None:
+            self._refresh_tokens[record.refresh_token] = record
+            body["refresh_token"] = record.refresh_token
+        return _json_resp(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    # ---- organizations, spaces, domains ----------------------------------------------------------
+
+    def _present_org(self, org: _Org) -> dict[str, Any]:
+        return {"guid": org.guid, "created_at": org.created_at, "updated_at": org.updated_at, "name": org.name,
+                "suspended": False, "relationships": {"quota": {"data": {"guid": org.quota_guid}}},
+                "metadata": self._metadata(),
+                "links": {"self": self._href(f"/v3/organizations/{org.guid}"),
+                          "domains": self._href(f"/v3/organizations/{org.guid}/domains"),
+                          "default_domain": self._href(f"/v3/organizations/{org.guid}/domains/default"),
+                          "quota": self._href(f"/v3/organization_quotas/{org.quota_guid}")}}
+
+    def _h_list_orgs(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/organizations", self._orgs, self._present_org, {
+            "names": lambda o, v: o.name in v, "guids": lambda o, v: o.guid in v}, ("created_at", "updated_at", "name"))
+
+    def _present_space(self, space: _Space) -> dict[str, Any]:
+        return {"guid": space.guid, "created_at": space.created_at, "updated_at": space.updated_at,
+                "name": space.name,
+                "relationships": {"organization": {"data": {"guid": space.org_guid}}, "quota": {"data": None}},
+                "metadata": self._metadata(),
+                "links": {"self": self._href(f"/v3/spaces/{space.guid}"),
+                          "features": self._href(f"/v3/spaces/{space.guid}/features"),
+                          "organization": self._href(f"/v3/organizations/{space.org_guid}"),
+                          "apply_manifest": {**self._href(f"/v3/spaces/{space.guid}/actions/apply_manifest"),
+                                             "method": "POST"}}}
+
+    def _h_list_spaces(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/spaces", self._spaces, self._present_space, {
+            "names": lambda s, v: s.name in v, "guids": lambda s, v: s.guid in v,
+            "organization_guids": lambda s, v: s.org_guid in v}, ("created_at", "updated_at", "name"))
+
+    def _present_domain(self, domain: _Domain) -> dict[str, Any]:
+        # Shared domains have no owning organization and, for http domains, no router group: CC answers
+        # null for both.
+        return {"guid": domain.guid, "created_at": domain.created_at, "updated_at": domain.updated_at,
+                "name": domain.name, "internal": domain.internal, "router_group": None,
+                "supported_protocols": ["http"], "metadata": self._metadata(),
+                "relationships": {"organization": {"data": None}, "shared_organizations": {"data": []}},
+                "links": {"self": self._href(f"/v3/domains/{domain.guid}"),
+                          "route_reservations": self._href(f"/v3/domains/{domain.guid}/route_reservations")}}
+
+    def _h_list_domains(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/domains", self._domains, self._present_domain, {
+            "names": lambda d, v: d.name in v, "guids": lambda d, v: d.guid in v,
+            "organization_guids": lambda d, v: any(o.guid in v for o in self._orgs)})
+
+    # ---- apps, env, processes, stats -------------------------------------------------------------
+
+    def _present_app(self, app: _App) -> dict[str, Any]:
+        base = f"/v3/apps/{app.guid}"
+        lifecycle: dict[str, Any] = ({"type": "docker", "data": {}} if app.lifecycle_type == "docker" else
+                                     {"type": "buildpack", "data": {"buildpacks": list(app.buildpacks),
+                                                                    "stack": app.stack}})
+        return {"guid": app.guid, "name": app.name, "state": app.state, "created_at": app.created_at,
+                "updated_at": app.updated_at, "lifecycle": lifecycle,
+                "relationships": {"space": {"data": {"guid": app.space_guid}}}, "metadata": self._metadata(),
+                "links": {"self": self._href(base), "space": self._href(f"/v3/spaces/{app.space_guid}"),
+                          "processes": self._href(f"{base}/processes"), "packages": self._href(f"{base}/packages"),
+                          "environment_variables": self._href(f"{base}/environment_variables"),
+                          "current_droplet": self._href(f"{base}/droplets/current"),
+                          "droplets": self._href(f"{base}/droplets"), "tasks": self._href(f"{base}/tasks"),
+                          "start": {**self._href(f"{base}/actions/start"), "method": "POST"},
+                          "stop": {**self._href(f"{base}/actions/stop"), "method": "POST"},
+                          "revisions": self._href(f"{base}/revisions"),
+                          "deployed_revisions": self._href(f"{base}/revisions/deployed"),
+                          "features": self._href(f"{base}/features")}}
+
+    def _h_list_apps(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/apps", self._apps, self._present_app, {
+            "names": lambda a, v: a.name in v, "guids": lambda a, v: a.guid in v,
+            "space_guids": lambda a, v: a.space_guid in v,
+            "organization_guids": lambda a, v: self._space_of(a).org_guid in v,
+            "lifecycle_type": lambda a, v: a.lifecycle_type in v}, ("created_at", "updated_at", "name"))
+
+    def _space_of(self, app: _App) -> _Space:
+        return self._get(self._spaces, app.space_guid, "Space")
+
+    def _h_get_app(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_app(self._get(self._apps, guid, "App")))
+
+    def _env_body(self, app: _App) -> dict[str, Any]:
+        base = f"/v3/apps/{app.guid}"
+        return {"var": copy.deepcopy(app.env),
+                "links": {"self": self._href(f"{base}/environment_variables"), "app": self._href(base)}}
+
+    def _h_get_env(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._env_body(self._get(self._apps, guid, "App")))
+
+    def _h_patch_env(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        body = req.json_object()
+        self._check_fields(body, {"var"})
+        variables = body.get("var")
+        if not isinstance(variables, dict):
+            raise _unprocessable("Var must be an object")
+        for name in variables:
+            if name.startswith("VCAP_"):
+                raise _unprocessable("Var Environment variable names cannot start with VCAP_")
+            if name == "PORT":
+                raise _unprocessable("Var Environment variable names cannot be PORT")
+        for name, value in variables.items():
+            if value is None:
+                app.env.pop(name, None)  # null removes the variable
+            else:
+                app.env[name] = value
+        app.updated_at = _now()
+        return _json_resp(200, self._env_body(app))
+
+    def _present_process(self, process: _Process) -> dict[str, Any]:
+        app = self._get(self._apps, process.app_guid, "App")
+        data: dict[str, Any] = {"timeout": process.health_check_timeout,
+                                "invocation_timeout": process.health_check_invocation_timeout,
+                                "interval": process.health_check_interval}
+        if process.health_check_type == "http":
+            data["endpoint"] = process.health_check_endpoint
+        revision = {"data": {"guid": process.revision_guid}} if process.revision_guid else None
+        base = f"/v3/processes/{process.guid}"
+        return {"guid": process.guid, "type": process.type, "command": process.command,
+                "instances": process.instances, "memory_in_mb": process.memory_in_mb,
+                "disk_in_mb": process.disk_in_mb, "log_rate_limit_in_bytes_per_second": process.log_rate_limit,
+                "health_check": {"type": process.health_check_type, "data": data},
+                "readiness_health_check": {"type": "process", "data": {"invocation_timeout": None, "interval": None}},
+                "relationships": {"app": {"data": {"guid": process.app_guid}}, "revision": revision},
+                "metadata": self._metadata(), "created_at": process.created_at, "updated_at": process.updated_at,
+                "version": process.version,
+                "links": {"self": self._href(base), "scale": {**self._href(f"{base}/actions/scale"), "method": "POST"},
+                          "app": self._href(f"/v3/apps/{app.guid}"),
+                          "space": self._href(f"/v3/spaces/{app.space_guid}"), "stats": self._href(f"{base}/stats")}}
+
+    def _process(self, guid: str) -> tuple[_App, _Process]:
+        for app in self._apps:
+            for process in app.processes:
+                if process.guid == guid:
+                    return app, process
+        raise _not_found("Process")
+
+    def _h_get_app_process(self, req: _Req, guid: str, type: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        if type != "web":
+            raise _not_found("Process")
+        # The newest web process is the one a running deployment is bringing up, as in CC.
+        return _json_resp(200, self._present_process(app.web))
+
+    def _h_get_process(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_process(self._process(guid)[1]))
+
+    def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
+        app, process = self._process(guid)
+        resources: list[dict[str, Any]] = []
+        for index in range(process.instances):
+            if app.state != "STARTED":
+                # CC's down_instance_stats_hash: a DOWN instance has no host, usage or quotas.
+                resources.append({"type": process.type, "index": index, "state": "DOWN", "uptime": 0,
+                                  "isolation_segment": None, "details": None})
+                continue
+            resources.append({
+                "type": process.type, "index": index, "state": "RUNNING", "routable": True,
+                "usage": {"time": _now(), "cpu": 0.01, "mem": 64 * 1024 * 1024, "disk": 128 * 1024 * 1024},
+                "host": f"10.0.16.{10 + index}", "instance_internal_ip": f"10.255.0.{10 + index}",
+                "instance_ports": [{"external": 61000 + index, "internal": 8080,
+                                    "external_tls_proxy_port": 61100 + index, "internal_tls_proxy_port": 61001}],
+                "uptime": int(time.time() - app.started_at), "mem_quota": process.memory_in_mb * 1024 * 1024,
+                "disk_quota": process.disk_in_mb * 1024 * 1024, "fds_quota": 16384, "isolation_segment": None,
+                "details": None})
+        return _json_resp(200, {"resources": resources})
+
+    # ---- routes ----------------------------------------------------------------------------------
+
+    def _route_url(self, route: _Route) -> str:
+        domain = self._get(self._domains, route.domain_guid, "Domain")
+        return f"{route.host}.{domain.name}{route.path}" if route.host else f"{domain.name}{route.path}"
+
+    def _routes_of(self, app: _App) -> list[_Route]:
+        return [r for r in self._routes if any(d.app_guid == app.guid for d in r.destinations)]
+
+    def _present_route(self, route: _Route) -> dict[str, Any]:
+        base = f"/v3/routes/{route.guid}"
+        return {"guid": route.guid, "protocol": "http", "created_at": route.created_at,
+                "updated_at": route.updated_at, "host": route.host, "path": route.path, "port": None,
+                "url": self._route_url(route),
+                "destinations": [{"guid": d.guid, "app": {"guid": d.app_guid, "process": {"type": "web"}},
+                                  "weight": None, "port": d.port, "protocol": d.protocol} for d in route.destinations],
+                "options": {}, "metadata": self._metadata(),
+                "relationships": {"space": {"data": {"guid": route.space_guid}},
+                                  "domain": {"data": {"guid": route.domain_guid}}},
+                "links": {"self": self._href(base), "space": self._href(f"/v3/spaces/{route.space_guid}"),
+                          "destinations": self._href(f"{base}/destinations"),
+                          "domain": self._href(f"/v3/domains/{route.domain_guid}")}}
+
+    def _route_filters(self) -> dict[str, Callable[[Any, list[str]], bool]]:
+        return {"app_guids": lambda r, v: any(d.app_guid in v for d in r.destinations),
+                "guids": lambda r, v: r.guid in v, "hosts": lambda r, v: r.host in v,
+                "paths": lambda r, v: r.path in v, "domain_guids": lambda r, v: r.domain_guid in v,
+                "space_guids": lambda r, v: r.space_guid in v,
+                "organization_guids": lambda r, v: self._get(self._spaces, r.space_guid, "Space").org_guid in v}
+
+    def _h_list_routes(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/routes", self._routes, self._present_route, self._route_filters())
+
+    def _h_app_routes(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        filters = {k: v for k, v in self._route_filters().items() if k not in ("app_guids", "organization_guids")}
+        return self._paginate(req, f"/v3/apps/{guid}/routes", self._routes_of(app), self._present_route, filters)
+
+    # ---- apply_manifest and jobs -----------------------------------------------------------------
+
+    _MANIFEST_UNSUPPORTED = ("services", "sidecars", "random-route", "features", "cnb")
+
+    def _h_apply_manifest(self, req: _Req, guid: str) -> _Resp:
+        space = self._get(self._spaces, guid, "Space")
+        if not req.headers.get("Content-Type", "").startswith("application/x-yaml"):
+            raise _CCError(400, 1003, "CF-InvalidContentType", "Invalid content type, expected: application/x-yaml")
+        try:
+            manifest = yaml.safe_load(req.raw.decode("utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise _parse_error() from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("applications"), list) \
+                or not manifest["applications"]:
+            raise _unprocessable("Applications must be an array of at least one application")
+        parsed = [self._parse_manifest_app(index, entry) for index, entry in enumerate(manifest["applications"])]
+        # CC creates missing apps before it answers (AppFindOrCreateSkeleton); the job does the rest.
+        apps = [self._find_or_create_app(space, spec) for spec in parsed]
+
+        def complete() -> None:
+            for app, spec in zip(apps, parsed):
+                try:
+                    self._apply_manifest_app(app, spec)
+                except _JobFailure as failure:
+                    raise _JobFailure(f"For application '{app.name}': {failure}") from None
+
+        job = self._new_job("space.apply_manifest", "space", space.guid, complete)
+        return _Resp(202, b"", {"Location": f"{self.url}/v3/jobs/{job.guid}"})
+
+    def _parse_manifest_app(self, index: int, entry: object) -> dict[str, Any]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise _unprocessable(f"For application at index {index}: Name must not be empty")
+        name = entry["name"]
+        for key in self._MANIFEST_UNSUPPORTED:
+            if key in entry:
+                raise _unprocessable(f"For application '{name}': the stand-in does not implement manifest key '{key}'")
+        spec: dict[str, Any] = {"name": name, "docker": "docker" in entry}
+        web = dict(entry)
+        for process in entry.get("processes") or []:
+            if not isinstance(process, dict) or process.get("type") != "web":
+                raise _unprocessable(f"For application '{name}': the stand-in implements only the web process")
+            web.update(process)
+        if "instances" in web:
+            if not isinstance(web["instances"], int) or web["instances"] < 0:
+                raise _unprocessable(f"For application '{name}': Instances must be greater than or equal to 0")
+            spec["instances"] = web["instances"]
+        if "memory" in web:
+            spec["memory_in_mb"] = _megabytes(web["memory"], "Memory", name)
+        if "disk_quota" in web:
+            spec["disk_in_mb"] = _megabytes(web["disk_quota"], "Disk quota", name)
+        if "command" in web:
+            spec["command"] = web["command"]
+        health_type = web.get("health-check-type")
+        if health_type is not None:
+            if health_type not in ("port", "process", "http"):
+                raise _unprocessable(f"For application '{name}': Health check type must be 'port', 'process', "
+                                     "or 'http'")
+            spec["health_check_type"] = health_type
+        for key, target in (("health-check-http-endpoint", "health_check_endpoint"),
+                            ("timeout", "health_check_timeout"),
+                            ("health-check-invocation-timeout", "health_check_invocation_timeout"),
+                            ("health-check-interval", "health_check_interval")):
+            if key in web:
+                spec[target] = web[key]
+        env = entry.get("env")
+        if env is not None:
+            if not isinstance(env, dict):
+                raise _unprocessable(f"For application '{name}': Env must be an object of keys and values")
+            # CC stores manifest values as strings.
+            spec["env"] = {str(k): v if isinstance(v, str) else "" if v is None else json.dumps(v)
+                           for k, v in env.items()}
+        buildpacks = entry.get("buildpacks") or ([entry["buildpack"]] if entry.get("buildpack") else None)
+        if buildpacks is not None:
+            spec["buildpacks"] = [str(b) for b in buildpacks]
+        if "stack" in entry:
+            spec["stack"] = entry["stack"]
+        routes = entry.get("routes")
+        if routes is not None:
+            if not isinstance(routes, list) or not all(isinstance(r, dict) and isinstance(r.get("route"), str)
+                                                        for r in routes):
+                raise _unprocessable(f"For application '{name}': Routes must be a list of route objects")
+            spec["routes"] = [r["route"] for r in routes]
+        if entry.get("no-route") is True:
+            spec["routes"] = []
+        return spec
+
+    def _find_or_create_app(self, space: _Space, spec: Mapping[str, Any]) -> _App:
+        app = next((a for a in self._apps if a.space_guid == space.guid and a.name == spec["name"]), None)
+        if app is None:
+            lifecycle = "docker" if spec["docker"] else "buildpack"
+            app = _App(spec["name"], space.guid, lifecycle, stack=None if lifecycle == "docker" else "cflinuxfs4")
+            app.processes.append(_Process(app.guid))
+            self._apps.append(app)
+        return app
+
+    def _apply_manifest_app(self, app: _App, spec: Mapping[str, Any]) -> None:
+        # In CC's order: lifecycle, process scale and health check, env, then routes; a route error
+        # stops the job but leaves the earlier changes in place.
+        if spec["docker"]:
+            app.lifecycle_type, app.stack, app.buildpacks = "docker", None, []
+        elif "buildpacks" in spec or "stack" in spec:
+            app.buildpacks = spec.get("buildpacks", app.buildpacks)
+            app.stack = spec.get("stack", app.stack)
+        for process in app.processes:
+            for key in ("instances", "memory_in_mb", "disk_in_mb", "command", "health_check_type",
+                        "health_check_endpoint", "health_check_timeout", "health_check_invocation_timeout",
+                        "health_check_interval"):
+                if key in spec:
+                    setattr(process, key, spec[key])
+            process.updated_at = _now()
+        if "env" in spec:
+            app.env.update(spec["env"])
+        for url in spec.get("routes", []):
+            route = self._find_or_create_route(app, url)
+            if not any(d.app_guid == app.guid for d in route.destinations):
+                route.destinations.append(_Destination(app.guid))
+        app.updated_at = _now()
+
+    def _find_or_create_route(self, app: _App, url: str) -> _Route:
+        host_and_domain, slash, path = url.partition("/")
+        path = slash + path if path else ""
+        labels = host_and_domain.split(".")
+        # CC tries the whole name as a domain first, then drops one leading label at a time.
+        for cut in range(len(labels)):
+            domain = next((d for d in self._domains if d.name == ".".join(labels[cut:])), None)
+            if domain is None:
+                continue
+            host = ".".join(labels[:cut])
+            route = next((r for r in self._routes if r.domain_guid == domain.guid and r.host == host
+                          and r.path == path), None)
+            if route is None:
+                route = _Route(app.space_guid, domain.guid, host, path)
+                self._routes.append(route)
+            return route
+        raise _JobFailure(f"No domains exist for route {url}")
+
+    def _new_job(self, operation: str, resource_type: str, resource_guid: str,
+                 complete: Callable[[], None]) -> _Job:
+        job = _Job(operation, resource_type, resource_guid, complete)
+        self._jobs.append(job)
+        return job
+
+    def _h_get_job(self, req: _Req, guid: str) -> _Resp:
+        job: _Job = self._get(self._jobs, guid, "Job")
+        if job.state == "PROCESSING":
+            job.polls += 1
+            if self._finished(job.polls):
+                try:
+                    job.complete()
+                    job.state = "COMPLETE"
+                except _JobFailure as failure:
+                    job.state, job.errors = "FAILED", [failure.error]
+                job.updated_at = _now()
+        links = {"self": self._href(f"/v3/jobs/{job.guid}"),
+                 job.resource_type: self._href(f"/v3/{'spaces' if job.resource_type == 'space' else job.resource_type}/"
+                                               f"{job.resource_guid}")}
+        return _json_resp(200, {"guid": job.guid, "created_at": job.created_at, "updated_at": job.updated_at,
+                                "operation": job.operation, "state": job.state, "errors": job.errors,
+                                "warnings": job.warnings, "links": links})
+
+    # ---- packages, builds, droplets --------------------------------------------------------------
+
+    def _present_package(self, package: _Package) -> dict[str, Any]:
+        base = f"/v3/packages/{package.guid}"
+        links: dict[str, Any] = {"self": self._href(base)}
+        if package.type == "bits":
+            links["upload"] = {**self._href(f"{base}/upload"), "method": "POST"}
+            links["download"] = {**self._href(f"{base}/download"), "method": "GET"}
+        links["app"] = self._href(f"/v3/apps/{package.app_guid}")
+        data: dict[str, Any] = ({"image": package.image, "username": None, "password": None}
+                                if package.type == "docker" else
+                                {"error": None, "checksum": {"type": "sha256", "value": package.sha256}})
+        return {"guid": package.guid, "created_at": package.created_at, "updated_at": package.updated_at,
+                "type": package.type, "data": data, "state": package.state,
+                "relationships": {"app": {"data": {"guid": package.app_guid}}}, "metadata": self._metadata(),
+                "links": links}
+
+    def _h_create_package(self, req: _Req) -> _Resp:
+        body = req.json_object()
+        self._check_fields(body, {"type", "data", "relationships", "metadata"})
+        app = self._find(self._apps, self._relationship_guid(body, "app"))
+        if app is None:
+            raise _unprocessable("App is invalid. Ensure it exists and you have access to it.")
+        kind = body.get("type")
+        if kind not in ("docker", "bits"):
+            raise _unprocessable("Type must be one of 'bits', 'docker'")
+        if kind == "docker":
+            if app.lifecycle_type != "docker":
+                raise _unprocessable("Cannot create a docker package for a buildpack app.")
+            image = (body.get("data") or {}).get("image") if isinstance(body.get("data"), dict) else None
+            if not isinstance(image, str) or not image:
+                raise _unprocessable("Data Image required")
+            package = _Package(app.guid, "docker", "READY", image=image)  # nothing to upload
+        else:
+            if app.lifecycle_type == "docker":
+                raise _unprocessable("Cannot create a bits package for a Docker app.")
+            package = _Package(app.guid, "bits", "AWAITING_UPLOAD")
+        self._packages.append(package)
+        return _json_resp(201, self._present_package(package))
+
+    def _h_get_package(self, req: _Req, guid: str) -> _Resp:
+        package: _Package = self._get(self._packages, guid, "Package")
+        if package.state == "PROCESSING_UPLOAD":
+            package.state, package.updated_at = "READY", _now()  # the upload job finishes between polls
+        return _json_resp(200, self._present_package(package))
+
+    def _h_upload_package(self, req: _Req, guid: str) -> _Resp:
+        package: _Package = self._get(self._packages, guid, "Package")
+        if package.type != "bits":
+            raise _unprocessable("Package type must be bits.")
+        if package.state != "AWAITING_UPLOAD":
+            raise _CCError(400, 150004, "CF-PackageBitsAlreadyUploaded",
+                           "Bits may be uploaded only once. Create a new package to upload different bits.")
+        content_type = req.headers.get("Content-Type", "")
+        fields = _multipart_fields(content_type, req.raw) if content_type.startswith("multipart/form-data") else {}
+        if "bits" not in fields and "resources" not in fields:
+            raise _unprocessable("Upload must include either resources or bits")
+        bits = fields.get("bits", (None, b""))[1]
+        if "bits" in fields and not zipfile.is_zipfile(io.BytesIO(bits)):
+            raise _CCError(400, 160001, "CF-AppBitsUploadInvalid", "The app upload is invalid: not a zip file")
+        package.sha256 = hashlib.sha256(bits).hexdigest()
+        package.state, package.updated_at = "PROCESSING_UPLOAD", _now()
+        return _json_resp(200, self._present_package(package))
+
+    def _present_build(self, build: _Build) -> dict[str, Any]:
+        lifecycle: dict[str, Any] = ({"type": "docker", "data": {}} if build.lifecycle_type == "docker" else
+                                     {"type": "buildpack",
+                                      "data": {"buildpacks": build.buildpacks, "stack": build.stack}})
+        links: dict[str, Any] = {"self": self._href(f"/v3/builds/{build.guid}"),
+                                 "app": self._href(f"/v3/apps/{build.app_guid}")}
+        if build.droplet_guid:
+            links["droplet"] = self._href(f"/v3/droplets/{build.droplet_guid}")
+        return {"guid": build.guid, "created_at": build.created_at, "updated_at": build.updated_at,
+                "created_by": {"guid": _user_guid(build.created_by), "name": build.created_by,
+                               "email": build.created_by},
+                "state": build.state, "staging_memory_in_mb": 1024, "staging_disk_in_mb": 1024,
+                "staging_log_rate_limit_bytes_per_second": -1, "error": build.error, "lifecycle": lifecycle,
+                "package": {"guid": build.package_guid},
+                "droplet": {"guid": build.droplet_guid} if build.droplet_guid else None,
+                "relationships": {"app": {"data": {"guid": build.app_guid}}}, "metadata": self._metadata(),
+                "links": links}
+
+    def _h_create_build(self, req: _Req) -> _Resp:
+        body = req.json_object()
+        self._check_fields(body, {"package", "lifecycle", "metadata", "staging_memory_in_mb", "staging_disk_in_mb",
+                                  "staging_log_rate_limit_bytes_per_second", "environment_variables"})
+        package_ref = body.get("package")
+        package = self._find(self._packages, package_ref.get("guid") if isinstance(package_ref, dict) else None)
+        if package is None:
+            raise _unprocessable("Unable to use package. Ensure that the package exists and you have access to it.")
+        if package.state != "READY":
+            raise _unprocessable("Package must be in READY state to stage")
+        app = self._get(self._apps, package.app_guid, "App")
+        build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user)
+        self._builds.append(build)
+        return _json_resp(201, self._present_build(build))
+
+    def _h_get_build(self, req: _Req, guid: str) -> _Resp:
+        build: _Build = self._get(self._builds, guid, "Build")
+        if build.state == "STAGING":
+            build.polls += 1
+            if self._finished(build.polls):
+                self._finish_build(build)
+        return _json_resp(200, self._present_build(build))
+
+    def _finish_build(self, build: _Build) -> None:
+        build.updated_at = _now()
+        if self.faults.build_fails:
+            build.state, build.error = "FAILED", "StagingError - Staging error: staging failed"
+            return
+        package: _Package = self._get(self._packages, build.package_guid, "Package")
+        detected = ["staticfile_buildpack"] if build.lifecycle_type == "buildpack" and not build.buildpacks \
+            else build.buildpacks
+        droplet = _Droplet(build.app_guid, package.guid, build.lifecycle_type, image=package.image,
+                           stack=build.stack, buildpacks=detected,
+                           sha256=None if package.type == "docker" else hashlib.sha256(build.guid.encode()).hexdigest())
+        self._droplets.append(droplet)
+        build.state, build.droplet_guid = "STAGED", droplet.guid
+
+    def _present_droplet(self, droplet: _Droplet) -> dict[str, Any]:
+        docker = droplet.lifecycle_type == "docker"
+        links: dict[str, Any] = {
+            "self": self._href(f"/v3/droplets/{droplet.guid}"),
+            "package": self._href(f"/v3/packages/{droplet.package_guid}"),
+            "app": self._href(f"/v3/apps/{droplet.app_guid}"),
+            "assign_current_droplet": {**self._href(f"/v3/apps/{droplet.app_guid}/relationships/current_droplet"),
+                                       "method": "PATCH"}}
+        if not docker:
+            links["download"] = self._href(f"/v3/droplets/{droplet.guid}/download")
+        return {"guid": droplet.guid, "created_at": droplet.created_at, "updated_at": droplet.updated_at,
+                "state": droplet.state, "error": None,
+                "lifecycle": {"type": droplet.lifecycle_type, "data": {}},
+                "execution_metadata": "" if not docker else json.dumps({"cmd": [], "ports": [{"Port": 8080}]}),
+                "process_types": {"web": "" if docker else "sh boot.sh"},
+                "checksum": None if docker else {"type": "sha256", "value": droplet.sha256},
+                "buildpacks": None if docker else [{"name": b, "detect_output": b, "version": "1.0.0",
+                                                    "buildpack_name": b} for b in droplet.buildpacks],
+                "stack": droplet.stack, "image": droplet.image,
+                "relationships": {"app": {"data": {"guid": droplet.app_guid}}}, "metadata": self._metadata(),
+                "links": links}
+
+    def _h_get_droplet(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_droplet(self._get(self._droplets, guid, "Droplet")))
+
+    def _h_current_droplet(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        return _json_resp(200, self._present_droplet(self._get(self._droplets, app.droplet_guid or "", "Droplet")))
+
+    # ---- revisions -------------------------------------------------------------------------------
+
+    def _present_revision(self, revision: _Revision) -> dict[str, Any]:
+        droplet = self._find(self._droplets, revision.droplet_guid)
+        base = f"/v3/revisions/{revision.guid}"
+        return {"guid": revision.guid, "version": revision.version, "droplet": {"guid": revision.droplet_guid},
+                "processes": {ptype: {"command": command} for ptype, command in revision.commands.items()},
+                "sidecars": [], "description": revision.description,
+                "deployable": droplet is not None and droplet.state == "STAGED",
+                "relationships": {"app": {"data": {"guid": revision.app_guid}}}, "metadata": self._metadata(),
+                "created_at": revision.created_at, "updated_at": revision.updated_at,
+                "links": {"self": self._href(base), "app": self._href(f"/v3/apps/{revision.app_guid}"),
+                          "environment_variables": self._href(f"{base}/environment_variables")}}
+
+    def _revisions_of(self, app: _App) -> list[_Revision]:
+        return [r for r in self._revisions if r.app_guid == app.guid]
+
+    def _h_app_revisions(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        return self._paginate(req, f"/v3/apps/{guid}/revisions", self._revisions_of(app), self._present_revision,
+                              {"versions": lambda r, v: str(r.version) in v})
+
+    def _h_deployed_revisions(self, req: _Req, guid: str) -> _Resp:
+        # "Deployed" = the revisions of the app's started web processes: two while a deployment runs.
+        app = self._get(self._apps, guid, "App")
+        wanted = {p.revision_guid for p in app.processes} if app.state == "STARTED" else set()
+        deployed = [r for r in self._revisions_of(app) if r.guid in wanted]
+        return self._paginate(req, f"/v3/apps/{guid}/revisions/deployed", deployed, self._present_revision, {})
+
+    def _h_get_revision(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_revision(self._get(self._revisions, guid, "Revision")))
+
+    def _latest_revision(self, app: _App) -> _Revision | None:
+        revisions = self._revisions_of(app)
+        return revisions[-1] if revisions else None
+
+    def _new_revision(self, app: _App, droplet_guid: str, env: dict[str, Any], commands: dict[str, str | None],
+                      description: str) -> _Revision:
+        latest = self._latest_revision(app)
+        revision = _Revision(app.guid, (latest.version % 9999) + 1 if latest else 1, droplet_guid,
+                             copy.deepcopy(env), dict(commands), description)
+        self._revisions.append(revision)
+        return revision
+
+    @staticmethod
+    def _revision_reasons(latest: _Revision, droplet_guid: str, env: Mapping[str, Any],
+                          commands: Mapping[str, str | None]) -> list[str]:
+        # RevisionResolver.revision_reasons
+        reasons = []
+        if latest.droplet_guid != droplet_guid:
+            reasons.append("New droplet deployed.")
+        if latest.env != env:
+            reasons.append("New environment variables deployed.")
+        if latest.commands != commands:
+            reasons.append("Custom start command updated for 'web' process.")
+        return sorted(reasons)
+
+    def _update_app_revision(self, app: _App) -> _Revision:
+        commands = {"web": app.web.command}
+        latest = self._latest_revision(app)
+        if latest is None:
+            return self._new_revision(app, app.droplet_guid or "", app.env, commands, "Initial revision.")
+        reasons = self._revision_reasons(latest, app.droplet_guid or "", app.env, commands)
+        if not reasons:
+            return latest
+        return self._new_revision(app, app.droplet_guid or "", app.env, commands, " ".join(reasons))
+
+    def _rollback_revision(self, app: _App, target: _Revision) -> _Revision:
+        latest = self._latest_revision(app)
+        reasons = self._revision_reasons(latest, target.droplet_guid, target.env, target.commands) if latest else []
+        if latest is not None and not reasons:
+            raise _unprocessable("Unable to rollback. The code and configuration you are rolling back to is the "
+                                 "same as the deployed revision.")
+        reasons.append(f"Rolled back to revision {target.version}.")
+        app.env = copy.deepcopy(target.env)
+        return self._new_revision(app, target.droplet_guid, target.env, target.commands, " ".join(reasons))
+
+    # ---- deployments -----------------------------------------------------------------------------
+
+    def _present_deployment(self, deployment: _Deployment) -> dict[str, Any]:
+        base = f"/v3/deployments/{deployment.guid}"
+        links: dict[str, Any] = {"self": self._href(base), "app": self._href(f"/v3/apps/{deployment.app_guid}")}
+        if deployment.state in _ACTIVE_STATES:
+            links["cancel"] = {**self._href(f"{base}/actions/cancel"), "method": "POST"}
+        if deployment.state == "PAUSED":
+            links["continue"] = {**self._href(f"{base}/actions/continue"), "method": "POST"}
+        options: dict[str, Any] = {"max_in_flight": deployment.max_in_flight}
+        if deployment.web_instances is not None:
+            options["web_instances"] = deployment.web_instances
+        if deployment.memory_in_mb is not None:
+            options["memory_in_mb"] = deployment.memory_in_mb
+        status: dict[str, Any] = {"value": deployment.status_value, "reason": deployment.status_reason,
+                                  "details": {"last_successful_healthcheck": deployment.last_healthy_at,
+                                              "last_status_change": deployment.status_updated_at}}
+        if deployment.strategy == "canary":
+            status["canary"] = {"steps": {"current": 1, "total": 1}}
+        return {"guid": deployment.guid, "created_at": deployment.created_at, "updated_at": deployment.updated_at,
+                # "state" is deprecated and gone from newer CC presenters, but the 3.195.0 contract requires it.
+                "state": deployment.state, "status": status, "strategy": deployment.strategy, "options": options,
+                "droplet": {"guid": deployment.droplet_guid},
+                "previous_droplet": {"guid": deployment.previous_droplet_guid},
+                "new_processes": list(deployment.new_processes),
+                "revision": ({"guid": deployment.revision_guid, "version": deployment.revision_version}
+                             if deployment.revision_guid else None),
+                "relationships": {"app": {"data": {"guid": deployment.app_guid}}}, "metadata": self._metadata(),
+                "links": links}
+
+    def _h_create_deployment(self, req: _Req) -> _Resp:
+        body = req.json_object()
+        self._check_fields(body, {"droplet", "revision", "strategy", "options", "relationships", "metadata"})
+        app = self._find(self._apps, self._relationship_guid(body, "app"))
+        if app is None:
+            raise _unprocessable("Unable to use app. Ensure that the app exists and you have access to it.")
+        strategy = body.get("strategy") or "rolling"
+        if strategy not in ("rolling", "canary"):
+            raise _unprocessable(f"Strategy '{strategy}' is not implemented by the stand-in (rolling, canary)"
+                                 if strategy == "recreate" else "Strategy must be one of rolling, canary")
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise _unprocessable("Options must be an object")
+        self._check_fields(options, {"max_in_flight", "web_instances", "memory_in_mb"})
+        max_in_flight = options.get("max_in_flight", 1)
+        if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
+            raise _unprocessable("Max in flight must be an integer greater than 0")
+        for key in ("web_instances", "memory_in_mb"):
+            if key in options and (not isinstance(options[key], int) or options[key] < 1):
+                raise _unprocessable(f"{key.replace('_', ' ').capitalize()} must be an integer greater than 0")
+        droplet_ref, revision_ref = body.get("droplet"), body.get("revision")
+        if droplet_ref and revision_ref:
+            raise _unprocessable("Cannot set both fields 'droplet' and 'revision'")
+        target_revision: _Revision | None = None
+        if revision_ref:
+            target_revision = self._find(self._revisions, revision_ref.get("guid") if isinstance(revision_ref, dict)
+                                         else None)
+            if target_revision is None or target_revision.app_guid != app.guid:
+                raise _unprocessable("The revision does not exist")
+            droplet = self._find(self._droplets, target_revision.droplet_guid)
+            if droplet is None:
+                raise _unprocessable("Invalid revision. Please specify a revision with a valid droplet in the request.")
+        elif droplet_ref:
+            droplet = self._find(self._droplets, droplet_ref.get("guid") if isinstance(droplet_ref, dict) else None)
+            if droplet is None or droplet.app_guid != app.guid or droplet.state != "STAGED":
+                raise _unprocessable("Unable to assign current droplet. Ensure the droplet exists and belongs to "
+                                     "this app.")
+        else:
+            droplet = self._find(self._droplets, app.droplet_guid)
+            if droplet is None:
+                raise _unprocessable("Invalid droplet. Please specify a droplet in the request or set a current "
+                                     "droplet for the app.")
+
+        # DeploymentCreate: the app's current droplet switches now (cancel switches it back) and the
+        # revision is recorded now, so both show in the 201.
+        previous_droplet = app.droplet_guid
+        previous = next((d for d in self._deployments if d.app_guid == app.guid and d.status_value == "ACTIVE"), None)
+        app.droplet_guid = droplet.guid
+        revision = self._rollback_revision(app, target_revision) if target_revision else self._update_app_revision(app)
+        original = previous.original_instances if previous else app.processes[0].instances
+        deployment = _Deployment(app.guid, strategy, max_in_flight, droplet.guid, previous_droplet, revision.guid,
+                                 revision.version, original, web_instances=options.get("web_instances"),
+                                 memory_in_mb=options.get("memory_in_mb"),
+                                 state="PREPAUSED" if strategy == "canary" else "DEPLOYING")
+        self._deployments.append(deployment)
+
+        if app.state == "STOPPED":
+            # A stopped app has nothing to roll: CC starts it and finalizes the deployment at once.
+            web = app.web
+            web.revision_guid = revision.guid
+            if deployment.web_instances is not None:
+                web.instances = deployment.web_instances
+            if deployment.memory_in_mb is not None:
+                web.memory_in_mb = deployment.memory_in_mb
+            app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
+            deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
+            return _json_resp(201, self._present_deployment(deployment))
+
+        if previous is not None:
+            # CC's supersede_deployment: FINALIZED/SUPERSEDED; the deprecated state says DEPLOYED only for a
+            # deployment that was rolling, CANCELED for a paused or cancelling one.
+            previous.set_status("DEPLOYED" if previous.state == "DEPLOYING" else "CANCELED", "FINALIZED", "SUPERSEDED")
+        desired = deployment.web_instances or original
+        newest = app.web
+        process = _Process(app.guid, instances=1 if strategy == "canary" else min(max_in_flight, desired),
+                           memory_in_mb=deployment.memory_in_mb or newest.memory_in_mb, disk_in_mb=newest.disk_in_mb,
+                           command=revision.commands.get("web"), health_check_type=newest.health_check_type,
+                           health_check_endpoint=newest.health_check_endpoint,
+                           health_check_timeout=newest.health_check_timeout,
+                           health_check_invocation_timeout=newest.health_check_invocation_timeout,
+                           health_check_interval=newest.health_check_interval, revision_guid=revision.guid)
+        app.processes.append(process)
+        deployment.deploying_process_guid = process.guid
+        deployment.new_processes = [{"guid": process.guid, "type": "web"}]
+        return _json_resp(201, self._present_deployment(deployment))
+
+    def _advance_deployment(self, deployment: _Deployment) -> None:
+        """One poll's worth of the deployment updater."""
+        if deployment.status_value != "ACTIVE" or deployment.state == "PAUSED":
+            return
+        deployment.polls += 1
+        if not self._finished(deployment.polls):
+            return
+        app = self._get(self._apps, deployment.app_guid, "App")
+        process = self._find(app.processes, deployment.deploying_process_guid)
+        if deployment.state == "CANCELING":
+            if process is not None:
+                app.processes.remove(process)
+            if app.processes:
+                app.web.instances = deployment.original_instances
+            deployment.set_status("CANCELED", "FINALIZED", "CANCELED")
+            return
+        if self.faults.deployment_never_healthy:
+            return  # the new instances never pass their health check
+        if deployment.state == "PREPAUSED":
+            deployment.set_status("PAUSED", "ACTIVE", "PAUSED")  # the canary is up; wait for continue
+            return
+        if process is not None:
+            process.instances = deployment.web_instances or deployment.original_instances
+            app.processes = [process]
+        deployment.last_healthy_at = _now()
+        deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
+
+    def _h_get_deployment(self, req: _Req, guid: str) -> _Resp:
+        deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
+        self._advance_deployment(deployment)
+        return _json_resp(200, self._present_deployment(deployment))
+
+    def _h_list_deployments(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/deployments", self._deployments, self._present_deployment, {
+            "app_guids": lambda d, v: d.app_guid in v, "guids": lambda d, v: d.guid in v,
+            "states": lambda d, v: d.state in v, "status_values": lambda d, v: d.status_value in v,
+            "status_reasons": lambda d, v: d.status_reason in v})
+
+    def _h_cancel_deployment(self, req: _Req, guid: str) -> _Resp:
+        deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
+        if deployment.state not in _ACTIVE_STATES:
+            raise _unprocessable(f"Cannot cancel a deployment with status: {deployment.status_value} and reason: "
+                                 f"{deployment.status_reason}")
+        app = self._get(self._apps, deployment.app_guid, "App")
+        app.droplet_guid = deployment.previous_droplet_guid  # DeploymentCancel restores it at once
+        deployment.set_status("CANCELING", "ACTIVE", "CANCELING")
+        # Real CC answers `head :ok` (empty body); the 3.195.0 contract documents the deployment as the
+        # body. The stand-in follows the contract, so a client must not depend on this body.
+        return _json_resp(200, self._present_deployment(deployment))
+
+    def _h_continue_deployment(self, req: _Req, guid: str) -> _Resp:
+        deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
+        if deployment.state != "PAUSED":
+            raise _unprocessable(f"Cannot continue a deployment with status: {deployment.status_value} and "
+                                 f"reason: {deployment.status_reason}")
+        deployment.set_status("DEPLOYING", "ACTIVE", "DEPLOYING")
+        return _json_resp(200, self._present_deployment(deployment))
+
+    # ---- services --------------------------------------------------------------------------------
+
+    def _present_offering(self, offering: _ServiceOffering) -> dict[str, Any]:
+        return {"guid": offering.guid, "name": offering.name, "description": offering.description,
+                "available": True, "tags": ["AWS", "S3", "object-storage"], "requires": [],
+                "created_at": offering.created_at, "updated_at": offering.updated_at, "shareable": True,
+                "documentation_url": "https://cloud.gov/docs/services/s3/",
+                "broker_catalog": {"id": offering.catalog_id, "metadata": {}, "maximum_polling_duration": None,
+                                   "features": {"plan_updateable": False, "bindable": True,
+                                                "instances_retrievable": False, "bindings_retrievable": False,
+                                                "allow_context_updates": False}},
+                "relationships": {"service_broker": {"data": {"guid": offering.broker_guid}}},
+                "metadata": self._metadata(),
+                "links": {"self": self._href(f"/v3/service_offerings/{offering.guid}"),
+                          "service_plans": self._href(f"/v3/service_plans?service_offering_guids={offering.guid}"),
+                          "service_broker": self._href(f"/v3/service_brokers/{offering.broker_guid}")}}
+
+    def _h_list_offerings(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/service_offerings", self._offerings, self._present_offering, {
+            "names": lambda o, v: o.name in v, "guids": lambda o, v: o.guid in v,
+            "available": lambda o, v: "true" in v, "space_guids": lambda o, v: True,
+            "organization_guids": lambda o, v: True}, ("created_at", "updated_at", "name"))
+
+    def _present_plan(self, plan: _ServicePlan) -> dict[str, Any]:
+        return {"guid": plan.guid, "name": plan.name, "description": plan.description, "visibility_type": "public",
+                "available": True, "free": True, "costs": [], "created_at": plan.created_at,
+                "updated_at": plan.updated_at, "maintenance_info": {},
+                "broker_catalog": {"id": plan.catalog_id, "metadata": {}, "maximum_polling_duration": None,
+                                   "features": {"plan_updateable": False, "bindable": True}},
+                "schemas": {"service_instance": {"create": {"parameters": {}}, "update": {"parameters": {}}},
+                            "service_binding": {"create": {"parameters": {}}}},
+                "relationships": {"service_offering": {"data": {"guid": plan.offering_guid}}},
+                "metadata": self._metadata(),
+                "links": {"self": self._href(f"/v3/service_plans/{plan.guid}"),
+                          "service_offering": self._href(f"/v3/service_offerings/{plan.offering_guid}"),
+                          "visibility": self._href(f"/v3/service_plans/{plan.guid}/visibility")}}
+
+    def _offering_of(self, plan: _ServicePlan) -> _ServiceOffering:
+        return self._get(self._offerings, plan.offering_guid, "Service offering")
+
+    def _h_list_plans(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/service_plans", self._plans, self._present_plan, {
+            "names": lambda p, v: p.name in v, "guids": lambda p, v: p.guid in v,
+            "service_offering_names": lambda p, v: self._offering_of(p).name in v,
+            "service_offering_guids": lambda p, v: p.offering_guid in v,
+            "service_instance_guids": lambda p, v: any(i.plan_guid == p.guid and i.guid in v for i in self._instances),
+            "available": lambda p, v: "true" in v, "space_guids": lambda p, v: True,
+            "organization_guids": lambda p, v: True}, ("created_at", "updated_at", "name"))
+
+    def _present_instance(self, instance: _ServiceInstance) -> dict[str, Any]:
+        base = f"/v3/service_instances/{instance.guid}"
+        return {"guid": instance.guid, "created_at": instance.created_at, "updated_at": instance.updated_at,
+                "name": instance.name, "tags": list(instance.tags), "type": "managed", "maintenance_info": {},
+                "upgrade_available": False, "dashboard_url": None, "last_operation": instance.last_operation.present(),
+                "relationships": {"space": {"data": {"guid": instance.space_guid}},
+                                  "service_plan": {"data": {"guid": instance.plan_guid}}},
+                "metadata": self._metadata(),
+                "links": {"self": self._href(base), "space": self._href(f"/v3/spaces/{instance.space_guid}"),
+                          "service_plan": self._href(f"/v3/service_plans/{instance.plan_guid}"),
+                          "service_credential_bindings":
+                              self._href(f"/v3/service_credential_bindings?service_instance_guids={instance.guid}"),
+                          "service_route_bindings":
+                              self._href(f"/v3/service_route_bindings?service_instance_guids={instance.guid}"),
+                          "parameters": self._href(f"{base}/parameters"),
+                          "shared_spaces": self._href(f"{base}/relationships/shared_spaces")}}
+
+    def _h_list_instances(self, req: _Req) -> _Resp:
+        plan_name = {p.guid: p.name for p in self._plans}
+        return self._paginate(req, "/v3/service_instances", self._instances, self._present_instance, {
+            "names": lambda i, v: i.name in v, "guids": lambda i, v: i.guid in v,
+            "space_guids": lambda i, v: i.space_guid in v, "type": lambda i, v: "managed" in v,
+            "organization_guids": lambda i, v: self._get(self._spaces, i.space_guid, "Space").org_guid in v,
+            "service_plan_guids": lambda i, v: i.plan_guid in v,
+            "service_plan_names": lambda i, v: plan_name.get(i.plan_guid) in v}, ("created_at", "updated_at", "name"))
+
+    def _h_get_instance(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_instance(self._get(self._instances, guid, "Service instance")))
+
+    def _h_create_instance(self, req: _Req) -> _Resp:
+        body = req.json_object()
+        self._check_fields(body, {"type", "name", "relationships", "parameters", "tags", "metadata",
+                                  "maintenance_info"})
+        if body.get("type") != "managed":
+            raise _unprocessable("The stand-in implements only managed service instances"
+                                 if body.get("type") == "user-provided" else "Type must be one of 'managed', "
+                                                                              "'user-provided'")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _unprocessable("Name must be a string")
+        space = self._find(self._spaces, self._relationship_guid(body, "space"))
+        if space is None:
+            raise _unprocessable("Invalid space. Ensure that the space exists and you have access to it.")
+        plan = self._find(self._plans, self._relationship_guid(body, "service_plan"))
+        if plan is None:
+            raise _unprocessable("Invalid service plan. Ensure that the service plan exists, is available, and you "
+                                 "have access to it.")
+        if any(i.name == name and i.space_guid == space.guid for i in self._instances):
+            raise _unprocessable(f"The service instance name is taken: {name}.")
+        instance = _ServiceInstance(name, space.guid, plan.guid, [str(t) for t in body.get("tags") or []])
+        self._instances.append(instance)
+
+        def complete() -> None:
+            instance.last_operation.state, instance.last_operation.updated_at = "succeeded", _now()
+
+        job = self._new_job("service_instance.create", "service_instances", instance.guid, complete)
+        return _Resp(202, b"", {"Location": f"{self.url}/v3/jobs/{job.guid}"})
+
+    def _present_key(self, key: _ServiceKey) -> dict[str, Any]:
+        base = f"/v3/service_credential_bindings/{key.guid}"
+        return {"guid": key.guid, "created_at": key.created_at, "updated_at": key.updated_at, "name": key.name,
+                "type": "key", "last_operation": key.last_operation.present(), "metadata": self._metadata(),
+                "relationships": {"service_instance": {"data": {"guid": key.instance_guid}}},
+                "links": {"self": self._href(base), "details": self._href(f"{base}/details"),
+                          "parameters": self._href(f"{base}/parameters"),
+                          "service_instance": self._href(f"/v3/service_instances/{key.instance_guid}")}}
+
+    def _h_list_keys(self, req: _Req) -> _Resp:
+        instance_name = {i.guid: i.name for i in self._instances}
+        return self._paginate(req, "/v3/service_credential_bindings", self._keys, self._present_key, {
+            "type": lambda k, v: "key" in v, "names": lambda k, v: k.name in v, "guids": lambda k, v: k.guid in v,
+            "service_instance_guids": lambda k, v: k.instance_guid in v,
+            "service_instance_names": lambda k, v: instance_name.get(k.instance_guid) in v,
+            "app_guids": lambda k, v: False, "app_names": lambda k, v: False}, ("created_at", "updated_at", "name"))
+
+    def _h_get_key(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_key(self._get(self._keys, guid, "Service credential binding")))
+
+    def _h_create_key(self, req: _Req) -> _Resp:
+        body = req.json_object()
+        self._check_fields(body, {"type", "name", "relationships", "parameters", "metadata"})
+        if body.get("type") != "key":
+            raise _unprocessable("The stand-in implements only service keys (type: key)"
+                                 if body.get("type") == "app" else "Type must be 'app' or 'key'")
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise _unprocessable("Name can't be blank")
+        instance_guid = self._relationship_guid(body, "service_instance")
+        instance = self._find(self._instances, instance_guid)
+        if instance is None:
+            raise _unprocessable(f"The service instance could not be found: {instance_guid}")
+        if instance.last_operation.state == "in progress":
+            raise _unprocessable("There is an operation in progress for the service instance.")
+        if any(k.name == name and k.instance_guid == instance.guid for k in self._keys):
+            raise _unprocessable(f"The binding name is invalid. Key binding names must be unique. The service "
+                                 f"instance already has a key binding with name '{name}'.")
+        key = _ServiceKey(name, instance.guid)
+        self._keys.append(key)
+
+        def complete() -> None:
+            key.last_operation.state, key.last_operation.updated_at = "succeeded", _now()
+
+        job = self._new_job("service_bindings.create", "service_credential_bindings", key.guid, complete)
+        return _Resp(202, b"", {"Location": f"{self.url}/v3/jobs/{job.guid}"})
+
+    def _h_key_details(self, req: _Req, guid: str) -> _Resp:
+        key: _ServiceKey = self._get(self._keys, guid, "Service credential binding")
+        if key.last_operation.state != "succeeded":
+            # ServiceCredentialBindingsController#not_found_with_message!
+            raise _CCError(404, 10010, "CF-ResourceNotFound", f"Creation of service key {key.last_operation.state}")
+        return _json_resp(200, {"credentials": copy.deepcopy(self.s3_credentials)})
+
+    # ---- networking policy API v1 ----------------------------------------------------------------
+
+    def _h_list_policies(self, req: _Req) -> _Resp:
+        ids = set(_csv(req.query.get("id", [])))
+        sources = set(_csv(req.query.get("source_id", [])))
+        destinations = set(_csv(req.query.get("dest_id", [])))
+        selected = [p for p in self._policies
+                    if (not ids or p["source"]["id"] in ids or p["destination"]["id"] in ids)
+                    and (not sources or p["source"]["id"] in sources)
+                    and (not destinations or p["destination"]["id"] in destinations)]
+        return _json_resp(200, {"total_policies": len(selected), "policies": copy.deepcopy(selected)})
+
+    def _parse_policies(self, req: _Req) -> list[dict[str, Any]]:
+        # The policy server's mapper/validator messages, prefixed as its ErrorResponse does.
+        try:
+            body = json.loads(req.raw or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise _policy_error(400, "mapper: unmarshal json: invalid character") from None
+        policies = body.get("policies") if isinstance(body, dict) else None
+        if not isinstance(policies, list) or not policies:
+            raise _policy_error(400, "mapper: missing policies")
+        parsed = []
+        for policy in policies:
+            source = policy.get("source") if isinstance(policy, dict) else None
+            destination = policy.get("destination") if isinstance(policy, dict) else None
+            if not isinstance(source, dict) or not source.get("id"):
+                raise _policy_error(400, "mapper: missing source id")
+            if not isinstance(destination, dict) or not destination.get("id"):
+                raise _policy_error(400, "mapper: missing destination id")
+            protocol = destination.get("protocol")
+            if not protocol:
+                raise _policy_error(400, "mapper: missing destination protocol")
+            if protocol not in ("tcp", "udp"):
+                raise _policy_error(400, "mapper: invalid destination protocol, specify either udp or tcp")
+            ports = destination.get("ports")
+            if not isinstance(ports, dict) or not isinstance(ports.get("start"), int) \
+                    or not isinstance(ports.get("end"), int):
+                raise _policy_error(400, "mapper: missing destination ports")
+            start, end = ports["start"], ports["end"]
+            if not 1 <= start <= 65535 or not 1 <= end <= 65535:
+                raise _policy_error(400, f"mapper: invalid port range {start}-{end}, must be in range 1-65535")
+            if start > end:
+                raise _policy_error(400, f"mapper: invalid port range {start}-{end}, start must be less than or "
+                                         "equal to end")
+            parsed.append({"source": {"id": source["id"]},
+                           "destination": {"id": destination["id"], "protocol": protocol,
+                                           "ports": {"start": start, "end": end}}})
+        known = {a.guid for a in self._apps}
+        if any(p["source"]["id"] not in known or p["destination"]["id"] not in known for p in parsed):
+            raise _policy_error(403, "one or more applications cannot be found or accessed")
+        return parsed
+
+    def _h_create_policies(self, req: _Req) -> _Resp:
+        for policy in self._parse_policies(req):
+            if policy not in self._policies:  # creating an existing policy is a no-op, not an error
+                self._policies.append(policy)
+        return _json_resp(200, {})
+
+    def _h_delete_policies(self, req: _Req) -> _Resp:
+        for policy in self._parse_policies(req):
+            if policy in self._policies:
+                self._policies.remove(policy)
+        return _json_resp(200, {})
+
+
+def _user_guid(name: str) -> str:
+    # Stable per name, so the same user shows the same guid in every build.
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-cf-user:{name}"))
+
+
+class _HTTPHandler(BaseHTTPRequestHandler):
+    """Reads the whole request, hands it to the FakeCloudFoundry, writes its answer (keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would delay the second
+
+    def _serve(self) -> None:
+        fake: FakeCloudFoundry = self.server.fake  # type: ignore[attr-defined]
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raw = self._read_chunked()
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+        resp = fake._handle(self.command, self.path, self.headers, raw)
+        self.send_response(resp.status)
+        for name, value in resp.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.end_headers()
+        self.wfile.write(resp.body)
+
+    def _read_chunked(self) -> bytes:
+        chunks = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+        pass  # tests read FakeCloudFoundry.requests instead of stderr
