@@ -166,8 +166,9 @@ class CfSession:
                 status, request_id = int(exc.status_code), exc.request_id or ""
                 self.calls.append(CfCall(method, path, status, request_id))
                 body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
-                if status == 401 and not relogged:
-                    # The library refreshes once; a client-credentials token has nothing to refresh with.
+                # The library refreshes once on CC's 401; a client-credentials token has nothing to
+                # refresh with, and the policy server answers an expired token with 403.
+                if (status == 401 or status == 403 and path.startswith("/networking/")) and not relogged:
                     relogged = True
                     self.login()
                     continue

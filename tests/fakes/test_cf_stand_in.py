@@ -32,7 +32,8 @@ import yaml
 
 from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
 
-CONTRACT_PATH = Path("/work/shared/contracts/cloud-controller-v3.openapi.yaml")
+# shared/ lies beside the project (in CI too, beside the clone).
+CONTRACT_PATH = Path(__file__).resolve().parents[3] / "shared/contracts/cloud-controller-v3.openapi.yaml"
 
 # Operations the stand-in serves that the contract has no entry for (method, path regex, why).
 NOT_IN_CONTRACT: list[tuple[str, str, str]] = [
