@@ -5,7 +5,8 @@ import hashlib
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
+
+from registry_mirror.http_clients import client_from
 
 from registry_mirror.parameters import Settings, load_params_file
 from registry_mirror.processes import free_port
@@ -37,24 +38,8 @@ def settings_as_parameters(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
-class SourceAddressAdapter(HTTPAdapter):
-    """Connect from a chosen loopback address: how tests play allowed and denied clients."""
-
-    def __init__(self, source: str, **kwargs: Any) -> None:
-        self._source = source
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self._source, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
 def client(source: str = "127.0.0.1") -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxy from the environment: loopback only
-    adapter = SourceAddressAdapter(source)
-    session.mount("http://", adapter)
-    return session
+    return client_from(source)
 
 
 def sha256(data: bytes) -> str:

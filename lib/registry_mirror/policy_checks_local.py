@@ -1,0 +1,231 @@
+"""The policy checks on the local platform: real clients from loopback addresses against the stack."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .client_pull import pull_with_skopeo
+from .local_platform import LocalPlatform, StackState
+from .policy_checks import (
+    SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, docker_hub_rate_limit, http_client, not_applicable,
+    private_dir, sample_addresses,
+)
+from .processes import tcp_listeners
+from .registry_config import registry_config_yaml
+from .unix_http import unix_request
+
+REFUSED_BY_PROXY = "this mirror is pull-only"  # the proxy's own 405 body; the registry's differs
+
+
+def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
+    allowed, denied, unlisted = sample_addresses(stack.rules)
+    url = f"http://{stack.endpoint}"
+    state = StackState.load(stack.paths.state_file)
+
+    def check(check_id: str, proves: str, how: str, expected: str, observed: str, ok: bool | None,
+              next_step: str) -> PolicyCheck:
+        status = "pass" if ok else ("warn" if ok is None else "fail")
+        return PolicyCheck(check_id, proves, how, expected, observed, status, "" if ok else next_step)
+
+    def allowed_api() -> PolicyCheck:
+        resp = http_client(allowed).get(f"{url}/v2/", timeout=10)
+        version = resp.headers.get("Docker-Distribution-Api-Version", "")
+        return check("allowed-api", PROVES["allowed-api"], "GET /v2/ from an allowed client address",
+                     "200 with Docker-Distribution-Api-Version: registry/2.0", f"{resp.status_code}, {version or 'no header'}",
+                     resp.status_code == 200 and version == "registry/2.0",
+                     "check the proxy and mirror are running (make status) and the allow-list admits the client")
+
+    def allowed_pull() -> PolicyCheck:
+        pulled = pull_with_skopeo(SAMPLE_IMAGE, registries_conf=stack.client_configs().registries_conf)
+        return check("allowed-pull", PROVES["allowed-pull"], f"skopeo copy {SAMPLE_IMAGE} via a registries.conf mirror",
+                     "the image arrives", pulled.verdict(), True, "")
+
+    def refused(check_id: str, source: str | None, who: str) -> PolicyCheck:
+        if source is None:
+            return check(check_id, PROVES[check_id], "-", "-", f"no loopback address plays {who} under these rules",
+                         None, "")
+        session = http_client(source)
+        probes = [("GET", "/v2/"), ("GET", "/v2/library/hello/manifests/latest"), ("HEAD", "/v2/library/hello/manifests/latest"),
+                  ("GET", "/v2/library/hello/blobs/sha256:" + "0" * 64), ("GET", "/"), ("GET", "/v2/_catalog"),
+                  ("POST", "/v2/policy-check/blobs/uploads/")]
+        leaks = []
+        for method, path in probes:
+            status = session.request(method, url + path, timeout=10).status_code
+            if status != 403:
+                leaks.append(f"{method} {path} -> {status}")
+        return check(check_id, PROVES[check_id], f"{len(probes)} requests from {who}", "403 on every one",
+                     "; ".join(leaks) or f"403 on all {len(probes)}", not leaks,
+                     NEXT[check_id])
+
+    def forged_xff() -> PolicyCheck:
+        if denied is None or allowed is None:
+            return check("forged-xff", PROVES["forged-xff"], "-", "-", "needs an allowed and a denied loopback address",
+                         None, "")
+        variants = {"allowed address": allowed, "allowed first": f"{allowed}, {denied}", "allowed last": f"{denied}, {allowed}",
+                    "several allowed": ", ".join([allowed] * 5), "IPv6 loopback": "::1", "garbage": "not-an-address",
+                    "unix:": "unix:", "very long": ", ".join([allowed] * 300)}
+        session = http_client(denied)
+        through = []
+        for name, value in variants.items():
+            status = session.get(f"{url}/v2/", headers={"X-Forwarded-For": value}, timeout=10).status_code
+            if status not in (400, 403, 431, 494):
+                through.append(f"{name} -> {status}")
+        return check("forged-xff", PROVES["forged-xff"], f"{len(variants)} forged X-Forwarded-For values from a denied client",
+                     "none gets through", "; ".join(through) or f"all {len(variants)} refused", not through,
+                     NEXT["forged-xff"])
+
+    def writes_at_proxy() -> PolicyCheck:
+        session = http_client(allowed)
+        wrong = []
+        for method, path in WRITES:
+            resp = session.request(method, url + path, data=b"x", timeout=10)
+            if resp.status_code != 405 or REFUSED_BY_PROXY not in resp.text:
+                where = "passed to the mirror" if resp.status_code == 405 else "not refused"
+                wrong.append(f"{method} {path.split('/')[-2]}: {resp.status_code} ({where})")
+        return check("push-refused-proxy", PROVES["push-refused-proxy"], f"{len(WRITES)} write requests from an allowed client",
+                     "405 UNSUPPORTED from the proxy itself", "; ".join(wrong) or f"405 from the proxy on all {len(WRITES)}",
+                     not wrong, NEXT["push-refused-proxy"])
+
+    def writes_at_mirror() -> PolicyCheck:
+        wrong = []
+        for name in state.mirrors:
+            sock = stack.paths.mirror_socket(name)
+            for method, path in WRITES[:1]:
+                resp = unix_request(str(sock), method, path)
+                if resp.status != 405 or b"UNSUPPORTED" not in resp.body:
+                    wrong.append(f"{name}: {resp.status}")
+        return check("push-refused-mirror", PROVES["push-refused-mirror"], "POST an upload at each instance's socket",
+                     "405 UNSUPPORTED (proxy mode)", "; ".join(wrong) or f"405 UNSUPPORTED from {len(state.mirrors)} instance(s)",
+                     not wrong and bool(state.mirrors), NEXT["push-refused-mirror"])
+
+    def not_exposed() -> PolicyCheck:
+        exposed = []
+        mirrors = [n for n in state.processes if n.startswith("mirror-")]
+        for name in mirrors + ["proxy"]:
+            rec = state.processes.get(name)
+            if rec is not None and rec.alive() and tcp_listeners(rec.pid):
+                exposed.append(f"{name} listens on TCP port(s) {sorted(p for _, p in tcp_listeners(rec.pid))}")
+        if not private_dir(stack.paths.run):
+            exposed.append("the socket folder is open to other users")
+        return check("mirror-not-exposed", PROVES["mirror-not-exposed"],
+                     "TCP listeners of every mirror process and of the proxy; socket folder mode",
+                     "no TCP listener; folder 0700", "; ".join(exposed) or f"{len(mirrors)} instance(s) on unix sockets only",
+                     not exposed, NEXT["mirror-not-exposed"])
+
+    def no_redirect() -> PolicyCheck:
+        from .sample_images import SAMPLE_IMAGES, build_image
+
+        built = build_image(next(i for i in SAMPLE_IMAGES if i.repository == "library/hello"))
+        layer = built.platform_manifests[0].layer_digests[0]
+        path = f"/v2/library/hello/blobs/{layer}"
+        problems = []
+        resp = http_client(allowed).get(url + path, allow_redirects=False, timeout=30)
+        if resp.status_code != 200 or "sha256:" + hashlib.sha256(resp.content).hexdigest() != layer:
+            problems.append(f"proxy answered {resp.status_code} {resp.headers.get('Location', '')[:60]}")
+        for name in state.mirrors:
+            direct = unix_request(str(stack.paths.mirror_socket(name)), "GET", path)
+            if direct.status != 200:
+                problems.append(f"{name} answered {direct.status} (Location: {direct.headers.get('location', '')[:60]})")
+        return check("no-s3-redirect", PROPS_NO_REDIRECT, "GET a cached blob through the proxy and at each instance",
+                     "200 with the blob's bytes, never a 3xx to S3", "; ".join(problems) or "bytes, digest verified",
+                     not problems, NEXT["no-s3-redirect"])
+
+    def pinned() -> PolicyCheck:
+        from .local_components import registry_version
+
+        version = registry_version()
+        want = stack.settings.registry.version
+        return check("image-pinned", PROVES["image-pinned"], "docker-registry --version against params registry.version",
+                     f"distribution {want}", f"distribution {version} (Debian package; CF pins the image by digest)",
+                     version == want, NEXT["image-pinned"])
+
+    def upstream_credentials() -> PolicyCheck:
+        named = bool(stack.settings.upstream.username)
+        missing = [n for n in state.mirrors if state.running(n)
+                   and "REGISTRY_PROXY_PASSWORD" not in _environ_keys(state.processes[n].pid)]
+        if not named:
+            return check("upstream-credentials", PROVES["upstream-credentials"], "params upstream.username", "a user",
+                         "anonymous upstream pulls", None, "")
+        return check("upstream-credentials", PROVES["upstream-credentials"],
+                     "params name a user and each instance has REGISTRY_PROXY_PASSWORD (presence only)",
+                     "configured on every instance", f"missing on {missing}" if missing else "configured",
+                     not missing, NEXT["upstream-credentials"])
+
+    def rate_limit() -> PolicyCheck:
+        if stack.settings.upstream.url.rstrip("/") != "https://registry-1.docker.io":
+            return PolicyCheck("ratelimit-headers", PROVES["ratelimit-headers"], "-", "-",
+                               f"upstream is {stack.settings.upstream.url}, not Docker Hub", "n/a")
+        from .credentials import upstream_password
+
+        password = upstream_password(stack.settings)
+        headers = docker_hub_rate_limit(stack.settings.upstream.username, password.reveal() if password else None)
+        return check("ratelimit-headers", PROVES["ratelimit-headers"], "HEAD ratelimitpreview/test on Docker Hub",
+                     "limit, remaining and source headers", str(headers), all(headers.values()) or None, "")
+
+    def config_matches() -> PolicyCheck:
+        drift = []
+        for name in [n for n in state.processes if n.startswith("mirror-")]:
+            path = stack.paths.config / f"{name}.yml"
+            want = registry_config_yaml(stack._mirror_config(name))
+            if not path.exists() or path.read_text() != want:
+                drift.append(f"{name} config differs from the rendering")
+        for nginx in ("proxy", "router"):
+            path = stack.paths.config / f"{nginx}.conf"
+            if not path.exists() or path.read_text() != stack._render_nginx(nginx, state):
+                drift.append(f"{nginx}.conf differs from the rendering")
+        return check("config-matches", PROVES["config-matches"], "running configs against a fresh rendering of the params",
+                     "identical", "; ".join(drift) or "identical", not drift, NEXT["config-matches"])
+
+    return [
+        ("allowed-api", PROVES["allowed-api"], allowed_api),
+        ("allowed-pull", PROVES["allowed-pull"], allowed_pull),
+        ("denied-listed", PROVES["denied-listed"], lambda: refused("denied-listed", denied, "an explicitly denied client")),
+        ("denied-by-default", PROVES["denied-by-default"], lambda: refused("denied-by-default", unlisted, "a client no range lists")),
+        ("forged-xff", PROVES["forged-xff"], forged_xff),
+        ("push-refused-proxy", PROVES["push-refused-proxy"], writes_at_proxy),
+        ("push-refused-mirror", PROVES["push-refused-mirror"], writes_at_mirror),
+        ("mirror-not-exposed", PROVES["mirror-not-exposed"], not_exposed),
+        not_applicable("network-policy", PROVES["network-policy"], "Cloud Foundry only: locally the sockets' folder plays the policy"),
+        ("no-s3-redirect", PROPS_NO_REDIRECT, no_redirect),
+        ("image-pinned", PROVES["image-pinned"], pinned),
+        ("upstream-credentials", PROVES["upstream-credentials"], upstream_credentials),
+        ("ratelimit-headers", PROVES["ratelimit-headers"], rate_limit),
+        ("config-matches", PROVES["config-matches"], config_matches),
+    ]
+
+
+PROPS_NO_REDIRECT = "layer bytes always pass through the proxy (no pre-signed S3 URL lets them bypass it)"
+PROVES = {
+    "allowed-api": "an allowed client reaches the registry API",
+    "allowed-pull": "a real client pulls a docker.io image through the public endpoint",
+    "denied-listed": "an explicitly denied client is refused on every path and verb",
+    "denied-by-default": "a client in no range is refused (the policy ends in deny all)",
+    "forged-xff": "a denied client cannot pass for an allowed one with X-Forwarded-For",
+    "push-refused-proxy": "the proxy itself refuses every write, whatever the mirror does",
+    "push-refused-mirror": "the mirror refuses pushes too (proxy mode)",
+    "mirror-not-exposed": "the mirror is reachable only through the proxy",
+    "network-policy": "only the proxy may connect to the mirror, on tcp 5000",
+    "image-pinned": "the registry that runs is the one the pipeline tested",
+    "upstream-credentials": "the mirror pulls upstream as its own account (higher rate limit)",
+    "ratelimit-headers": "Docker Hub's remaining pull allowance is known",
+    "config-matches": "what runs is what the parameters render",
+}
+NEXT = {
+    "denied-listed": "the deny ranges are not enforced: compare the deployed nginx.conf geo block with the rules file",
+    "denied-by-default": "the policy lets unlisted clients in: the geo block's default must be 0 (deny all)",
+    "forged-xff": "set_real_ip_from trusts too much: it must list only the router ranges (and unix: locally)",
+    "push-refused-proxy": "the proxy forwards writes: restore the GET/HEAD-only map in nginx.conf",
+    "push-refused-mirror": "the registry is not in proxy mode: check proxy.remoteurl in its config",
+    "mirror-not-exposed": "a mirror instance listens on TCP: it must use http.net unix (locally) / apps.internal only (CF)",
+    "no-s3-redirect": "set storage.redirect.disable: true in the registry config and redeploy the mirror",
+    "image-pinned": "deploy the registry image the pipeline tested, pinned by digest",
+    "upstream-credentials": "set the upstream password variable for every instance and redeploy",
+    "config-matches": "redeploy from the parameters (the deploy runbook repairs drift), then find who edited by hand",
+}
+
+
+def _environ_keys(pid: int) -> set[str]:
+    """Names (never values) of a process's environment variables."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return {entry.split(b"=", 1)[0].decode(errors="replace") for entry in raw.split(b"\0") if entry}
+
