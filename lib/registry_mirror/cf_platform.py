@@ -337,6 +337,32 @@ class CloudFoundryPlatform:
                          "routes": ", ".join(r["url"] for r in self.session.list_all(f"/v3/apps/{app['guid']}/routes"))})
         return pd.DataFrame(rows)
 
+    # ------------------------------------------------------------------ read-only views for checks
+
+    def app_named(self, component: Component) -> dict | None:
+        return self._app(component)
+
+    def app_env(self, app: dict) -> dict[str, str]:
+        """The app's environment variables; callers compare names and non-secret values only."""
+        return self._env(app)
+
+    def route_urls(self, app: dict) -> list[str]:
+        return [r["url"] for r in self.session.list_all(f"/v3/apps/{app['guid']}/routes")]
+
+    def policies_for(self, app: dict) -> list[dict]:
+        return self.session.get("/networking/v1/external/policies", {"id": app["guid"]}).get("policies") or []
+
+    def droplet_image(self, app: dict) -> str | None:
+        try:
+            return self.session.get(f"/v3/apps/{app['guid']}/droplets/current").get("image")
+        except CfApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def web_process(self, app: dict) -> dict:
+        return self.session.get(f"/v3/apps/{app['guid']}/processes/web")
+
     def down(self, *, dry_run: bool = False) -> DeployReport:
         raise DeployError("teardown is for the local platform; on Cloud Foundry use `cf stop` deliberately")
 

@@ -1,0 +1,136 @@
+"""verify_policies on the local stack: all checks pass on a good deploy, and each deliberately broken
+deployment fails exactly the checks that prove what it broke (plus config drift, since each break is
+a hand edit of what runs)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registry_mirror.credentials import LocalStackSecrets, upstream_password
+from registry_mirror.local_components import reload_nginx, start_mirror_instance
+from registry_mirror.local_platform import LocalPlatform, StackState
+from registry_mirror.policy_checks import verify_policies
+from registry_mirror.processes import free_port, stop_process
+from registry_mirror.registry_config import registry_config_yaml
+from tests.support import settings_as_parameters
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_check_passes_on_a_good_deploy_and_the_notebook_says_so(stack: LocalPlatform, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    results = tmp_path / "results.json"
+    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "results_json": str(results)}))
+    out = tmp_path / "verify.ipynb"
+    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
+                          str(ROOT / "notebooks/verify_policies.ipynb"), str(out), "-f", str(params)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads(results.read_text())
+    assert data["ok"] and data["failed"] == []
+    statuses = {c["id"]: c["status"] for c in data["checks"]}
+    assert {s for s in statuses.values()} <= {"pass", "n/a"}
+    assert statuses["network-policy"] == "n/a" and statuses["forged-xff"] == "pass"
+    assert "ALL CHECKS PASSED on local" in out.read_text()
+
+
+def _edit_proxy(stack: LocalPlatform, old: str, new: str) -> Callable[[], None]:
+    def apply() -> None:
+        conf = stack.paths.config / "proxy.conf"
+        text = conf.read_text()
+        assert old in text
+        conf.write_text(text.replace(old, new, 1))
+        state = StackState.load(stack.paths.state_file)
+        reload_nginx(state.processes["proxy"], conf=conf, prefix=stack.paths.nginx_prefix("proxy"))
+    return apply
+
+
+def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) -> None:
+    state = StackState.load(stack.paths.state_file)
+    secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
+    env = {"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
+           "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal(),
+           "REGISTRY_HTTP_SECRET": secrets.http_secret.reveal()}
+    password = upstream_password(stack.settings)
+    if password is not None:
+        env["REGISTRY_PROXY_PASSWORD"] = password.reveal()
+    for name in state.mirrors:
+        config = stack._mirror_config(name)
+        edit(config)
+        path = stack.paths.config / f"{name}.yml"
+        path.write_text(registry_config_yaml(config))
+        stop_process(state.processes[name])
+        state.processes[name] = start_mirror_instance(name, config_file=path, socket_path=stack.paths.mirror_socket(name),
+                                                      log=stack.paths.logs / f"{name}.log", secrets=env)
+    state.save(stack.paths.state_file)
+
+
+def _expose_extra_instance(stack: LocalPlatform) -> None:
+    state = StackState.load(stack.paths.state_file)
+    name = "mirror-99-0"
+    config = stack._mirror_config(name)
+    config["http"] = {"addr": f"127.0.0.1:{free_port()}"}
+    path = stack.paths.config / f"{name}.yml"
+    path.write_text(registry_config_yaml(config))
+    secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
+    from registry_mirror.processes import start_process
+    from registry_mirror.local_components import daemon_env
+
+    state.processes[name] = start_process(name, ["docker-registry", "serve", str(path)], log=stack.paths.logs / f"{name}.log",
+                                          env=daemon_env({"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
+                                                          "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal()}))
+    state.save(stack.paths.state_file)
+    from registry_mirror.processes import tcp_listeners, wait_until
+
+    wait_until(lambda: tcp_listeners(state.processes[name].pid), timeout=30, what="exposed instance listening")
+
+
+def _set_redirect(config: dict) -> None:
+    config["storage"]["redirect"] = {"disable": False}
+
+
+BREAKS = {
+    "too-broad-real-ip": (lambda s: _edit_proxy(s, "set_real_ip_from unix:;", "set_real_ip_from unix:;\n    set_real_ip_from 127.0.0.0/8;")(),
+                          {"forged-xff"}),
+    "missing-deny-all": (lambda s: _edit_proxy(s, "default 0;", "default 1;")(), {"denied-by-default"}),
+    "denied-range-allowed": (lambda s: _edit_proxy(s, "127.0.0.66/32 0;", "127.0.0.66/32 1;")(), {"denied-listed"}),
+    "push-not-blocked": (lambda s: _edit_proxy(s, "default 1;\n        GET 0;", "default 0;\n        GET 0;")(),
+                         {"push-refused-proxy"}),
+    "redirect-enabled": (lambda s: _restart_mirrors_with(s, _set_redirect), {"no-s3-redirect"}),
+    "mirror-on-tcp": (_expose_extra_instance, {"mirror-not-exposed"}),
+}
+
+
+@pytest.fixture
+def restore(stack: LocalPlatform) -> Iterator[None]:
+    yield
+    state = StackState.load(stack.paths.state_file)
+    extra = state.processes.pop("mirror-99-0", None)
+    if extra is not None:
+        stop_process(extra)
+        state.save(stack.paths.state_file)
+    stack.deploy(replace_mirrors=True)
+    assert verify_policies(stack).ok, "the stack was not restored"
+
+
+@pytest.mark.parametrize("name", list(BREAKS))
+def test_a_broken_deployment_fails_exactly_the_check_that_proves_it(stack: LocalPlatform, restore: None,
+                                                                     name: str) -> None:
+    breaker, expected = BREAKS[name]
+    assert verify_policies(stack).ok
+    breaker(stack)
+    report = verify_policies(stack)
+    # Each break is a hand edit, so the drift check fails too: what runs is not what params render.
+    assert set(report.failed) == expected | {"config-matches"}, report
+    with pytest.raises(Exception, match="|".join(sorted(expected))):
+        report.raise_for_failures()
+    failed = [c for c in report.checks if c.status == "fail"]
+    assert all(c.next_step for c in failed)
+    assert "127.0.0.66/32" not in report.to_frame().to_string()
