@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from .client_pull import pull_with_skopeo
@@ -137,13 +140,26 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
                      not problems, NEXT["no-s3-redirect"])
 
     def pinned() -> PolicyCheck:
-        from .local_components import registry_version
-
-        version = registry_version()
+        # Locally the "image" is Debian's docker-registry: every instance must run the packaged
+        # executable, byte for byte as dpkg recorded it, at the version the params name.
         want = stack.settings.registry.version
-        return check("image-pinned", PROVES["image-pinned"], "docker-registry --version against params registry.version",
-                     f"distribution {want}", f"distribution {version} (Debian package; CF pins the image by digest)",
-                     version == want, NEXT["image-pinned"])
+        package = _packaged_registry()
+        problems = []
+        if package is None:
+            problems.append("the docker-registry package is not installed")
+        elif not package.version.startswith(want + "+") and package.version.split("-")[0] != want:
+            problems.append(f"package version {package.version}, params {want}")
+        instances = [n for n in state.processes if n.startswith("mirror-") and state.running(n)]
+        for name in instances:
+            exe = os.readlink(f"/proc/{state.processes[name].pid}/exe")
+            if package is not None and exe != package.path:
+                problems.append(f"{name} runs {exe}, not the packaged {package.path}")
+            elif package is not None and _md5(exe) != package.md5:
+                problems.append(f"{name} runs a {exe} that differs from what dpkg installed")
+        observed = "; ".join(problems) or f"{len(instances)} instance(s) run the packaged distribution {want}"
+        return check("image-pinned", PROVES["image-pinned"],
+                     "each instance's executable against the docker-registry package (path, md5, version)",
+                     f"the packaged distribution {want}", observed, not problems, NEXT["image-pinned"])
 
     def upstream_credentials() -> PolicyCheck:
         named = bool(stack.settings.upstream.username)
@@ -228,6 +244,34 @@ NEXT = {
     "upstream-credentials": "set the upstream password variable for every instance and redeploy",
     "config-matches": "redeploy from the parameters (the deploy runbook repairs drift), then find who edited by hand",
 }
+
+
+@dataclass(frozen=True)
+class _Package:
+    path: str
+    md5: str
+    version: str
+
+
+def _packaged_registry() -> _Package | None:
+    sums = Path("/var/lib/dpkg/info/docker-registry.md5sums")
+    if not sums.exists():
+        return None
+    for line in sums.read_text().splitlines():
+        md5, _, rel = line.partition("  ")
+        if rel == "usr/bin/docker-registry":
+            version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "docker-registry"],
+                                     capture_output=True, text=True, timeout=10).stdout.strip()
+            return _Package("/usr/bin/docker-registry", md5, version)
+    return None
+
+
+def _md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _environ_keys(pid: int) -> set[str]:
