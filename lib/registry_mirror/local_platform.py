@@ -341,17 +341,21 @@ class LocalPlatform:
         config = self._mirror_config(name)
         path = self.paths.config / f"{name}.yml"
         path.write_text(registry_config_yaml(config))
+        rec = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
+                                    log=self.paths.logs / f"{name}.log", secrets=self.mirror_secret_env(secrets))
+        state.processes[name] = rec
+        state.save(self.paths.state_file)
+        return f"pid {rec.pid}, healthy"
+
+    def mirror_secret_env(self, secrets: LocalStackSecrets) -> dict[str, str]:
+        """What a mirror instance gets as environment, not config: S3 keys, http secret, upstream password."""
         env = {"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
                "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal(),
                "REGISTRY_HTTP_SECRET": secrets.http_secret.reveal()}
         password = upstream_password(self.settings)
         if password is not None:
             env["REGISTRY_PROXY_PASSWORD"] = password.reveal()
-        rec = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
-                                    log=self.paths.logs / f"{name}.log", secrets=env)
-        state.processes[name] = rec
-        state.save(self.paths.state_file)
-        return f"pid {rec.pid}, healthy"
+        return env
 
     def _stop(self, state: StackState, name: str) -> str:
         rec = state.processes.get(name)

@@ -174,6 +174,21 @@ def docker_hub_rate_limit(username: str | None, password: str | None, *, timeout
     return {k: resp.headers.get(k, "") for k in ("ratelimit-limit", "ratelimit-remaining", "docker-ratelimit-source")}
 
 
+def rate_limit_check(settings: object, proves: str) -> PolicyCheck:
+    """Docker Hub's pull allowance (limit, remaining, source), or n/a when the upstream is not Docker Hub."""
+    from .credentials import upstream_password
+
+    upstream = settings.upstream  # type: ignore[attr-defined]
+    if upstream.url.rstrip("/") != DOCKER_HUB:
+        return PolicyCheck("ratelimit-headers", proves, "-", "-", f"upstream is {upstream.url}, not Docker Hub", "n/a")
+    password = upstream_password(settings)  # type: ignore[arg-type]
+    headers = docker_hub_rate_limit(upstream.username, password.reveal() if password else None)
+    # No headers at all means no limit applies; missing ones otherwise deserve a look.
+    status: Status = "pass" if all(headers.values()) or not any(headers.values()) else "warn"
+    return PolicyCheck("ratelimit-headers", proves, "HEAD ratelimitpreview/test on Docker Hub (not a counted pull)",
+                       "limit, remaining and source headers", str(headers), status)
+
+
 def yaml_text(data: object) -> str:
     return yaml.safe_dump(data, sort_keys=True)
 

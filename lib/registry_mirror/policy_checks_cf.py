@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .cf_platform import CloudFoundryPlatform, MIRROR_PORT
 from .image_refs import ImageRef
-from .policy_checks import CheckFn, PolicyCheck, docker_hub_rate_limit, not_applicable
+from .policy_checks import CheckFn, PolicyCheck, rate_limit_check, not_applicable
 from .policy_checks_local import NEXT, PROPS_NO_REDIRECT, PROVES
 from .registry_config import SECRET_ENV, S3Location
 from .rendering import render_cf_manifests
@@ -82,15 +82,7 @@ def cf_checks(target: CloudFoundryPlatform) -> list[tuple[str, str, CheckFn]]:
                      f"user {user}, password {'set' if has_password else 'MISSING'}", has_password)
 
     def rate_limit() -> PolicyCheck:
-        if target.settings.upstream.url.rstrip("/") != "https://registry-1.docker.io":
-            return PolicyCheck("ratelimit-headers", PROVES["ratelimit-headers"], "-", "-",
-                               f"upstream is {target.settings.upstream.url}, not Docker Hub", "n/a")
-        from .credentials import upstream_password
-
-        password = upstream_password(target.settings)
-        headers = docker_hub_rate_limit(target.settings.upstream.username, password.reveal() if password else None)
-        return check("ratelimit-headers", PROVES["ratelimit-headers"], "HEAD ratelimitpreview/test on Docker Hub",
-                     "limit, remaining and source headers", str(headers), all(headers.values()) or None)
+        return rate_limit_check(target.settings, PROVES["ratelimit-headers"])
 
     def config_matches() -> PolicyCheck:
         values = env()

@@ -10,7 +10,7 @@ from pathlib import Path
 from .client_pull import pull_with_skopeo
 from .local_platform import LocalPlatform, StackState
 from .policy_checks import (
-    SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, docker_hub_rate_limit, http_client, not_applicable,
+    SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, rate_limit_check, http_client, not_applicable,
     private_dir, sample_addresses,
 )
 from .processes import tcp_listeners
@@ -174,15 +174,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
                      not missing, NEXT["upstream-credentials"])
 
     def rate_limit() -> PolicyCheck:
-        if stack.settings.upstream.url.rstrip("/") != "https://registry-1.docker.io":
-            return PolicyCheck("ratelimit-headers", PROVES["ratelimit-headers"], "-", "-",
-                               f"upstream is {stack.settings.upstream.url}, not Docker Hub", "n/a")
-        from .credentials import upstream_password
-
-        password = upstream_password(stack.settings)
-        headers = docker_hub_rate_limit(stack.settings.upstream.username, password.reveal() if password else None)
-        return check("ratelimit-headers", PROVES["ratelimit-headers"], "HEAD ratelimitpreview/test on Docker Hub",
-                     "limit, remaining and source headers", str(headers), all(headers.values()) or None, "")
+        return rate_limit_check(stack.settings, PROVES["ratelimit-headers"])
 
     def config_matches() -> PolicyCheck:
         drift = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry_mirror.credentials import LocalStackSecrets, upstream_password
+from registry_mirror.credentials import LocalStackSecrets
 from registry_mirror.local_components import reload_nginx, start_mirror_instance
 from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.policy_checks import verify_policies
@@ -55,13 +55,7 @@ def _edit_proxy(stack: LocalPlatform, old: str, new: str) -> Callable[[], None]:
 
 def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) -> None:
     state = StackState.load(stack.paths.state_file)
-    secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
-    env = {"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
-           "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal(),
-           "REGISTRY_HTTP_SECRET": secrets.http_secret.reveal()}
-    password = upstream_password(stack.settings)
-    if password is not None:
-        env["REGISTRY_PROXY_PASSWORD"] = password.reveal()
+    env = stack.mirror_secret_env(LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False))
     for name in state.mirrors:
         config = stack._mirror_config(name)
         edit(config)
@@ -85,8 +79,7 @@ def _expose_extra_instance(stack: LocalPlatform) -> None:
     from registry_mirror.local_components import daemon_env
 
     state.processes[name] = start_process(name, ["docker-registry", "serve", str(path)], log=stack.paths.logs / f"{name}.log",
-                                          env=daemon_env({"REGISTRY_STORAGE_S3_ACCESSKEY": secrets.s3_access_key.reveal(),
-                                                          "REGISTRY_STORAGE_S3_SECRETKEY": secrets.s3_secret_key.reveal()}))
+                                          env=daemon_env(stack.mirror_secret_env(secrets)))
     state.save(stack.paths.state_file)
     from registry_mirror.processes import tcp_listeners, wait_until
 
