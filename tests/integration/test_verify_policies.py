@@ -149,3 +149,17 @@ def test_a_broken_deployment_fails_exactly_the_check_that_proves_it(stack: Local
     failed = [c for c in report.checks if c.status == "fail"]
     assert all(c.next_step for c in failed)
     assert "127.0.0.66/32" not in report.to_frame().to_string()
+
+
+def test_the_notebook_fails_and_names_the_broken_check(stack: LocalPlatform, restore: None, tmp_path: Path) -> None:
+    BREAKS["missing-deny-all"][0](stack)
+    params = tmp_path / "params.yaml"
+    results = tmp_path / "results.json"
+    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "results_json": str(results)}))
+    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
+                          str(ROOT / "notebooks/verify_policies.ipynb"), str(tmp_path / "out.ipynb"), "-f", str(params)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode != 0
+    assert "VerificationError" in run.stderr and "denied-by-default" in run.stderr
+    assert "the geo block's default must be 0" in run.stderr  # what to do next
+    assert set(json.loads(results.read_text())["failed"]) == {"denied-by-default", "config-matches"}
