@@ -17,21 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import yaml
 
 from .errors import VerificationError
-from .http_clients import client_from
 from .security_rules import SecurityRules
 
 Status = Literal["pass", "fail", "warn", "n/a"]
 SAMPLE_IMAGE = "docker.io/library/hello:latest"
 DOCKER_HUB = "https://registry-1.docker.io"
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-])
 WRITES = [("POST", "/v2/policy-check/blobs/uploads/"),
           ("PUT", "/v2/policy-check/manifests/latest"),
           ("PATCH", "/v2/policy-check/blobs/uploads/00000000-0000-0000-0000-000000000000"),
@@ -157,10 +149,6 @@ def sample_addresses(rules: SecurityRules) -> tuple[str | None, str | None, str 
     return first(hosts(rules.allow), True), first(hosts(rules.deny), False), first(spare, None)
 
 
-def http_client(source: str):  # type: ignore[no-untyped-def]
-    return client_from(source)
-
-
 def docker_hub_rate_limit(username: str | None, password: str | None, *, timeout: float = 15) -> dict[str, str]:
     """Docker Hub's pull allowance as its headers state it (FACTS 7); a HEAD is not a counted pull."""
     import requests
@@ -187,10 +175,6 @@ def rate_limit_check(settings: object, proves: str) -> PolicyCheck:
     status: Status = "pass" if all(headers.values()) or not any(headers.values()) else "warn"
     return PolicyCheck("ratelimit-headers", proves, "HEAD ratelimitpreview/test on Docker Hub (not a counted pull)",
                        "limit, remaining and source headers", str(headers), status)
-
-
-def yaml_text(data: object) -> str:
-    return yaml.safe_dump(data, sort_keys=True)
 
 
 def private_dir(path: Path) -> bool:

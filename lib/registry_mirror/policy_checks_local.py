@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .client_pull import pull_with_skopeo
+from .http_clients import client_from
 from .local_platform import LocalPlatform, StackState
 from .policy_checks import (
-    SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, rate_limit_check, http_client, not_applicable,
+    SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, rate_limit_check, not_applicable,
     private_dir, sample_addresses,
 )
 from .processes import tcp_listeners
@@ -31,7 +32,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         return PolicyCheck(check_id, proves, how, expected, observed, status, "" if ok else next_step)
 
     def allowed_api() -> PolicyCheck:
-        resp = http_client(allowed).get(f"{url}/v2/", timeout=10)
+        resp = client_from(allowed).get(f"{url}/v2/", timeout=10)
         version = resp.headers.get("Docker-Distribution-Api-Version", "")
         return check("allowed-api", PROVES["allowed-api"], "GET /v2/ from an allowed client address",
                      "200 with Docker-Distribution-Api-Version: registry/2.0", f"{resp.status_code}, {version or 'no header'}",
@@ -47,7 +48,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         if source is None:
             return check(check_id, PROVES[check_id], "-", "-", f"no loopback address plays {who} under these rules",
                          None, "")
-        session = http_client(source)
+        session = client_from(source)
         probes = [("GET", "/v2/"), ("GET", "/v2/library/hello/manifests/latest"), ("HEAD", "/v2/library/hello/manifests/latest"),
                   ("GET", "/v2/library/hello/blobs/sha256:" + "0" * 64), ("GET", "/"), ("GET", "/v2/_catalog"),
                   ("POST", "/v2/policy-check/blobs/uploads/")]
@@ -67,7 +68,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         variants = {"allowed address": allowed, "allowed first": f"{allowed}, {denied}", "allowed last": f"{denied}, {allowed}",
                     "several allowed": ", ".join([allowed] * 5), "IPv6 loopback": "::1", "garbage": "not-an-address",
                     "unix:": "unix:", "very long": ", ".join([allowed] * 300)}
-        session = http_client(denied)
+        session = client_from(denied)
         baseline = session.get(f"{url}/v2/", timeout=10).status_code
         if baseline != 403:
             # Forging proves nothing when the client gets in without it; denied-listed reports that.
@@ -84,7 +85,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
                      NEXT["forged-xff"])
 
     def writes_at_proxy() -> PolicyCheck:
-        session = http_client(allowed)
+        session = client_from(allowed)
         wrong = []
         for method, path in WRITES:
             resp = session.request(method, url + path, data=b"x", timeout=10)
@@ -128,7 +129,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         layer = built.platform_manifests[0].layer_digests[0]
         path = f"/v2/library/hello/blobs/{layer}"
         problems = []
-        resp = http_client(allowed).get(url + path, allow_redirects=False, timeout=30)
+        resp = client_from(allowed).get(url + path, allow_redirects=False, timeout=30)
         if resp.status_code != 200 or "sha256:" + hashlib.sha256(resp.content).hexdigest() != layer:
             problems.append(f"proxy answered {resp.status_code} {resp.headers.get('Location', '')[:60]}")
         for name in state.mirrors:

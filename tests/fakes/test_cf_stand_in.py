@@ -826,7 +826,7 @@ def test_environment_variables_patch_merges_and_null_removes(api: Api) -> None:
 
 def test_s3_instance_and_service_key(api: Api) -> None:
     offering = api.one("/v3/service_offerings?names=s3")
-    plan = api.one(f"/v3/service_plans?names=basic&service_offering_names=s3")
+    plan = api.one("/v3/service_plans?names=basic&service_offering_names=s3")
     assert plan["relationships"]["service_offering"]["data"]["guid"] == offering["guid"]
     space = api.space_guid()
     created = api.post("/v3/service_instances", {"type": "managed", "name": "mirror-s3", "relationships": {
