@@ -220,16 +220,9 @@ class CloudFoundryPlatform:
         name = self._app_name(component)
 
         def deploy() -> str:
-            resp = self.session.send("POST", "/v3/deployments", json={
-                "droplet": {"guid": droplet["guid"]}, "strategy": "rolling",
-                "options": {"max_in_flight": self.cf.max_in_flight},
-                "relationships": {"app": {"data": {"guid": app["guid"]}}}})
-            assert resp is not None
-            deployment = resp.json()
+            deployment = self._start_deployment(app, {"droplet": {"guid": droplet["guid"]}})
             try:
-                done = self._poll(f"/v3/deployments/{deployment['guid']}",
-                                  lambda d: d["status"]["value"] == "FINALIZED",
-                                  timeout=self.cf.deploy_timeout_seconds, what=f"deployment {deployment['guid']}")
+                done = self._wait_finalized(deployment["guid"], what=f"deployment {deployment['guid']}")
             except TimeoutError as exc:
                 self._after_failure(component, app, deployment["guid"], previous, str(exc))
             reason = done["status"].get("reason")
@@ -249,8 +242,7 @@ class CloudFoundryPlatform:
         outcome = ""
         if deployment is not None:
             self.session.send("POST", f"/v3/deployments/{deployment}/actions/cancel")
-            self._poll(f"/v3/deployments/{deployment}", lambda d: d["status"]["value"] == "FINALIZED",
-                       timeout=self.cf.deploy_timeout_seconds, what=f"cancel of {deployment}")
+            self._wait_finalized(deployment, what=f"cancel of {deployment}")
             outcome = f"deployment {deployment} cancelled; "
         serving = self._current_droplet(app)
         running = self._running_instances(app)
@@ -278,22 +270,15 @@ class CloudFoundryPlatform:
 
                 def cancel() -> str:
                     self.session.send("POST", f"/v3/deployments/{guid}/actions/cancel")
-                    done = self._poll(f"/v3/deployments/{guid}", lambda d: d["status"]["value"] == "FINALIZED",
-                                      timeout=self.cf.deploy_timeout_seconds, what=f"cancel of {guid}")
+                    done = self._wait_finalized(guid, what=f"cancel of {guid}")
                     return f"deployment {guid} {done['status'].get('reason')}"
                 steps.run(name, "cancel active deployment", cancel, detail=f"POST /v3/deployments/{guid}/actions/cancel")
             else:
                 target = self._rollback_revision(app, revision)
 
                 def redeploy() -> str:
-                    resp = self.session.send("POST", "/v3/deployments", json={
-                        "revision": {"guid": target["guid"]}, "strategy": "rolling",
-                        "options": {"max_in_flight": self.cf.max_in_flight},
-                        "relationships": {"app": {"data": {"guid": app["guid"]}}}})
-                    assert resp is not None
-                    guid = resp.json()["guid"]
-                    done = self._poll(f"/v3/deployments/{guid}", lambda d: d["status"]["value"] == "FINALIZED",
-                                      timeout=self.cf.deploy_timeout_seconds, what=f"rollback deployment {guid}")
+                    guid = self._start_deployment(app, {"revision": {"guid": target["guid"]}})["guid"]
+                    done = self._wait_finalized(guid, what=f"rollback deployment {guid}")
                     if done["status"].get("reason") != "DEPLOYED":
                         raise DeployError(f"rollback deployment {guid} ended {done['status'].get('reason')}")
                     return f"revision {target['version']} deployed again by {guid}"
@@ -503,6 +488,18 @@ class CloudFoundryPlatform:
         if running == 0:
             raise DeployError(f"{app['name']}: no instance running after rollback")
         return f"droplet {self._current_droplet(app)} serves, {running} instance(s) running"
+
+    def _start_deployment(self, app: dict, source: dict) -> dict:
+        """A rolling deployment of a droplet or of an earlier revision."""
+        resp = self.session.send("POST", "/v3/deployments", json={
+            **source, "strategy": "rolling", "options": {"max_in_flight": self.cf.max_in_flight},
+            "relationships": {"app": {"data": {"guid": app["guid"]}}}})
+        assert resp is not None  # only called from steps, which a dry run never runs
+        return resp.json()
+
+    def _wait_finalized(self, guid: str, *, what: str) -> dict:
+        return self._poll(f"/v3/deployments/{guid}", lambda d: d["status"]["value"] == "FINALIZED",
+                          timeout=self.cf.deploy_timeout_seconds, what=what)
 
     def _poll(self, path: str, done: Callable[[dict], bool], *, timeout: float, what: str) -> dict:
         deadline = time.monotonic() + timeout
