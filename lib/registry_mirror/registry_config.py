@@ -141,8 +141,9 @@ def registry_config_yaml(config: dict[str, Any]) -> str:
 def registry_env(config: dict[str, Any]) -> dict[str, str]:
     """The same config as REGISTRY_* variables, as the CF manifest carries it.
 
-    `REGISTRY_STORAGE=s3` comes first because it replaces the image's whole default storage map;
-    the registry applies shorter variable names before longer ones.
+    `REGISTRY_STORAGE=s3` is needed because it replaces the image's whole default storage map; the
+    registry applies the variables in name order, so it lands before the REGISTRY_STORAGE_S3_* ones.
+    The order returned here is only for a readable manifest.
     """
     env: dict[str, str] = {}
     storage = config["storage"]
