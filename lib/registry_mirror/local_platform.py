@@ -19,20 +19,30 @@ import pandas as pd
 
 from .credentials import LocalStackSecrets, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
-from .errors import DeployError, ParameterError
+from .errors import ComponentNotReady, DeployError, ParameterError
 from .local_components import (
-    binary, ensure_bucket, nginx_argv, reload_nginx, registry_version, start_hub_stand_in,
-    start_mirror_instance, start_nginx, start_seaweedfs, upstream_answers,
+    SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, mirror_healthy, nginx_answers, nginx_argv, reload_nginx,
+    registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
+    upstream_answers,
 )
 from .parameters import LocalSettings, Settings, resolve_project_path
 from .preflight import Check, PreflightReport
-from .processes import ProcessRecord, port_is_free, stop_process
+from .processes import (
+    ProcessRecord, gone, port_is_free, reap_session, session_members, stop_process, wait_until,
+)
 from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
 from .rendering import BlobCache, ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
 from .sample_images import SAMPLE_IMAGES, seed_registry
 from .security_rules import SecurityRules
 
-STOP_ORDER = ("router", "proxy", "mirror", "hub", "s3")
+# Clients' side first, storage last; SeaweedFS's parts in the reverse of their start order.
+STOP_ORDER = ("router", "proxy", "mirror", "hub", "hub-token", *reversed(SEAWEEDFS_PARTS), "s3")
+
+
+def stop_rank(name: str) -> int:
+    """Where a process of the stack comes in the stop order (mirror instances are `mirror-<gen>-<i>`)."""
+    role = "mirror" if name.startswith("mirror-") else name
+    return STOP_ORDER.index(role) if role in STOP_ORDER else len(STOP_ORDER)
 
 
 class LocalPlatform:
@@ -72,12 +82,15 @@ class LocalPlatform:
         want = self.settings.registry.version
         checks.append(Check("registry version", version == want,
                             f"docker-registry {version}; params registry.version {want}"))
-        ports = {"router": self.local.public_port, "s3": self.local.s3_port}
+        # Keyed by the process that holds the port when the stack runs.
+        ports = {"router": self.local.public_port, "s3-gateway": self.local.s3_port}
         if self.uses_hub_stand_in:
             ports["hub"] = self.local.hub_port
             ports["hub-token"] = self.local.hub_token_port
         for component, port in ports.items():
-            ours = state.running(component)
+            # A killed nginx master's workers still hold its port: ours too, and the deploy stops them.
+            ours = state.running(component) or (component in state.processes
+                                                and bool(session_members(state.processes[component])))
             free = ours or port_is_free(self.local.address, port)
             checks.append(Check(f"port {port} ({component})", free,
                                 "held by this stack" if ours else ("free" if free else "in use by another program")))
@@ -118,49 +131,60 @@ class LocalPlatform:
             self._ensure_mirrors(steps, state, secrets, replace=replace_mirrors)
             self._ensure_nginx(steps, state, "proxy")
             self._ensure_nginx(steps, state, "router")
+            steps.run("router", "ready: the public endpoint answers through proxy and mirrors", lambda: Unchanged(
+                self._wait_ready("router", lambda: nginx_answers((self.local.address, self.local.public_port))
+                                 and "answers", log=self.paths.logs / "proxy.stderr.log")))
             if not dry_run:
                 self.paths.client_dir.mkdir(parents=True, exist_ok=True)
                 for name, text in self.client_configs().as_dict().items():
                     (self.paths.client_dir / name).write_text(text)
         except Exception as exc:
             report.error = f"{exc}"
-            raise DeployError(f"local deploy failed at {report.steps[-1].component if report.steps else 'start'}: "
-                              f"{exc}") from exc
+            where = report.steps[-1].component if report.steps else "start"
+            state.last_deploy = {"ok": False, "failed_at": where, "error": str(exc)[:500]}
+            raise DeployError(f"local deploy failed at {where}: {exc}") from exc
+        else:
+            state.last_deploy = {"ok": True}
         finally:
             if not dry_run:
                 state.save(self.paths.state_file)
         return report
 
-    def status(self) -> pd.DataFrame:
+    def status(self) -> StackStatus:
+        """What runs, what answers, and which of the lifecycle states the stack is in."""
         state = StackState.load(self.paths.state_file)
         rows = []
-        for name, rec in state.processes.items():
-            rows.append({"component": name, "pid": rec.pid, "running": rec.alive(),
+        for name in sorted(state.processes, key=stop_rank, reverse=True):
+            rec = state.processes[name]
+            running = rec.alive()
+            rows.append({"component": name, "pid": rec.pid, "running": running,
+                         "ready": running and self._answers(name),
                          "in_service": name in state.mirrors or not name.startswith("mirror"),
                          "log": rec.log})
-        return pd.DataFrame(rows, columns=["component", "pid", "running", "in_service", "log"])
+        frame = pd.DataFrame(rows, columns=["component", "pid", "running", "ready", "in_service", "log"])
+        return StackStatus(condition=_condition(state, frame, self.paths.state_file.exists()), processes=frame)
 
     def down(self, *, dry_run: bool = False) -> DeployReport:
         """Stop every process of the stack (data and logs stay for the analysis notebooks)."""
         report = DeployReport(platform="local", dry_run=dry_run, endpoint=self.endpoint, action="down")
         steps = StepRecorder(report)
         state = StackState.load(self.paths.state_file)
-        for role in STOP_ORDER:
-            for name in [n for n in state.processes if n == role or n.startswith(role + "-")]:
-                rec = state.processes[name]
-                if not rec.alive():
-                    if not dry_run:
-                        del state.processes[name]
-                    steps.unchanged(name, "stop", "not running")
-                    continue
-
-                def stop(rec: ProcessRecord = rec, name: str = name) -> str:
-                    # SeaweedFS can take 25 s to shut down gracefully; it is a cache, so do not wait that long.
-                    stop_process(rec, timeout=10 if name == "s3" else 30)
+        for name in sorted(state.processes, key=stop_rank):
+            rec = state.processes[name]
+            if gone(rec):
+                if not dry_run:
                     del state.processes[name]
-                    return f"pid {rec.pid} stopped"
+                steps.unchanged(name, "stop", "not running")
+                continue
 
-                steps.run(name, "stop", stop, detail=f"pid {rec.pid}")
+            def stop(rec: ProcessRecord = rec, name: str = name) -> str:
+                was_alive = rec.alive()
+                stop_process(rec, timeout=SEAWEEDFS_STOP_SECONDS.get(name, 30))
+                del state.processes[name]
+                state.save(self.paths.state_file)
+                return f"pid {rec.pid} stopped" if was_alive else f"leftovers of pid {rec.pid} stopped"
+
+            steps.run(name, "stop", stop, detail=f"pid {rec.pid}")
         if not dry_run:
             state.mirrors = []
             state.fingerprints = {}
@@ -194,20 +218,31 @@ class LocalPlatform:
     def _ensure_s3(self, steps: StepRecorder, state: StackState, secrets: LocalStackSecrets) -> None:
         assert self.settings.storage is not None
         endpoint = f"http://{self.local.address}:{self.local.s3_port}"
-        if state.running("s3"):
-            steps.unchanged("s3", "SeaweedFS", f"pid {state.processes['s3'].pid}")
+        keys = (secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
+        if all(state.running(p) for p in SEAWEEDFS_PARTS):
+            steps.unchanged("s3", "SeaweedFS", f"pids {', '.join(str(state.processes[p].pid) for p in SEAWEEDFS_PARTS)}")
         else:
             def start() -> str:
-                rec = start_seaweedfs(data_dir=self.paths.data / "s3", config_dir=self.paths.secrets,
-                                      log=self.paths.logs / "s3.log", address=self.local.address,
-                                      s3_port=self.local.s3_port, access_key=secrets.s3_access_key.reveal(),
-                                      secret_key=secrets.s3_secret_key.reveal())
-                state.processes["s3"] = rec
-                return f"pid {rec.pid}, S3 API {endpoint}"
-            steps.run("s3", "start SeaweedFS", start, detail=endpoint)
+                # A part that survived alone would hold its port and its store's lock: restart them together.
+                self._stop_all(state, ("s3", *SEAWEEDFS_PARTS))
+                recs = start_seaweedfs(data_dir=self.paths.data / "s3", config_dir=self.paths.secrets,
+                                       run_dir=self.paths.run, logs=self.paths.logs, address=self.local.address,
+                                       s3_port=self.local.s3_port, access_key=keys[0], secret_key=keys[1],
+                                       register=self._register(state), timeout=self.local.ready_timeout_seconds)
+                return f"pids {', '.join(str(r.pid) for r in recs)}, S3 API {endpoint}"
+            steps.run("s3", "start SeaweedFS (master, volume, filer, S3 gateway)", start, detail=endpoint)
         bucket = self.settings.storage.bucket
-        steps.run("s3", f"ensure bucket {bucket}", lambda: "created" if ensure_bucket(
-            endpoint, secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal(), bucket) else Unchanged("exists"))
+        log = self.paths.logs / "s3-gateway.log"
+
+        def bucket_step() -> str:
+            try:
+                created = ensure_bucket(endpoint, *keys, bucket, timeout=self.local.ready_timeout_seconds)
+            except TimeoutError as exc:
+                raise ComponentNotReady("s3", str(exc), str(log)) from None
+            return "created" if created else Unchanged("exists")
+        steps.run("s3", f"ensure bucket {bucket}", bucket_step)
+        steps.run("s3", "ready: write, read, delete a scratch object", lambda: Unchanged(self._wait_ready(
+            "s3", lambda: s3_round_trip(endpoint, *keys, bucket), log=log)))
 
     def _ensure_upstream(self, steps: StepRecorder, state: StackState) -> None:
         up = self.settings.upstream
@@ -217,11 +252,13 @@ class LocalPlatform:
                 steps.unchanged("hub", "Docker Hub stand-in", f"pid {state.processes['hub'].pid}")
             else:
                 def start() -> str:
+                    # The survivor of the pair would hold its port: stop it, then start both.
+                    self._stop_all(state, ("hub", "hub-token"))
                     token, hub = start_hub_stand_in(
                         data_dir=self.paths.data / "hub", config_dir=self.paths.secrets, logs=self.paths.logs,
                         address=self.local.address, port=self.local.hub_port, token_port=self.local.hub_token_port,
-                        username=up.username or "", password=password.reveal() if password else "")
-                    state.processes["hub-token"], state.processes["hub"] = token, hub
+                        username=up.username or "", password=password.reveal() if password else "",
+                        register=self._register(state), timeout=self.local.ready_timeout_seconds)
                     return f"pids {token.pid}/{hub.pid}, {self.hub_url}"
                 steps.run("hub", "start Docker Hub stand-in", start, detail=self.hub_url)
             if self.local.seed_sample_images:
@@ -245,7 +282,9 @@ class LocalPlatform:
                         replace: bool) -> None:
         wanted = self.settings.registry.instances
         fingerprint = self._mirror_fingerprint(secrets)
-        live = [n for n in state.mirrors if state.running(n)]
+        # Running is not enough: an instance that stays unhealthy (its storage check fails) for the
+        # whole deadline is replaced like a dead one. A healthy one answers at once, so this is cheap.
+        live = [n for n in state.mirrors if state.running(n) and self._mirror_recovers(n, wait=not steps.dry_run)]
         current = (state.fingerprints.get("mirror") == fingerprint and len(live) == wanted
                    and live == state.mirrors)
         if current and not replace:
@@ -304,11 +343,13 @@ class LocalPlatform:
             conf.write_text(text)
             ready: Path | tuple[str, int] = (self.paths.proxy_socket if name == "proxy"
                                              else (self.local.address, self.local.public_port))
+            # Workers of a master that was killed outlive it and keep serving the old config.
+            self._stop_all(state, (name,))
             if name == "proxy" and self.paths.proxy_socket.exists():
                 self.paths.proxy_socket.unlink()  # left behind by a killed nginx; it would block bind()
             rec = start_nginx(name, conf=conf, prefix=self.paths.nginx_prefix(name),
-                              log=self.paths.logs / f"{name}.stderr.log", ready=ready)
-            state.processes[name] = rec
+                              log=self.paths.logs / f"{name}.stderr.log", ready=ready,
+                              register=self._register(state), timeout=self.local.ready_timeout_seconds)
             return f"pid {rec.pid}"
         steps.run(name, "start nginx", start,
                   detail=f"http://{self.endpoint}" if name == "router" else "unix socket")
@@ -341,11 +382,10 @@ class LocalPlatform:
         config = self._mirror_config(name)
         path = self.paths.config / f"{name}.yml"
         path.write_text(registry_config_yaml(config))
-        rec = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
-                                    log=self.paths.logs / f"{name}.log", secrets=self.mirror_secret_env(secrets))
-        state.processes[name] = rec
-        state.save(self.paths.state_file)
-        return f"pid {rec.pid}, healthy"
+        started = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
+                                        log=self.paths.logs / f"{name}.log", secrets=self.mirror_secret_env(secrets),
+                                        register=self._register(state), timeout=self.local.ready_timeout_seconds)
+        return started.detail()
 
     def mirror_secret_env(self, secrets: LocalStackSecrets) -> dict[str, str]:
         """What a mirror instance gets as environment, not config: S3 keys, http secret, upstream password."""
@@ -362,6 +402,57 @@ class LocalPlatform:
         if rec is not None:
             stop_process(rec)
         return self._forget(state, name)
+
+    def _stop_all(self, state: StackState, names: tuple[str, ...]) -> None:
+        """Stop these processes (live ones and the leftovers of dead ones) in stop order, and forget them."""
+        for name in sorted((n for n in names if n in state.processes), key=stop_rank):
+            rec = state.processes[name]
+            stop_process(rec, timeout=SEAWEEDFS_STOP_SECONDS.get(name, 30)) if rec.alive() else reap_session(rec)
+            del state.processes[name]
+        state.save(self.paths.state_file)
+
+    def _register(self, state: StackState):  # type: ignore[no-untyped-def]
+        """Record a process the moment it runs, so a deploy that fails or dies later leaves none unknown."""
+        def register(record: ProcessRecord) -> None:
+            state.processes[record.name] = record
+            state.save(self.paths.state_file)
+        return register
+
+    def _wait_ready(self, component: str, probe, *, log: Path) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return wait_until(probe, timeout=self.local.ready_timeout_seconds, what=component, interval=0.25)
+        except TimeoutError as exc:
+            raise ComponentNotReady(component, str(exc), str(log)) from None
+
+    def _mirror_recovers(self, name: str, *, wait: bool) -> bool:
+        socket_path = self.paths.mirror_socket(name)
+        if not wait:
+            return mirror_healthy(socket_path)
+        try:
+            return bool(wait_until(lambda: mirror_healthy(socket_path), timeout=self.local.ready_timeout_seconds,
+                                   what=name, interval=0.25))
+        except TimeoutError:
+            return False
+
+    def _answers(self, name: str) -> bool:
+        """The cheap readiness probe behind `status`: does this process answer what its client asks?"""
+        try:
+            if name.startswith("mirror-"):
+                return self._mirror_recovers(name, wait=False)
+            if name == "proxy":
+                return nginx_answers(self.paths.proxy_socket)
+            if name == "router":
+                return nginx_answers((self.local.address, self.local.public_port))
+            if name == "hub":
+                return upstream_answers(self.hub_url, timeout=2)
+            if name == "s3-gateway":
+                secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)
+                assert self.settings.storage is not None
+                s3_round_trip(f"http://{self.local.address}:{self.local.s3_port}", secrets.s3_access_key.reveal(),
+                              secrets.s3_secret_key.reveal(), self.settings.storage.bucket)
+            return True
+        except Exception:  # noqa: BLE001 - a probe that fails means "not ready", which is what we report
+            return False
 
     def _forget(self, state: StackState, name: str) -> str:
         state.processes.pop(name, None)
@@ -395,6 +486,7 @@ class StackState:
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     mirrors: list[str] = field(default_factory=list)  # instances in the proxy's upstream, in order
     fingerprints: dict[str, str] = field(default_factory=dict)
+    last_deploy: dict[str, object] = field(default_factory=dict)  # {"ok": bool, "failed_at", "error"}
 
     def running(self, name: str) -> bool:
         rec = self.processes.get(name)
@@ -408,7 +500,8 @@ class StackState:
             data = json.loads(path.read_text())
             return cls(generation=int(data["generation"]),
                        processes={k: ProcessRecord.from_json(v) for k, v in data["processes"].items()},
-                       mirrors=list(data["mirrors"]), fingerprints=dict(data["fingerprints"]))
+                       mirrors=list(data["mirrors"]), fingerprints=dict(data["fingerprints"]),
+                       last_deploy=dict(data.get("last_deploy", {})))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DeployError(f"{path} is not a stack state this library wrote ({exc.__class__.__name__}); "
                               "stop the processes it named by hand, then move the file away") from None
@@ -418,8 +511,52 @@ class StackState:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"generation": self.generation,
                                    "processes": {k: v.to_json() for k, v in self.processes.items()},
-                                   "mirrors": self.mirrors, "fingerprints": self.fingerprints}, indent=2))
+                                   "mirrors": self.mirrors, "fingerprints": self.fingerprints,
+                                   "last_deploy": self.last_deploy}, indent=2))
         tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    """Which lifecycle state the local stack is in (one line), then each process (data)."""
+    condition: str
+    processes: pd.DataFrame
+
+    @property
+    def healthy(self) -> bool:
+        return self.condition.startswith("RUNNING")
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>{self.condition}</b></p>" + self.processes.to_html(index=False)
+
+    def __repr__(self) -> str:
+        table = self.processes.to_string(index=False) if not self.processes.empty else ""
+        return f"{self.condition}\n{table}".rstrip()
+
+
+def _condition(state: StackState, frame: pd.DataFrame, has_state: bool) -> str:
+    """One line that tells apart every state a user can leave the stack in."""
+    if not has_state:
+        return "NOT DEPLOYED: no stack state here; `make demo` deploys it"
+    failed = state.last_deploy.get("ok") is False
+    if frame.empty:
+        if failed:
+            return (f"STOPPED after a failed deploy (at {state.last_deploy.get('failed_at')}): "
+                    "nothing runs; data kept")
+        return "STOPPED: nothing runs; data and cache kept, `make demo` starts it again"
+    down = list(frame.loc[~frame["running"], "component"])
+    unready = list(frame.loc[frame["running"] & ~frame["ready"], "component"])
+    if len(down) == len(frame):
+        return ("GONE: every recorded process is gone (machine restarted or processes killed); "
+                "`make demo` starts the stack again on its kept data")
+    if failed:
+        return (f"DEPLOY FAILED at {state.last_deploy.get('failed_at')}: {state.last_deploy.get('error')}; "
+                f"{len(frame) - len(down)} process(es) left running for debugging, `make down` stops them")
+    if down or unready:
+        parts = ([f"not running: {', '.join(down)}"] if down else []) + (
+            [f"not answering: {', '.join(unready)}"] if unready else [])
+        return f"DEGRADED: {'; '.join(parts)}; `make demo` repairs it"
+    return f"RUNNING: {len(frame)} processes, all answering"
 
 
 @dataclass(frozen=True)
@@ -478,4 +615,4 @@ class StackPaths:
             self.nginx_prefix(name).mkdir(parents=True, exist_ok=True)
 
 
-__all__ = ["LocalPlatform", "StackState", "StackPaths", "nginx_argv"]
+__all__ = ["LocalPlatform", "StackState", "StackStatus", "StackPaths", "nginx_argv"]

@@ -207,6 +207,7 @@ class LocalSettings(_Model):
     s3_port: Port = 8333  # SeaweedFS S3 API
     state_dir: str = ".state/local"  # processes, configs, data and logs of the stack
     seed_sample_images: bool = True  # push generated sample images into the Docker Hub stand-in
+    ready_timeout_seconds: float = Field(60, gt=0, le=600)  # deadline for each component to answer
 
     @model_validator(mode="after")
     def _loopback(self) -> LocalSettings:

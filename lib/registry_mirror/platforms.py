@@ -64,7 +64,11 @@ def deploy_summary(platform: Platform, report: DeployReport, pull: PullResult | 
             {"item": "verification pull",
              "value": pull.verdict() if pull else ("not run (dry run)" if local else "by the pipeline's integration job")}]
     if not report.dry_run:
-        for _, row in platform.status().iterrows():
+        status = platform.status()
+        if local:
+            rows.append({"item": "stack", "value": status.condition})
+            status = status.processes
+        for _, row in status.iterrows():
             details = ", ".join(f"{k}={v}" for k, v in row.items() if k != "component" and k != "log")
             rows.append({"item": row["component"], "value": details})
     if local:

@@ -56,10 +56,16 @@ def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str
 
 
 def stop_process(record: ProcessRecord, *, timeout: float = 30.0) -> None:
-    """SIGTERM, wait for exit, SIGKILL after `timeout`; a process that is already gone is fine."""
+    """SIGTERM, wait for exit, SIGKILL after `timeout`; a process that is already gone is fine.
+
+    Whatever is left of its session afterwards (nginx workers whose master was SIGKILLed still hold
+    the listening socket) is killed too, so a restart can bind again and nothing is orphaned.
+    """
     if record.alive():
         try:
             os.kill(record.pid, signal.SIGTERM)
+            # A stopped (SIGSTOP) process would sit on the SIGTERM until the deadline.
+            os.kill(record.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
         if not _wait_gone(record, timeout):
@@ -73,12 +79,56 @@ def stop_process(record: ProcessRecord, *, timeout: float = 30.0) -> None:
         proc.wait(timeout=10)
     if record.alive():
         raise RuntimeError(f"{record.name} (pid {record.pid}) did not stop")
+    reap_session(record)
+
+
+def session_members(record: ProcessRecord) -> set[int]:
+    """Live processes of the session `record` leads (daemons start in a session of their own).
+
+    A member must have started no earlier than the leader, so a session id the kernel handed to an
+    unrelated process after the leader died and its PID was reused is not taken for ours.
+    """
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        stat = _read_stat(int(entry.name))
+        if (stat is not None and stat[0] not in ("Z", "X") and int(stat[3]) == record.pid
+                and int(stat[19]) >= record.start_ticks):
+            found.add(int(entry.name))
+    return found
+
+
+def reap_session(record: ProcessRecord, *, timeout: float = 10.0) -> int:
+    """SIGKILL what is left of a daemon's session after its leader is gone; returns how many."""
+    members = session_members(record)
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while session_members(record) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = session_members(record)
+    if left:
+        raise RuntimeError(f"{record.name}: processes {sorted(left)} of its session did not stop")
+    return len(members)
+
+
+def gone(record: ProcessRecord) -> bool:
+    """Neither the process nor anything of its session runs any more."""
+    return not record.alive() and not session_members(record)
 
 
 def exit_status(record: ProcessRecord) -> int | None:
     """Exit code of a child that died, None while it runs or when it was not started here."""
     proc = _CHILDREN.get(record.pid)
     return None if proc is None else proc.poll()
+
+
+class PermanentError(Exception):
+    """Raised by a readiness probe for an answer that waiting will not change (a refused request)."""
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05,
@@ -94,6 +144,8 @@ def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interva
             value = predicate()
             if value:
                 return value
+        except PermanentError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a probe that raises simply is not ready yet
             last_error = exc
         if abort is not None:

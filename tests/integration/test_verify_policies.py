@@ -63,7 +63,7 @@ def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) ->
         path.write_text(registry_config_yaml(config))
         stop_process(state.processes[name])
         state.processes[name] = start_mirror_instance(name, config_file=path, socket_path=stack.paths.mirror_socket(name),
-                                                      log=stack.paths.logs / f"{name}.log", secrets=env)
+                                                      log=stack.paths.logs / f"{name}.log", secrets=env).record
     state.save(stack.paths.state_file)
 
 

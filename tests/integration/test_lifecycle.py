@@ -1,0 +1,196 @@
+"""Every way a user stops and starts the local stack, on kept state, with a pull after each.
+
+These tests run their own stack (not the session's), because they stop, kill and restart it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry_mirror.client_pull import pull_with_skopeo
+from registry_mirror.errors import DeployError
+from registry_mirror.local_components import SEAWEEDFS_PARTS, daemon_env, start_mirror_instance
+from registry_mirror.local_platform import LocalPlatform, StackState
+from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
+from registry_mirror.registry_config import registry_config_yaml
+from tests.support import local_test_settings
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "docker.io/library/hello:latest"
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
+    settings = local_test_settings(str(tmp_path_factory.mktemp("lifecycle") / "state"))
+    platform = LocalPlatform(settings, settings.load_security_rules())
+    seen: dict[str, ProcessRecord] = {}
+    try:
+        platform.deploy()
+        yield platform
+    finally:
+        seen.update(_records(platform))
+        platform.down()
+        left = [f"{r.name} (pid {r.pid})" for r in seen.values() if not gone(r)]
+        left += [f"{r.name} (pid {r.pid})" for r in _records(platform).values() if not gone(r)]
+        assert not left, f"processes left running: {left}"
+
+
+def _records(platform: LocalPlatform) -> dict[str, ProcessRecord]:
+    return dict(StackState.load(platform.paths.state_file).processes)
+
+
+def _pull(platform: LocalPlatform) -> str:
+    return pull_with_skopeo(IMAGE, registries_conf=platform.client_configs().registries_conf, timeout=60).digest
+
+
+def _kill(record: ProcessRecord) -> None:
+    """A crash: SIGKILL the process alone (an nginx master's workers live on, as they would)."""
+    os.kill(record.pid, signal.SIGKILL)
+    wait_until(lambda: not record.alive(), timeout=10, what=f"{record.name} to die")
+
+
+def test_down_and_deploy_ten_times_on_kept_state_and_the_cache_survives(life: LocalPlatform) -> None:
+    life.deploy()
+    digest = _pull(life)
+    failures = []
+    for cycle in range(10):
+        life.down()
+        assert life.status().condition.startswith("STOPPED"), life.status()
+        assert not any(r.alive() for r in _records(life).values())
+        try:
+            life.deploy()
+            assert _pull(life) == digest
+        except Exception as exc:  # noqa: BLE001 - every failed cycle is counted, not just the first
+            failures.append(f"cycle {cycle}: {exc}")
+    assert failures == []
+    assert life.status().condition.startswith("RUNNING"), life.status()
+
+    # What the mirror cached before the last `down` lives in S3: with the upstream stopped, it still pulls.
+    records = _records(life)
+    for name in ("hub", "hub-token"):
+        stop_process(records[name])
+    try:
+        assert _pull(life) == digest
+        assert "not running: hub" in life.status().condition
+    finally:
+        life.deploy()
+
+
+def test_a_machine_restart_leaves_stale_state_and_deploy_brings_the_stack_back(life: LocalPlatform) -> None:
+    life.deploy()
+    digest = _pull(life)
+    records = _records(life)
+    for record in records.values():  # the kernel stops everything at once, workers included
+        for pid in session_members(record) | {record.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    wait_until(lambda: all(gone(r) for r in records.values()), timeout=20, what="every process gone")
+    assert life.paths.proxy_socket.exists()  # stale sockets and PIDs are left, as after a reboot
+    assert life.status().condition.startswith("GONE"), life.status()
+
+    report = life.deploy()
+    assert report.ok and report.changed
+    assert _pull(life) == digest
+    assert life.status().condition.startswith("RUNNING"), life.status()
+
+
+@pytest.mark.parametrize("component", [*SEAWEEDFS_PARTS, "hub", "hub-token", "mirror", "proxy", "router"])
+def test_a_killed_component_is_named_and_the_next_deploy_restores_it_without_orphans(
+        life: LocalPlatform, component: str) -> None:
+    life.deploy()
+    records = _records(life)
+    name = next(n for n in records if n == component or (component == "mirror" and n.startswith("mirror-")))
+    victim = records[name]
+    _kill(victim)
+    assert name in life.status().condition and life.status().condition.startswith("DEGRADED"), life.status()
+
+    report = life.deploy()
+    assert report.ok and report.changed, report
+    assert gone(victim), f"{name}'s leftovers still run: {session_members(victim)}"
+    _pull(life)
+    status = life.status()
+    assert status.condition.startswith("RUNNING"), status
+    # Nothing is orphaned and nothing is unknown: every recorded process runs, one per role.
+    now = _records(life)
+    assert all(r.alive() for r in now.values())
+    assert {"mirror" if n.startswith("mirror-") else n for n in now} == {
+        *SEAWEEDFS_PARTS, "hub", "hub-token", "mirror", "proxy", "router"}
+    assert sum(n.startswith("mirror-") for n in now) == life.settings.registry.instances
+    for old in records.values():
+        if now.get(old.name) != old:
+            assert gone(old), f"{old.name} (pid {old.pid}) was replaced but still runs"
+
+
+def test_down_after_a_failed_deploy_leaves_nothing_running(life: LocalPlatform) -> None:
+    life.deploy()
+    records = _records(life)
+    gateway = records["s3-gateway"]
+    os.kill(gateway.pid, signal.SIGSTOP)  # S3 accepts connections and never answers
+    impatient = LocalPlatform(life.settings.model_copy(update={"local": life.local.model_copy(
+        update={"ready_timeout_seconds": 3})}), life.rules)
+    try:
+        with pytest.raises(DeployError) as failed:
+            impatient.deploy(replace_mirrors=True)
+        message = str(failed.value)
+        assert "s3" in message and "s3-gateway.log" in message, message
+        status = life.status()
+        assert status.condition.startswith("DEPLOY FAILED at s3"), status
+    finally:
+        life.down()
+    assert all(gone(r) for r in records.values())
+    assert all(gone(r) for r in _records(life).values())
+    assert life.status().condition.startswith("STOPPED after a failed deploy"), life.status()
+    life.deploy()
+    assert life.status().condition.startswith("RUNNING")
+
+
+def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life: LocalPlatform,
+                                                                            tmp_path: Path) -> None:
+    life.deploy()
+    records = _records(life)
+    filer = records["s3-filer"]
+    stop_process(filer, timeout=30)  # the gateway stays up and answers every request with an error
+    name = "mirror-retry-test"
+    config = tmp_path / f"{name}.yml"
+    config.write_text(registry_config_yaml(life._mirror_config(name)))
+    log = life.paths.logs / f"{name}.log"
+    socket_path = life.paths.run / f"{name}.sock"
+    secrets = _secret_env(life)
+    restarted: list[ProcessRecord] = []
+
+    def bring_storage_back() -> None:
+        # Once the mirror has panicked at least once, S3 comes back, as after a slow restart.
+        wait_until(lambda: log.exists() and "panic:" in log.read_text(errors="replace"), timeout=60,
+                   what="a first failed start")
+        restarted.append(start_process(filer.name, filer.argv, log=Path(filer.log), env=daemon_env()))
+
+    helper = threading.Thread(target=bring_storage_back)
+    helper.start()
+    started = None
+    try:
+        started = start_mirror_instance(name, config_file=config, socket_path=socket_path, log=log,
+                                        secrets=secrets, timeout=90)
+        assert started.attempts >= 2, started
+        assert "panic:" in started.failures[0] and "healthy after" in started.detail()
+    finally:
+        helper.join(timeout=90)
+        if started is not None:
+            stop_process(started.record)
+        for record in restarted:
+            stop_process(record, timeout=30)
+        life.deploy()  # the filer the test started is not the stack's: deploy restarts SeaweedFS
+    assert life.status().condition.startswith("RUNNING")
+
+
+def _secret_env(platform: LocalPlatform) -> dict[str, str]:
+    from registry_mirror.credentials import LocalStackSecrets
+
+    return platform.mirror_secret_env(LocalStackSecrets.load_or_create(platform.paths.secrets_file, create=False))
