@@ -10,9 +10,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt venv demo test down status lab clean bench
+.PHONY: bootstrap apt venv tools demo test down status lab clean bench
 
-bootstrap: apt venv
+bootstrap: apt venv tools
+
+# The registry version production pins (and any other a params file names), built from the Go
+# module proxy into .tools/registry-<version>/ once; a second run only checks the recorded checksum.
+tools: venv
+	@$(BIN)/python -m registry_mirror build-registry --params params/production.yaml --params params/local.yaml \
+	  --params params/staging.yaml
 
 # Install only what is missing, so a second run does not touch apt at all.
 apt:

@@ -1,4 +1,5 @@
-"""Small command line for the Makefile: `python -m registry_mirror {status,down,endpoint} [--params FILE]`."""
+"""Small command line for the Makefile:
+`python -m registry_mirror {status,down,endpoint,build-registry} [--params FILE ...]`."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,24 @@ import sys
 from .errors import RunbookError
 from .parameters import load_params_file
 from .platforms import platform_for
+from .registry_build import build_registry, uses_debian_package
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m registry_mirror")
-    parser.add_argument("command", choices=["status", "down", "endpoint"])
-    parser.add_argument("--params", default="params/local.yaml")
+    parser.add_argument("command", choices=["status", "down", "endpoint", "build-registry"])
+    parser.add_argument("--params", action="append", help="params file (build-registry takes several)")
     args = parser.parse_args(argv)
+    files = args.params or ["params/local.yaml"]
     try:
-        settings = load_params_file(args.params)
+        if args.command == "build-registry":
+            # Every registry version a params file names, so the pin lives in params alone.
+            for version in sorted({load_params_file(f).registry.version for f in files}):
+                if not uses_debian_package(version):
+                    build = build_registry(version)
+                    print(f"registry {version}: {build.binary} (sha256 {build.sha256[:16]}...)")
+            return 0
+        settings = load_params_file(files[0])
         platform = platform_for(settings, settings.load_security_rules())
         if args.command == "status":
             status = platform.status()

@@ -23,7 +23,8 @@ from botocore.exceptions import ClientError
 
 from .errors import ComponentNotReady
 from .processes import (
-    PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, wait_until,
+    PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, stop_process,
+    wait_until,
 )
 from .unix_http import unix_request
 
@@ -49,13 +50,25 @@ def binary(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
-def registry_version() -> str | None:
-    path = binary("docker-registry")
+def mirror_registry_binary(version: str) -> str | None:
+    """The registry executable for `version`: Debian's package for 2.8.2, bootstrap's build for 3.x."""
+    from .registry_build import built_registry, uses_debian_package
+
+    if uses_debian_package(version):
+        return binary("docker-registry")
+    build = built_registry(version)
+    return build.binary if build is not None and Path(build.binary).exists() else None
+
+
+def registry_version(version: str = "2.8.2") -> str | None:
+    """What the registry binary for `version` says it is, or None when there is none."""
+    path = mirror_registry_binary(version)
     if path is None:
         return None
     out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
-    # "docker-registry github.com/docker/distribution 2.8.2+ds1"
-    return out.split()[-1].split("+")[0] if out.strip() else None
+    # "docker-registry github.com/docker/distribution 2.8.2+ds1" (Debian),
+    # "registry github.com/distribution/distribution/v3 v3.0.0+unknown" (built from the module)
+    return out.split()[-1].split("+")[0].lstrip("v") if out.strip() else None
 
 
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
@@ -194,28 +207,34 @@ def s3_client(endpoint: str, access_key: str, secret_key: str):  # type: ignore[
 
 
 def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address: str, port: int,
-                       token_port: int, username: str, password: str, register: Callable[[ProcessRecord], None],
-                       timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord]:
+                       token_port: int, username: str, password: str,
+                       register: Callable[[ProcessRecord], None] | None = None, timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord]:
     """STAND-IN for Docker Hub: a token service (auth.docker.io) and a real docker-registry that
-    accepts only its tokens, anonymous pulls included, as Docker Hub does."""
+    accepts only its tokens, anonymous pulls included, as Docker Hub does.
+
+    The mirror's account (`username`) may pull and nothing else, like a read-only access token; the
+    sample images are pushed by a separate seeding account (`hub_seeder`).
+    """
     from .hub_token_service import TokenServiceConfig, write_signing_material
 
     data_dir.mkdir(parents=True, exist_ok=True)
     htpasswd = config_dir / "hub.htpasswd"
+    seeder, seeder_password = hub_seeder(config_dir)
     # bcrypt, as the registry's own htpasswd support would need too.
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-    _write_private(htpasswd, f"{username}:{hashed}\n")
+    _write_private(htpasswd, "".join(f"{user}:{bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds=10)).decode()}\n"
+                                     for user, secret in ((username, password), (seeder, seeder_password))))
     key, cert = config_dir / "hub-token.key", config_dir / "hub-token.pem"
     if not (key.exists() and cert.exists()):
         write_signing_material(key, cert)
     token = TokenServiceConfig(address=address, port=token_port, key_file=str(key), cert_file=str(cert),
                                htpasswd_file=str(htpasswd), log_file=str(logs / "hub-token.log"),
-                               push_users=(username,))
+                               push_users=(seeder,))
     token_conf = config_dir / "hub-token.json"
     token_conf.write_text(json.dumps(token.__dict__, default=list))
     token_rec = start_process("hub-token", [sys.executable, "-m", "registry_mirror.hub_token_service",
                                             str(token_conf)], log=logs / "hub-token.stderr.log", env=daemon_env())
-    register(token_rec)
+    if register is not None:
+        register(token_rec)
     wait_until(lambda: _http_status(token.realm) == 200, timeout=timeout, what="Docker Hub token stand-in",
                abort=_died(token_rec))
     config = {
@@ -231,10 +250,21 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
     record = start_process("hub", [_require("docker-registry"), "serve", str(conf)], log=logs / "hub.log",
                            env=daemon_env())
-    register(record)
+    if register is not None:
+        register(record)
     wait_until(lambda: upstream_authenticates(f"http://{address}:{port}", username, password), timeout=timeout,
                what="Docker Hub stand-in", abort=_any_died([token_rec, record]))
     return token_rec, record
+
+
+def hub_seeder(config_dir: Path) -> tuple[str, str]:
+    """The Docker Hub stand-in's seeding account, which alone may push; its password is made once."""
+    path = config_dir / "hub-seeder.json"
+    if not path.exists():
+        import secrets
+        _write_private(path, json.dumps({"username": "hub-seeder", "password": secrets.token_urlsafe(24)}))
+    data = json.loads(path.read_text())
+    return data["username"], data["password"]
 
 
 def upstream_authenticates(url: str, username: str, password: str, *, timeout: float = 5) -> bool:
@@ -290,7 +320,7 @@ class MirrorStart:
                 f"(earlier attempts exited: {self.failures[-1]})")
 
 
-def start_mirror_instance(name: str, *, config_file: Path, socket_path: Path, log: Path,
+def start_mirror_instance(name: str, *, executable: str | None, config_file: Path, socket_path: Path, log: Path,
                           secrets: Mapping[str, str], register: Callable[[ProcessRecord], None] | None = None,
                           timeout: float = 60) -> MirrorStart:
     """One registry in proxy mode on a unix socket: it has no TCP port a client could reach.
@@ -305,8 +335,9 @@ def start_mirror_instance(name: str, *, config_file: Path, socket_path: Path, lo
         if socket_path.exists():
             socket_path.unlink()  # left by a killed instance; the registry will not bind over it
         offset = log.stat().st_size if log.exists() else 0
-        record = start_process(name, [_require("docker-registry"), "serve", str(config_file)], log=log,
-                               env=daemon_env(secrets))
+        if executable is None:
+            raise FileNotFoundError(f"{name}: no registry binary for this version (run `make bootstrap`)")
+        record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env(secrets))
         if register is not None:
             register(record)
         try:
@@ -315,6 +346,8 @@ def start_mirror_instance(name: str, *, config_file: Path, socket_path: Path, lo
             return MirrorStart(record, tuple(failures))
         except TimeoutError as exc:
             if record.alive():
+                if register is None:
+                    stop_process(record)  # nobody else knows it runs
                 raise ComponentNotReady(name, f"runs but does not answer /v2/ ({exc})", str(log)) from None
             failures.append(_exit_reason(log, offset))
         if time.monotonic() + backoff >= deadline:
@@ -357,25 +390,33 @@ def nginx_test(conf: Path, prefix: Path) -> None:
 
 
 def start_nginx(name: str, *, conf: Path, prefix: Path, log: Path, ready: Path | tuple[str, int],
-                register: Callable[[ProcessRecord], None] | None = None, timeout: float = 20) -> ProcessRecord:
+                register: Callable[[ProcessRecord], None] | None = None, timeout: float = 20,
+                upstream_required: bool = True) -> ProcessRecord:
     nginx_test(conf, prefix)
     record = start_process(name, nginx_argv(conf, prefix), log=log, env=daemon_env())
     if register is not None:
         register(record)
-    wait_until(lambda: nginx_answers(ready), timeout=timeout, what=f"{name} answering", abort=_died(record))
+    try:
+        wait_until(lambda: nginx_answers(ready, upstream_required=upstream_required), timeout=timeout,
+                   what=f"{name} answering", abort=_died(record))
+    except TimeoutError:
+        if register is None:
+            stop_process(record)  # nobody else knows it runs
+        raise
     return record
 
 
-def nginx_answers(where: Path | tuple[str, int]) -> bool:
+def nginx_answers(where: Path | tuple[str, int], *, upstream_required: bool = True) -> bool:
     """nginx accepted a connection and answered a request with a status of its own or its upstream's.
 
-    A 502/504 means it runs but cannot reach what is behind it: not ready for the component before it.
+    A 502/504 means it runs but cannot reach what is behind it: not ready for the component before it
+    (unless `upstream_required` is off).
     """
     if isinstance(where, Path):
         status = unix_request(str(where), "GET", "/v2/", timeout=5).status
     else:
         status = requests.get(f"http://{where[0]}:{where[1]}/v2/", timeout=5).status_code
-    return status not in (502, 503, 504)
+    return not upstream_required or status not in (502, 503, 504)
 
 
 def reload_nginx(record: ProcessRecord, *, conf: Path, prefix: Path, drain_timeout: float = 120) -> None:

@@ -21,7 +21,8 @@ from .credentials import LocalStackSecrets, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import ComponentNotReady, DeployError, ParameterError
 from .local_components import (
-    SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, mirror_healthy, nginx_answers, nginx_argv, reload_nginx,
+    SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy, mirror_registry_binary,
+    nginx_answers, nginx_argv, reload_nginx,
     registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
     upstream_answers,
 )
@@ -75,13 +76,16 @@ class LocalPlatform:
         """Checks that change nothing: binaries, versions, free ports, secrets, upstream."""
         state = StackState.load(self.paths.state_file)
         checks: list[Check] = []
+        want = self.settings.registry.version
         for name in ("docker-registry", "nginx", "weed", "skopeo"):
             path = binary(name)
             checks.append(Check(f"{name} installed", path is not None, path or "not found; run `make bootstrap`"))
-        version = registry_version()
-        want = self.settings.registry.version
+        mirror_binary = mirror_registry_binary(want)
+        checks.append(Check(f"registry {want} for the mirrors", mirror_binary is not None,
+                            mirror_binary or "not built; run `make bootstrap` (it builds the version in params)"))
+        version = registry_version(want)
         checks.append(Check("registry version", version == want,
-                            f"docker-registry {version}; params registry.version {want}"))
+                            f"{mirror_binary} reports {version}; params registry.version {want}"))
         # Keyed by the process that holds the port when the stack runs.
         ports = {"router": self.local.public_port, "s3-gateway": self.local.s3_port}
         if self.uses_hub_stand_in:
@@ -262,10 +266,9 @@ class LocalPlatform:
                     return f"pids {token.pid}/{hub.pid}, {self.hub_url}"
                 steps.run("hub", "start Docker Hub stand-in", start, detail=self.hub_url)
             if self.local.seed_sample_images:
-                auth = (up.username or "", password.reveal() if password else "")
-
                 def seed() -> str:
-                    seeded = seed_registry(self.hub_url, auth)
+                    # The mirror's own account may only pull: the stand-in's seeding account pushes.
+                    seeded = seed_registry(self.hub_url, hub_seeder(self.paths.secrets))
                     pushed = [s for s in seeded if s.pushed]
                     detail = f"{len(seeded)} sample images present, {len(pushed)} pushed now"
                     return detail if pushed else Unchanged(detail)
@@ -367,6 +370,7 @@ class LocalPlatform:
         # The router stand-in connects over a unix socket: that, and only that, is the trusted hop.
         cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.data / "proxy-blob-cache"))
         return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers],
+                                 public_host=self.endpoint, expose_catalog=self.settings.proxy.expose_catalog,
                                  blob_cache=cache)
 
     def _set_service(self, state: StackState, mirrors: list[str]) -> str:
@@ -382,7 +386,8 @@ class LocalPlatform:
         config = self._mirror_config(name)
         path = self.paths.config / f"{name}.yml"
         path.write_text(registry_config_yaml(config))
-        started = start_mirror_instance(name, config_file=path, socket_path=self.paths.mirror_socket(name),
+        started = start_mirror_instance(name, executable=mirror_registry_binary(self.settings.registry.version),
+                                        config_file=path, socket_path=self.paths.mirror_socket(name),
                                         log=self.paths.logs / f"{name}.log", secrets=self.mirror_secret_env(secrets),
                                         register=self._register(state), timeout=self.local.ready_timeout_seconds)
         return started.detail()
@@ -472,7 +477,7 @@ class LocalPlatform:
     def _mirror_fingerprint(self, secrets: LocalStackSecrets) -> str:
         config = self._mirror_config("mirror")
         config["http"]["addr"] = "<socket>"
-        material = [registry_config_yaml(config), registry_version() or "",
+        material = [registry_config_yaml(config), registry_version(self.settings.registry.version) or "",
                     hashlib.sha256(secrets.s3_secret_key.reveal().encode()).hexdigest()]
         password = upstream_password(self.settings)
         if password is not None:

@@ -12,9 +12,10 @@ from .http_clients import client_from
 from .local_platform import LocalPlatform, StackState
 from .policy_checks import (
     SAMPLE_IMAGE, WRITES, CheckFn, PolicyCheck, rate_limit_check, not_applicable,
-    private_dir, sample_addresses,
+    private_dir, sample_addresses, upstream_scope_check,
 )
 from .processes import tcp_listeners
+from .registry_build import MODULE, built_registry, file_sha256, uses_debian_package
 from .registry_config import registry_config_yaml
 from .unix_http import unix_request
 
@@ -144,13 +145,15 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         # Locally the "image" is Debian's docker-registry: every instance must run the packaged
         # executable, byte for byte as dpkg recorded it, at the version the params name.
         want = stack.settings.registry.version
+        instances = [n for n in state.processes if n.startswith("mirror-") and state.running(n)]
+        if not uses_debian_package(want):
+            return _built_registry_pinned(want, {n: state.processes[n].pid for n in instances}, check)
         package = _packaged_registry()
         problems = []
         if package is None:
             problems.append("the docker-registry package is not installed")
         elif not package.version.startswith(want + "+") and package.version.split("-")[0] != want:
             problems.append(f"package version {package.version}, params {want}")
-        instances = [n for n in state.processes if n.startswith("mirror-") and state.running(n)]
         for name in instances:
             exe = os.readlink(f"/proc/{state.processes[name].pid}/exe")
             if package is not None and exe != package.path:
@@ -205,6 +208,8 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         ("image-pinned", PROVES["image-pinned"], pinned),
         ("upstream-credentials", PROVES["upstream-credentials"], upstream_credentials),
         ("ratelimit-headers", PROVES["ratelimit-headers"], rate_limit),
+        ("upstream-pull-only", PROVES["upstream-pull-only"],
+         lambda: upstream_scope_check(stack.settings, PROVES["upstream-pull-only"])),
         ("config-matches", PROVES["config-matches"], config_matches),
     ]
 
@@ -223,6 +228,7 @@ PROVES = {
     "image-pinned": "the registry that runs is the one the pipeline tested",
     "upstream-credentials": "the mirror pulls upstream as its own account (higher rate limit)",
     "ratelimit-headers": "Docker Hub's remaining pull allowance is known",
+    "upstream-pull-only": "the mirror's upstream credential can pull and nothing else",
     "config-matches": "what runs is what the parameters render",
 }
 NEXT = {
@@ -272,3 +278,20 @@ def _environ_keys(pid: int) -> set[str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return {entry.split(b"=", 1)[0].decode(errors="replace") for entry in raw.split(b"\0") if entry}
 
+
+def _built_registry_pinned(want: str, pids: dict[str, int], check) -> PolicyCheck:  # type: ignore[no-untyped-def]
+    """3.x locally: every instance runs the binary bootstrap built from the module at `want`, byte for byte."""
+    build = built_registry(want)
+    problems = []
+    if build is None:
+        problems.append(f"registry {want} was never built (run `make bootstrap`)")
+    for name, pid in pids.items():
+        exe = os.readlink(f"/proc/{pid}/exe")
+        if build is not None and exe != build.binary:
+            problems.append(f"{name} runs {exe}, not the built {build.binary}")
+        elif build is not None and file_sha256(Path(exe)) != build.sha256:
+            problems.append(f"{name} runs a {exe} whose checksum differs from the recorded build")
+    observed = "; ".join(problems) or f"{len(pids)} instance(s) run distribution {want} as built from {MODULE}"
+    return check("image-pinned", PROVES["image-pinned"],
+                 "each instance's executable against the recorded build (path, sha256, module version)",
+                 f"distribution {want} built from its Go module", observed, not problems, NEXT["image-pinned"])

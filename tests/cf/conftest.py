@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from registry_mirror.local_components import start_hub_stand_in
+from registry_mirror.local_components import hub_seeder, start_hub_stand_in
 from registry_mirror.processes import ProcessRecord, free_port, stop_process
 from registry_mirror.sample_images import SampleImage, seed_registry
 from tests.fakes.cf_api import FakeCloudFoundry
@@ -43,7 +43,7 @@ def docker_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                                     username=HUB_USER, password=HUB_TOKEN)
     try:
         url = f"http://127.0.0.1:{port}"
-        seeded = seed_registry(url, (HUB_USER, HUB_TOKEN), [REGISTRY_IMAGE])
+        seeded = seed_registry(url, hub_seeder(root / "config"), [REGISTRY_IMAGE])
         yield Hub(url, seeded[0].digest, [token, hub])
     finally:
         for rec in (hub, token):

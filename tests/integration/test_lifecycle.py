@@ -14,7 +14,9 @@ import pytest
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.errors import DeployError
-from registry_mirror.local_components import SEAWEEDFS_PARTS, daemon_env, start_mirror_instance
+from registry_mirror.local_components import (
+    SEAWEEDFS_PARTS, daemon_env, mirror_registry_binary, start_mirror_instance,
+)
 from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
 from registry_mirror.registry_config import registry_config_yaml
@@ -176,7 +178,8 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
     helper.start()
     started = None
     try:
-        started = start_mirror_instance(name, config_file=config, socket_path=socket_path, log=log,
+        started = start_mirror_instance(name, executable=mirror_registry_binary(life.settings.registry.version),
+                                        config_file=config, socket_path=socket_path, log=log,
                                         secrets=secrets, timeout=90)
         assert started.attempts >= 2, started
         assert "panic:" in started.failures[0] and "healthy after" in started.detail()

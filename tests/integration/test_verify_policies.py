@@ -4,6 +4,7 @@ a hand edit of what runs)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.local_components import reload_nginx, start_mirror_instance
+from registry_mirror.local_components import mirror_registry_binary, reload_nginx, start_mirror_instance
 from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.policy_checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
@@ -62,7 +63,7 @@ def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) ->
         path = stack.paths.config / f"{name}.yml"
         path.write_text(registry_config_yaml(config))
         stop_process(state.processes[name])
-        state.processes[name] = start_mirror_instance(name, config_file=path, socket_path=stack.paths.mirror_socket(name),
+        state.processes[name] = start_mirror_instance(name, executable=_registry(stack), config_file=path, socket_path=stack.paths.mirror_socket(name),
                                                       log=stack.paths.logs / f"{name}.log", secrets=env).record
     state.save(stack.paths.state_file)
 
@@ -78,7 +79,7 @@ def _expose_extra_instance(stack: LocalPlatform) -> None:
     from registry_mirror.processes import start_process
     from registry_mirror.local_components import daemon_env
 
-    state.processes[name] = start_process(name, ["docker-registry", "serve", str(path)], log=stack.paths.logs / f"{name}.log",
+    state.processes[name] = start_process(name, [_registry(stack), "serve", str(path)], log=stack.paths.logs / f"{name}.log",
                                           env=daemon_env(stack.mirror_secret_env(secrets)))
     state.save(stack.paths.state_file)
     from registry_mirror.processes import tcp_listeners, wait_until
@@ -86,14 +87,20 @@ def _expose_extra_instance(stack: LocalPlatform) -> None:
     wait_until(lambda: tcp_listeners(state.processes[name].pid), timeout=30, what="exposed instance listening")
 
 
+def _registry(stack: LocalPlatform) -> str:
+    executable = mirror_registry_binary(stack.settings.registry.version)
+    assert executable is not None
+    return executable
+
+
 def _run_unpackaged_binary(stack: LocalPlatform) -> None:
-    """Replace one instance with the same registry run from a copy outside the package."""
+    """Replace one instance with the same registry bytes run from a copy outside the pinned build."""
     state = StackState.load(stack.paths.state_file)
     name = state.mirrors[0]
-    copy = stack.paths.root / "unpinned" / "docker-registry"
-    copy.parent.mkdir(exist_ok=True)
-    shutil.copy2("/usr/bin/docker-registry", copy)
     rec = state.processes[name]
+    copy = stack.paths.root / "unpinned" / "registry"
+    copy.parent.mkdir(exist_ok=True)
+    shutil.copy2(os.readlink(f"/proc/{rec.pid}/exe"), copy)
     environ = dict(e.split(b"=", 1) for e in open(f"/proc/{rec.pid}/environ", "rb").read().split(b"\0") if b"=" in e)
     env = {k.decode(): v.decode() for k, v in environ.items()}
     stop_process(rec)

@@ -34,6 +34,7 @@ from registry_mirror.registry_config import (
     registry_env,
 )
 from registry_mirror.rendering import (
+    BUILDPACK_INSTANCE_IP,
     BUILDPACK_MIRROR_ROUTE,
     BUILDPACK_NAMESERVERS,
     BUILDPACK_PORT,
@@ -118,10 +119,11 @@ def test_router_stand_in_conf_passes_nginx_t(tmp_path: Path) -> None:
 
 def _buildpack_substitute(text: str, *, port: int, temp_dir: Path) -> str:
     """What the nginx buildpack does at start, plus temp paths so that nginx -t stays in tmp_path."""
-    for placeholder in (BUILDPACK_PORT, BUILDPACK_NAMESERVERS, BUILDPACK_MIRROR_ROUTE):
+    for placeholder in (BUILDPACK_PORT, BUILDPACK_NAMESERVERS, BUILDPACK_MIRROR_ROUTE, BUILDPACK_INSTANCE_IP):
         assert placeholder in text, placeholder
     text = (text.replace(BUILDPACK_PORT, str(port)).replace(BUILDPACK_NAMESERVERS, "127.0.0.1")
-            .replace(BUILDPACK_MIRROR_ROUTE, "docker-registry-mirror-staging.apps.internal"))
+            .replace(BUILDPACK_MIRROR_ROUTE, "docker-registry-mirror-staging.apps.internal")
+            .replace(BUILDPACK_INSTANCE_IP, "10.255.7.9"))
     temp = "".join(f"\n    {kind}_temp_path {temp_dir / kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                                 "uwsgi", "scgi"))
     return text.replace("http {", "http {" + temp, 1)
@@ -133,8 +135,8 @@ def test_cf_security_proxy_conf_passes_nginx_t_after_buildpack_substitution(tmp_
     text = _buildpack_substitute(manifests.proxy_nginx_conf, port=free_port(), temp_dir=tmp_path / "temp")
     _nginx_t(tmp_path, "cf-proxy", text)
     assert "{{" not in text
-    # The Envoy sidecar (127.0.0.1) and the routers, nothing else.
-    assert re.findall(r"set_real_ip_from (\S+);", text) == ["127.0.0.1/32", *EXAMPLE_RULES.trusted_routers]
+    # Exactly this instance (where its Envoy connects from) and the routers: not 127.0.0.1, not the overlay.
+    assert re.findall(r"set_real_ip_from (\S+);", text) == ["10.255.7.9", *EXAMPLE_RULES.trusted_routers]
     # The internal route is re-resolved (a variable in proxy_pass), never pinned at start.
     assert re.search(r"set \$mirror_backend docker-registry-mirror-staging\.apps\.internal;", text)
     assert "proxy_pass http://$mirror_backend:5000;" in text
@@ -252,9 +254,17 @@ def _keys(value: Any) -> Iterator[str]:
             yield from _keys(inner)
 
 
-def _config(name: str, *, endpoint: str | None = None, listener: Listener | None = None) -> dict[str, Any]:
+def _config(name: str, *, endpoint: str | None = None, listener: Listener | None = None,
+            version: str | None = None) -> dict[str, Any]:
     s3 = S3Location("registry-mirror", "us-east-1", endpoint)
-    return registry_config(_settings(name), s3=s3, listener=listener or Listener(":5000"))
+    return registry_config(_at_version(_settings(name), version), s3=s3, listener=listener or Listener(":5000"))
+
+
+def _at_version(settings: Settings, version: str | None) -> Settings:
+    """The same params with another registry version (the Debian-packaged 2.8.2 is still supported)."""
+    if version is None:
+        return settings
+    return settings.model_copy(update={"registry": settings.registry.model_copy(update={"version": version})})
 
 
 LISTENERS = [pytest.param(Listener(":5000"), id="tcp"), pytest.param(Listener("/run/r.sock", "unix"), id="unix")]
@@ -263,7 +273,7 @@ LISTENERS = [pytest.param(Listener(":5000"), id="tcp"), pytest.param(Listener("/
 @pytest.mark.parametrize("listener", LISTENERS)
 @pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:8333"], ids=["aws", "endpoint"])
 def test_282_config_has_no_keys_282_lacks(listener: Listener, endpoint: str | None) -> None:
-    config = _config("local", endpoint=endpoint, listener=listener)
+    config = _config("local", endpoint=endpoint, listener=listener, version="2.8.2")
     assert "ttl" not in config["proxy"]
     assert "forcepathstyle" not in config["storage"]["s3"]
     assert "debug" not in config["http"]
@@ -429,7 +439,8 @@ def test_rendered_config_starts_registry_on_unix_socket(tmp_path: Path, upstream
                                                         processes: list[subprocess.Popen[bytes]]) -> None:
     socket_path = tmp_path / "m.sock"
     assert len(str(socket_path)) < 100, "unix socket paths are limited to 108 bytes"
-    settings = _with_upstream(_settings("local"), upstream)
+    # Debian's 2.8.2 with the config rendered for it; tests/integration/test_registry_3x.py does 3.x.
+    settings = _with_upstream(_at_version(_settings("local"), "2.8.2"), upstream)
     config = registry_config(settings, s3=S3Location("registry-mirror", "us-east-1", "http://127.0.0.1:9"),
                              listener=Listener(str(socket_path), "unix"), instance="mirror-t")
     # S3 is covered by the integration tests; everything else is the rendered config.
@@ -456,7 +467,7 @@ def test_rendered_config_starts_registry_on_unix_socket(tmp_path: Path, upstream
 @needs_registry
 def test_env_form_starts_registry(tmp_path: Path, upstream: str, processes: list[subprocess.Popen[bytes]]) -> None:
     port = free_port()
-    settings = _with_upstream(_settings("local"), upstream)
+    settings = _with_upstream(_at_version(_settings("local"), "2.8.2"), upstream)
     config = registry_config(settings, s3=S3Location("registry-mirror", "us-east-1", "http://127.0.0.1:9"),
                              listener=Listener(f"127.0.0.1:{port}"), instance="mirror-env")
     env = {k: v for k, v in registry_env(config).items() if not k.startswith("REGISTRY_STORAGE_S3_")}
