@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from common import local_test_settings, summary
+from registry_mirror.local_components import hub_seeder
 from registry_mirror.local_platform import LocalPlatform
 from registry_mirror.sample_images import SampleImage, build_image, seed_registry
 
@@ -41,8 +42,7 @@ def measure(label: str, cache_size: str, rounds: int) -> None:
         platform = LocalPlatform(settings, settings.load_security_rules())
         try:
             platform.deploy()
-            assert settings.upstream.username and settings.upstream.password
-            seed_registry(platform.hub_url, (settings.upstream.username, settings.upstream.password), [BIG])
+            seed_registry(platform.hub_url, hub_seeder(platform.paths.secrets), [BIG])
             layer = build_image(BIG).platform_manifests[0].layer_digests[0]
             path = f"/v2/library/big-layer/blobs/{layer}"
             public = [f"http://{platform.endpoint}{path}"]

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ParameterError
-from .security_rules import SecurityRules, load_security_rules
+from .security_rules import Cidr, SecurityRules, load_security_rules
 from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -197,6 +197,7 @@ class ProxySettings(_Model):
     security_rules_file: str | None = None  # private file (allow/deny/trusted_routers) read at run time
     security_rules: SecurityRules | None = None  # inline rules: only for the local environment
     blob_cache_size: CacheSize = "0"  # on-disk blob cache per proxy instance; 0 turns it off
+    expose_catalog: bool = False  # /v2/_catalog lists every cached repository: refused unless true
 
 
 class LocalSettings(_Model):
@@ -246,6 +247,9 @@ class CloudFoundrySettings(_Model):
     max_in_flight: int = Field(default=1, ge=1, le=16)
     deploy_timeout_seconds: int = Field(default=900, ge=1, le=7200)  # per build and per deployment
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=60)  # how often jobs/builds/deployments are polled
+    # The container (overlay) network apps talk over: silk-controller's `network`, 10.255.0.0/16 by default.
+    # No trusted router range may overlap it, or any app there could forge its client address.
+    container_network: Cidr = "10.255.0.0/16"
 
     @model_validator(mode="after")
     def _routes(self) -> CloudFoundrySettings:
@@ -303,7 +307,11 @@ class Settings(_Model):
             return self.proxy.security_rules
         assert self.proxy.security_rules_file is not None
         path = resolve_project_path(self.proxy.security_rules_file)
-        return load_security_rules(path, label=f"proxy.security_rules_file ({_display_path(path)})")
+        label = f"proxy.security_rules_file ({_display_path(path)})"
+        rules = load_security_rules(path, label=label)
+        if self.cloudfoundry is not None:
+            rules.check_platform([self.cloudfoundry.container_network], source=label)
+        return rules
 
 
 SETTINGS_KEYS: tuple[str, ...] = tuple(Settings.model_fields)

@@ -177,5 +177,49 @@ def rate_limit_check(settings: object, proves: str) -> PolicyCheck:
                        "limit, remaining and source headers", str(headers), status)
 
 
+def upstream_token_actions(url: str, username: str, password: str, *, repository: str = "library/hello",
+                           timeout: float = 15) -> set[str]:
+    """What the upstream's token service grants the mirror's account when asked for everything.
+
+    Follows the registry's own Bearer challenge to the token realm, asks for pull, push and delete on
+    one repository, and reads the `access` claim of the token it gets (a JWT, on Docker Hub as on
+    the stand-in); the token itself is never shown.
+    """
+    import base64
+    import json
+
+    import requests
+
+    challenge = requests.get(f"{url.rstrip('/')}/v2/", timeout=timeout).headers.get("Www-Authenticate", "")
+    if not challenge.lower().startswith("bearer "):
+        return {"pull", "push", "delete"}  # no token service: whoever reaches it may do anything
+    fields = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(","))
+    answer = requests.get(fields["realm"], params={"service": fields.get("service", ""),
+                                                   "scope": f"repository:{repository}:pull,push,delete"},
+                          auth=(username, password), timeout=timeout)
+    answer.raise_for_status()
+    token = answer.json().get("token") or answer.json().get("access_token") or ""
+    payload = token.split(".")[1] if token.count(".") == 2 else ""
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))) if payload else {}
+    return {action for grant in claims.get("access", []) for action in grant.get("actions", [])}
+
+
+def upstream_scope_check(settings: object, proves: str) -> PolicyCheck:
+    """Warn when the mirror's upstream credential could do more than pull."""
+    from .credentials import upstream_password
+
+    upstream = settings.upstream  # type: ignore[attr-defined]
+    password = upstream_password(settings)  # type: ignore[arg-type]
+    if not upstream.username or password is None:
+        return PolicyCheck("upstream-pull-only", proves, "-", "-", "anonymous upstream pulls: nothing to scope", "n/a")
+    actions = upstream_token_actions(upstream.url, upstream.username, password.reveal())
+    extra = sorted(actions - {"pull"})
+    return PolicyCheck("upstream-pull-only", proves,
+                       "ask the upstream token service for pull,push,delete and read what the token grants",
+                       "pull only", f"granted: {', '.join(sorted(actions)) or 'nothing'}",
+                       "warn" if extra else "pass",
+                       "" if not extra else "give the mirror a pull-only credential (a read-only access token)")
+
+
 def private_dir(path: Path) -> bool:
     return stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0

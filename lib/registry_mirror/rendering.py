@@ -21,6 +21,8 @@ TEMPLATES = PROJECT_ROOT / "templates"
 BUILDPACK_PORT = "{{port}}"
 BUILDPACK_NAMESERVERS = "{{nameservers}}"
 BUILDPACK_MIRROR_ROUTE = '{{env "MIRROR_ROUTE"}}'
+# The instance's own container IP: with route integrity the Envoy sidecar connects to nginx from it.
+BUILDPACK_INSTANCE_IP = '{{env "CF_INSTANCE_INTERNAL_IP"}}'
 MIRROR_PORT = 5000
 
 
@@ -80,20 +82,31 @@ class BlobCache:
 
 
 def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from: list[str] | None = None,
-                      blob_cache: BlobCache | None = None) -> str:
+                      blob_cache: BlobCache | None = None, public_host: str | None = None,
+                      expose_catalog: bool = False) -> str:
     """nginx.conf of the security proxy.
 
     `real_ip_from` defaults to the rules' trusted routers; the local platform adds `unix:` because
-    its router stand-in reaches the proxy over a unix socket.
+    its router stand-in reaches the proxy over a unix socket. `public_host` is the Host the registry
+    is told (the public route): a client's own Host header never reaches it, so nothing the registry
+    builds from it (Location, WWW-Authenticate) can point elsewhere. `expose_catalog` serves
+    /v2/_catalog, which lists every repository the mirror holds.
     """
     sources = list(rules.trusted_routers if real_ip_from is None else real_ip_from)
     return _render("nginx/security-proxy.conf.j2", rules=rules, target=target, real_ip_from=sources,
-                   blob_cache=blob_cache)
+                   blob_cache=blob_cache, public_host=public_host, expose_catalog=expose_catalog)
 
 
 def render_router_conf(target: NginxTarget, *, listen: str, proxy_socket: Path) -> str:
     """nginx.conf of the local router stand-in."""
     return _render("nginx/router-stand-in.conf.j2", target=target, listen=listen, proxy_socket=proxy_socket)
+
+
+def render_cf_router_conf(target: NginxTarget, *, listen: str, load_balancer_address: str, gorouter_listen: str,
+                          envoy: str) -> str:
+    """nginx.conf of the CF-shaped router stand-in (load balancer + gorouter hops), for chain tests."""
+    return _render("nginx/cf-router-stand-in.conf.j2", target=target, listen=listen,
+                   load_balancer_address=load_balancer_address, gorouter_listen=gorouter_listen, envoy=envoy)
 
 
 @dataclass(frozen=True)
@@ -124,15 +137,25 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
     return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
                        proxy_nginx_conf=render_nginx_conf(
                            rules, NginxTarget.cloudfoundry(), real_ip_from=cf_real_ip_sources(rules),
+                           public_host=cf.proxy_route, expose_catalog=settings.proxy.expose_catalog,
                            # Relative to the app folder the buildpack runs nginx in; it counts against
                            # the instance's disk quota.
                            blob_cache=BlobCache.sized(settings.proxy.blob_cache_size, "blob-cache")))
 
 
 def cf_real_ip_sources(rules: SecurityRules) -> list[str]:
-    """Who may report a client's address on CF: the app's own Envoy sidecar, which is the hop that
-    actually connects to nginx (from 127.0.0.1) when route integrity is on, and the routers."""
-    return ["127.0.0.1/32", *rules.trusted_routers]
+    """Who may report a client's address on CF, and nobody else.
+
+    With route integrity the instance's Envoy (a TCP proxy, so it adds no X-Forwarded-For entry)
+    connects to nginx from the container's own IP, CF_INSTANCE_INTERNAL_IP (Diego executor,
+    depot/containerstore/proxy_config_handler.go: the upstream is the container's internal IP), and
+    the gorouter has appended its own peer, the load balancer (routing-release gorouter
+    proxy/proxy.go: httputil.ReverseProxy). So nginx trusts exactly this instance's IP (filled in by
+    the nginx buildpack at start) and the configured load-balancer/router ranges. Without Envoy the
+    peer is the gorouter, whose range must then be among the trusted routers. Not 127.0.0.1 and not
+    the container network: another app there reaches nginx from its own overlay IP and is judged by it.
+    """
+    return [BUILDPACK_INSTANCE_IP, *rules.trusted_routers]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,20 @@ from .errors import ParameterError
 from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
 
+# The broadest range each list accepts, per IP version. An allow range broader than this opens the
+# mirror to a large part of the internet (refused unless `mirror_is_public`); a trusted range broader
+# than this lets every host in it claim any client address.
+BROADEST_ALLOW = {4: 8, 6: 16}
+BROADEST_TRUSTED = {4: 16, 6: 48}
+
+
 def _cidr(value: str) -> str:
     """Accept an exact network in CIDR form; a host address gets its /32 or /128."""
     if not isinstance(value, str):
         raise ValueError("must be a CIDR string such as '10.0.0.0/8'")
+    if "%" in value:
+        # Python accepts fe80::1%eth0; nginx refuses it in geo and set_real_ip_from.
+        raise ValueError("has an IPv6 scope (%zone), which nginx does not accept; write the range without it")
     try:
         network = ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
@@ -31,6 +41,23 @@ def _cidr(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _uncovered(region: IPNetwork, covers: list[IPNetwork]) -> list[IPNetwork]:
+    """The parts of `region` that no network in `covers` contains."""
+    remaining = [region]
+    for cover in covers:
+        left: list[IPNetwork] = []
+        for part in remaining:
+            if part.subnet_of(cover):  # type: ignore[arg-type]
+                continue
+            if cover.subnet_of(part):  # type: ignore[arg-type]
+                left.extend(part.address_exclude(cover))  # type: ignore[arg-type]
+            else:
+                left.append(part)
+        remaining = left
+    return remaining
 
 
 class SecurityRules(BaseModel):
@@ -44,6 +71,8 @@ class SecurityRules(BaseModel):
         default_factory=list,
         description="addresses of the routers/load balancers whose X-Forwarded-For entries are believed",
     )
+    mirror_is_public: bool = Field(
+        False, description="true only for a mirror meant to serve everyone: allows 0.0.0.0/0 and ::/0")
 
     @model_validator(mode="after")
     def _consistent(self) -> SecurityRules:
@@ -51,16 +80,61 @@ class SecurityRules(BaseModel):
         for index, cidr in enumerate(self.deny):
             if cidr in allowed:
                 raise KeyedValueError(("deny", index), "is both allowed and denied")
+        for index, cidr in enumerate(self.allow):
+            net = ipaddress.ip_network(cidr)
+            if net.prefixlen < BROADEST_ALLOW[net.version] and not self.mirror_is_public:
+                raise KeyedValueError(("allow", index), f"is broader than /{BROADEST_ALLOW[net.version]} (IPv"
+                                      f"{net.version}): that opens the mirror to the internet; set "
+                                      "mirror_is_public: true if that is what you mean")
         for index, cidr in enumerate(self.trusted_routers):
+            net = ipaddress.ip_network(cidr)
             # Trusting a huge range lets any client in it forge the address nginx acts on.
-            if ipaddress.ip_network(cidr).prefixlen < 8:
-                raise KeyedValueError(("trusted_routers", index), "is too broad (shorter than /8): any "
-                                      "client inside it could forge X-Forwarded-For")
+            if net.prefixlen < BROADEST_TRUSTED[net.version]:
+                raise KeyedValueError(("trusted_routers", index), f"is broader than /{BROADEST_TRUSTED[net.version]}"
+                                      f" (IPv{net.version}): any host inside it could forge X-Forwarded-For")
+            if self._denies_some_of(net):
+                raise KeyedValueError(("trusted_routers", index), "overlaps a deny range: a denied host there "
+                                      "could claim any client address")
         return self
+
+    def _denies_some_of(self, net: IPNetwork) -> bool:
+        """Does the policy (most specific range wins) deny any address inside `net`?"""
+        allow = [ipaddress.ip_network(c) for c in self.allow]
+        for deny in (ipaddress.ip_network(c) for c in self.deny):
+            if deny.version != net.version or not deny.overlaps(net):
+                continue
+            region = net if net.subnet_of(deny) else deny  # CIDRs that overlap nest
+            # Allow ranges more specific than this deny win where they lie; a deny nested in them again
+            # is checked on its own turn of this loop.
+            winners = [a for a in allow if a.version == net.version and a.prefixlen > deny.prefixlen]
+            if _uncovered(region, winners):
+                return True
+        return False
+
+    def check_platform(self, container_networks: list[str], *, source: str) -> None:
+        """Refuse trusted ranges that overlap the platform's container network: any app there could
+        connect to the proxy and present a forged X-Forwarded-For."""
+        overlay = [ipaddress.ip_network(c) for c in container_networks]
+        for index, cidr in enumerate(self.trusted_routers):
+            if any(ipaddress.ip_network(cidr).overlaps(o) for o in overlay):
+                raise ParameterError(f"{source}: 'trusted_routers[{index}]' overlaps the platform's container "
+                                     "network (cloudfoundry.container_network): any app there could forge "
+                                     "its client address")
 
     def summary(self) -> dict[str, int]:
         """What a notebook may show: counts, never the ranges."""
-        return {"allow": len(self.allow), "deny": len(self.deny), "trusted_routers": len(self.trusted_routers)}
+        allow = [ipaddress.ip_network(c) for c in self.allow]
+        deny = [ipaddress.ip_network(c) for c in self.deny]
+        return {"allow": len(self.allow), "deny": len(self.deny), "trusted_routers": len(self.trusted_routers),
+                # Most specific wins: an allow range inside a deny range is allowed, the rest of the deny is not.
+                "allow_inside_deny (allow wins there)": sum(
+                    any(a != d and a.version == d.version and a.subnet_of(d) for d in deny) for a in allow),
+                "deny_inside_allow (deny wins there)": sum(
+                    any(a != d and a.version == d.version and d.subnet_of(a) for a in allow) for d in deny),
+                "trusted_inside_allow": sum(any(
+                    t.version == a.version and t.subnet_of(a) for a in allow)
+                    for t in (ipaddress.ip_network(c) for c in self.trusted_routers)),
+                "public": int(self.mirror_is_public)}
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.summary().items())
@@ -83,4 +157,5 @@ def parse_security_rules(data: Any, *, source: str, prefix: str = "") -> Securit
     try:
         return SecurityRules.model_validate(data)
     except ValidationError as exc:
-        raise ParameterError(describe_validation_error(exc, source=source, prefix=prefix)) from None
+        # private: the ranges are never quoted back, not even a list mistakenly written as one string.
+        raise ParameterError(describe_validation_error(exc, source=source, prefix=prefix, private=True)) from None

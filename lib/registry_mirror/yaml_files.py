@@ -50,9 +50,13 @@ def read_yaml_mapping(path: Path, *, label: str) -> dict[str, Any]:
     return data
 
 
-def describe_validation_error(exc: ValidationError, *, source: str, prefix: str = "") -> str:
-    """Turn pydantic's report into one sentence: '<source>: <key> <problem>[; and N more problems]'."""
-    problems = [_describe_one(err, prefix) for err in exc.errors(include_url=False)]
+def describe_validation_error(exc: ValidationError, *, source: str, prefix: str = "", private: bool = False) -> str:
+    """Turn pydantic's report into one sentence: '<source>: <key> <problem>[; and N more problems]'.
+
+    `private`: never show a refused value (security rules); values under a `security_rules` key are
+    never shown either.
+    """
+    problems = [_describe_one(err, prefix, private) for err in exc.errors(include_url=False)]
     first = problems[0]
     rest = len(problems) - 1
     more = f" (and {rest} more problem{'s' if rest > 1 else ''}: {'; '.join(problems[1:])})" if rest else ""
@@ -70,14 +74,14 @@ def dotted_key(loc: tuple[Any, ...], prefix: str = "") -> str:
     return out or "(top level)"
 
 
-def _describe_one(err: Any, prefix: str) -> str:
+def _describe_one(err: Any, prefix: str, private: bool = False) -> str:
     # Pydantic puts union branches and validator names into loc; they mean nothing to an operator.
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
     original = (err.get("ctx") or {}).get("error")
     if isinstance(original, KeyedValueError):
         loc += original.loc
     key = dotted_key(loc, prefix)
-    secret = any(w in key.lower() for w in _SECRET_WORDS)
+    secret = private or "security_rules" in key or any(w in key.lower() for w in _SECRET_WORDS)
     kind = err["type"]
     if kind == "extra_forbidden":
         return f"unknown key '{key}'"

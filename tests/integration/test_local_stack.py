@@ -13,6 +13,7 @@ import pytest
 
 from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_log, upstream_manifest_gets
 from registry_mirror.client_pull import pull_with_skopeo
+from registry_mirror.local_components import hub_seeder
 from registry_mirror.local_platform import LocalPlatform
 from registry_mirror.processes import tcp_listeners
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
@@ -230,8 +231,7 @@ def test_proxy_serves_repeated_blob_reads_from_its_cache_and_still_refuses_stran
 
 def test_concurrent_cold_reads_of_one_blob_make_one_upstream_fetch(stack: LocalPlatform) -> None:
     image = SampleImage("library/stampede", "latest", layer_sizes=(8 * 1024 * 1024,))
-    up = stack.settings.upstream
-    seed_registry(stack.hub_url, (up.username or "", up.password or ""), [image])
+    seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), [image])
     layer = build_image(image).platform_manifests[0].layer_digests[0]
     path = f"/v2/library/stampede/blobs/{layer}"
     before = log_size(hub_log(stack))
@@ -294,3 +294,29 @@ def test_a_killed_instance_costs_no_request_and_the_next_deploy_replaces_it(stac
     alive = [n for n in stack.running_processes() if n.startswith("mirror-")]
     assert len(alive) == stack.settings.registry.instances and victim.name not in alive
     assert stack.deploy().changed is False
+
+
+def test_the_catalog_is_refused_and_a_forged_host_is_never_reflected(stack: LocalPlatform) -> None:
+    catalog = client(ALLOWED).get(url(stack, "/v2/_catalog"), timeout=10)
+    assert catalog.status_code == 404 and catalog.json()["errors"][0]["code"] == "UNSUPPORTED"
+    assert client(DENIED).get(url(stack, "/v2/_catalog"), timeout=10).status_code == 403
+    evil = "attacker.example"
+    for method, path in [("GET", "/v2/"), ("GET", "/v2/library/hello/manifests/latest"),
+                         ("HEAD", "/v2/library/hello/manifests/latest"), ("GET", "/v2/library/nothing/manifests/x"),
+                         ("GET", "/v2/library/hello/blobs/uploads/"), ("GET", "/v2"), ("GET", "/")]:
+        resp = client(ALLOWED).request(method, url(stack, path), headers={"Host": evil, "Accept": MANIFEST_TYPES},
+                                       allow_redirects=False, timeout=10)
+        assert not any(evil in v for v in resp.headers.values()), (path, dict(resp.headers))
+        assert evil.encode() not in resp.content, path
+
+
+def test_the_mirror_account_upstream_may_only_pull(stack: LocalPlatform) -> None:
+    from registry_mirror.policy_checks import upstream_scope_check
+
+    assert upstream_scope_check(stack.settings, "-").status == "pass"
+    # Control: the stand-in's seeding account can push, and the check says so.
+    name, password = hub_seeder(stack.paths.secrets)
+    seeder = stack.settings.model_copy(update={"upstream": stack.settings.upstream.model_copy(
+        update={"username": name, "password": password})})
+    check = upstream_scope_check(seeder, "-")
+    assert check.status == "warn" and "push" in check.observed and password not in repr(check)

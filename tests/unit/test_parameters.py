@@ -65,7 +65,8 @@ def test_params_file_validates(name: str, environment: str, platform: str, on_fa
     # The sections match the platform.
     if platform == "local":
         assert settings.local is not None and settings.storage is not None and settings.cloudfoundry is None
-        assert settings.registry.version == "2.8.2"
+        # The local platform runs what production pins, not a version of its own.
+        assert settings.registry.version == load_params_file(PARAMS / "production.yaml").registry.version
         assert settings.proxy.security_rules is not None
     else:
         assert settings.cloudfoundry is not None and settings.local is None and settings.storage is None
@@ -170,7 +171,7 @@ BAD_FILES = [
     pytest.param(Bad("local", "registry.instances", "valid integer",
                      text=_replace_once("  instances: 2\n", '  instances: "2"\n')), id="raw-instances-quoted-string"),
     pytest.param(Bad("local", "registry.version", "valid string",
-                     text=_replace_once('version: "2.8.2"', "version: 2.8")), id="raw-version-unquoted-float"),
+                     text=_replace_once('version: "3.0.0"', "version: 3.0")), id="raw-version-unquoted-float"),
     # CIDRs
     pytest.param(Bad("local", "proxy.security_rules.allow[1]", "is not a CIDR", _rules("allow", 1, "10.0.0.0/33")),
                  id="cidr-prefix-33"),
@@ -180,8 +181,18 @@ BAD_FILES = [
                      _rules("allow", 1, "10.0.0.1/8")), id="cidr-host-bits-set"),
     pytest.param(Bad("local", "proxy.security_rules.deny[1]", "both allowed and denied",
                      _rules("deny", None, "127.0.0.10/32")), id="cidr-allowed-and-denied"),
-    pytest.param(Bad("local", "proxy.security_rules.trusted_routers[0]", "too broad",
+    pytest.param(Bad("local", "proxy.security_rules.trusted_routers[0]", "is broader than /16 (IPv4)",
                      _set("proxy.security_rules.trusted_routers", ["0.0.0.0/0"])), id="trusted-router-too-broad"),
+    pytest.param(Bad("local", "proxy.security_rules.trusted_routers[0]", "is broader than /48 (IPv6)",
+                     _set("proxy.security_rules.trusted_routers", ["::/9"])), id="trusted-router-v6-too-broad"),
+    pytest.param(Bad("local", "proxy.security_rules.allow[0]", "mirror_is_public",
+                     _set("proxy.security_rules.allow", ["0.0.0.0/0"])), id="allow-everyone-v4"),
+    pytest.param(Bad("local", "proxy.security_rules.allow[0]", "mirror_is_public",
+                     _set("proxy.security_rules.allow", ["::/0"])), id="allow-everyone-v6"),
+    pytest.param(Bad("local", "proxy.security_rules.allow[0]", "IPv6 scope",
+                     _set("proxy.security_rules.allow", ["fe80::%eth0/64"])), id="allow-scoped-v6"),
+    pytest.param(Bad("local", "proxy.security_rules.trusted_routers[0]", "overlaps a deny range",
+                     _set("proxy.security_rules.trusted_routers", ["127.0.0.64/30"])), id="trusted-overlaps-deny"),
     pytest.param(Bad("local", "proxy.security_rules.allow", "at least 1 item",
                      _set("proxy.security_rules.allow", [])), id="no-allowed-range"),
     # URLs
@@ -502,7 +513,11 @@ def test_security_rules_file_is_loaded_and_never_shown(tmp_path: Path) -> None:
     assert isinstance(rules, SecurityRules)
     assert rules.allow == PRIVATE_RULES["allow"] and rules.deny == PRIVATE_RULES["deny"]
     assert rules.trusted_routers == PRIVATE_RULES["trusted_routers"]
-    assert rules.summary() == {"allow": 3, "deny": 1, "trusted_routers": 2}
+    summary = rules.summary()
+    assert {k: summary[k] for k in ("allow", "deny", "trusted_routers")} == {"allow": 3, "deny": 1,
+                                                                            "trusted_routers": 2}
+    # Counts of how the ranges nest (most specific wins), never the ranges themselves.
+    assert summary["deny_inside_allow (deny wins there)"] == 1 and summary["trusted_inside_allow"] == 0
     shown = [repr(rules), str(rules), f"{rules}", repr(settings), str(settings)]
     for cidr in [c for ranges in PRIVATE_RULES.values() for c in ranges]:
         address = cidr.split("/")[0]
