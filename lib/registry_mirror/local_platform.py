@@ -21,7 +21,7 @@ from .credentials import LocalStackSecrets, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import ComponentNotReady, DeployError, ParameterError
 from .local_components import (
-    SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy, mirror_registry_binary,
+    SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy, mirror_registry_binary,
     nginx_answers, nginx_argv, reload_nginx,
     registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
     upstream_answers,
@@ -223,7 +223,7 @@ class LocalPlatform:
         assert self.settings.storage is not None
         endpoint = f"http://{self.local.address}:{self.local.s3_port}"
         keys = (secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
-        if all(state.running(p) for p in SEAWEEDFS_PARTS):
+        if all(state.running(p) for p in SEAWEEDFS_PARTS) and state.fingerprints.get("s3") == SEAWEEDFS_LAYOUT:
             steps.unchanged("s3", "SeaweedFS", f"pids {', '.join(str(state.processes[p].pid) for p in SEAWEEDFS_PARTS)}")
         else:
             def start() -> str:
@@ -233,6 +233,7 @@ class LocalPlatform:
                                        run_dir=self.paths.run, logs=self.paths.logs, address=self.local.address,
                                        s3_port=self.local.s3_port, access_key=keys[0], secret_key=keys[1],
                                        register=self._register(state), timeout=self.local.ready_timeout_seconds)
+                state.fingerprints["s3"] = SEAWEEDFS_LAYOUT
                 return f"pids {', '.join(str(r.pid) for r in recs)}, S3 API {endpoint}"
             steps.run("s3", "start SeaweedFS (master, volume, filer, S3 gateway)", start, detail=endpoint)
         bucket = self.settings.storage.bucket

@@ -208,6 +208,7 @@ def local_checks(stack: LocalPlatform) -> list[tuple[str, str, CheckFn]]:
         ("image-pinned", PROVES["image-pinned"], pinned),
         ("upstream-credentials", PROVES["upstream-credentials"], upstream_credentials),
         ("ratelimit-headers", PROVES["ratelimit-headers"], rate_limit),
+        ("cache-not-exposed", PROVES["cache-not-exposed"], lambda: cache_not_exposed(stack, unlisted or denied)),
         ("upstream-pull-only", PROVES["upstream-pull-only"],
          lambda: upstream_scope_check(stack.settings, PROVES["upstream-pull-only"])),
         ("config-matches", PROVES["config-matches"], config_matches),
@@ -229,6 +230,7 @@ PROVES = {
     "upstream-credentials": "the mirror pulls upstream as its own account (higher rate limit)",
     "ratelimit-headers": "Docker Hub's remaining pull allowance is known",
     "upstream-pull-only": "the mirror's upstream credential can pull and nothing else",
+    "cache-not-exposed": "the cache's storage answers nobody but the S3 API with keys (no filer, volume or gRPC way in)",
     "config-matches": "what runs is what the parameters render",
 }
 NEXT = {
@@ -242,6 +244,7 @@ NEXT = {
     "image-pinned": "deploy the registry image the pipeline tested, pinned by digest",
     "upstream-credentials": "set the upstream password variable for every instance and redeploy",
     "config-matches": "redeploy from the parameters (the deploy runbook repairs drift), then find who edited by hand",
+    "cache-not-exposed": "SeaweedFS runs without its security.toml: redeploy (it is written to secrets/seaweedfs)",
 }
 
 
@@ -295,3 +298,62 @@ def _built_registry_pinned(want: str, pids: dict[str, int], check) -> PolicyChec
     return check("image-pinned", PROVES["image-pinned"],
                  "each instance's executable against the recorded build (path, sha256, module version)",
                  f"distribution {want} built from its Go module", observed, not problems, NEXT["image-pinned"])
+
+
+def cache_not_exposed(stack: LocalPlatform, stranger: str | None) -> PolicyCheck:
+    """From a client the proxy refuses: SeaweedFS's filer must ask for a JWT and its gRPC ports for a
+    client certificate; the master must refuse to hand out a write."""
+    import json
+
+    ports = json.loads((stack.paths.secrets / "s3-ports.json").read_text())
+    address = stack.local.address
+    source = stranger or address
+    session = client_from(source)
+    problems = []
+    assert stack.settings.storage is not None
+    listing = session.get(f"http://{address}:{ports['filer']}/buckets/{stack.settings.storage.bucket}/",
+                          headers={"Accept": "application/json"}, timeout=5)
+    if listing.status_code != 401:
+        problems.append(f"filer listed the bucket ({listing.status_code})")
+    assign = session.get(f"http://{address}:{ports['master']}/dir/assign", timeout=5)
+    if assign.status_code == 200 and "fid" in assign.text:
+        problems.append("master handed out a write")
+    for name in ("master.grpc", "volume.grpc", "filer.grpc", "gateway.grpc"):
+        if _grpc_answers_without_certificate(address, ports[name], source):
+            problems.append(f"{name} speaks HTTP/2 to a client without a certificate")
+    return PolicyCheck("cache-not-exposed", PROVES["cache-not-exposed"],
+                       "as a refused client: list the bucket on the filer, ask the master for a write, "
+                       "open each gRPC port without a client certificate",
+                       "401, refused, TLS alert", "; ".join(problems) or "all refused",
+                       "fail" if problems else "pass", NEXT["cache-not-exposed"] if problems else "")
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def _grpc_answers_without_certificate(address: str, port: int, source: str) -> bool:
+    """Does the port answer an HTTP/2 preface with a SETTINGS frame, in plain text or over TLS
+    without a client certificate? (A refusal is a TLS alert, a reset or silence.)"""
+    import socket
+    import ssl
+
+    def settings_frame(data: bytes) -> bool:
+        return len(data) >= 9 and data[3] == 0x04
+
+    try:
+        with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as raw:
+            raw.sendall(_H2_PREFACE)
+            if settings_frame(raw.recv(64)):
+                return True
+    except OSError:
+        pass
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as raw:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(_H2_PREFACE)
+                return settings_frame(tls.recv(64))
+    except OSError:  # ssl.SSLError is one
+        return False
