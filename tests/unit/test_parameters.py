@@ -617,3 +617,20 @@ def test_a_damaged_stack_state_is_a_clear_error(tmp_path: Path) -> None:
     state.write_text('{"generation": "x", "processes": []}')
     with pytest.raises(DeployError, match="not a stack state"):
         StackState.load(state)
+
+
+def test_a_trusted_range_on_the_container_network_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    overlay = {**PRIVATE_RULES, "trusted_routers": ["10.255.3.0/24"]}
+    settings = _staging_with_rules_file(tmp_path, overlay)
+    with pytest.raises(ParameterError) as info:
+        settings.load_security_rules()
+    message = str(info.value)
+    _assert_one_line(message)
+    assert "'trusted_routers[0]' overlaps the platform's container network" in message
+    assert "10.255" not in message
+    # The same range is fine where the overlay is elsewhere.
+    data = _load("staging")
+    data["cloudfoundry"]["container_network"] = "10.254.0.0/16"
+    data["proxy"]["security_rules_file"] = settings.proxy.security_rules_file
+    moved = load_params_file(_write(tmp_path, data, "moved.yaml"))
+    assert moved.load_security_rules().trusted_routers == ["10.255.3.0/24"]
