@@ -172,7 +172,9 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
         # Once the mirror has panicked at least once, S3 comes back, as after a slow restart.
         wait_until(lambda: log.exists() and "panic:" in log.read_text(errors="replace"), timeout=60,
                    what="a first failed start")
-        restarted.append(start_process(filer.name, filer.argv, log=Path(filer.log), env=daemon_env()))
+        # Its working folder holds the security.toml the rest of SeaweedFS expects it to use.
+        restarted.append(start_process(filer.name, filer.argv, log=Path(filer.log), env=daemon_env(),
+                                       cwd=life.paths.secrets / "seaweedfs"))
 
     helper = threading.Thread(target=bring_storage_back)
     helper.start()
