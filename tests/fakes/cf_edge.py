@@ -4,7 +4,6 @@ Envoy sidecar. (The load balancer and gorouter hops are nginx, templates/nginx/c
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -78,4 +77,4 @@ def _close(conn: socket.socket) -> None:
         pass
 
 
-__all__ = ["EnvoyTcpProxy", "buildpack_varify", "os"]
+__all__ = ["EnvoyTcpProxy", "buildpack_varify"]
