@@ -61,7 +61,7 @@ def mirror_registry_binary(version: str) -> str | None:
     return build.binary if build is not None and Path(build.binary).exists() else None
 
 
-def registry_version(version: str = "2.8.2") -> str | None:
+def registry_version(version: str) -> str | None:
     """What the registry binary for `version` says it is, or None when there is none."""
     path = mirror_registry_binary(version)
     if path is None:
@@ -131,10 +131,9 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
                        f"-port.grpc={ports['gateway.grpc']}", f"-config={identity}", "-port.iceberg=0",
                        "-port.lance=0"],
     }
+    (run_dir / "seaweedfs-filer.sock").unlink(missing_ok=True)  # left by a killed filer
     records = []
     for name in SEAWEEDFS_PARTS:
-        for stale in run_dir.glob("seaweedfs-filer.sock") if name == "s3-filer" else ():
-            stale.unlink()
         # SeaweedFS reads security.toml from its working directory.
         record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env(), cwd=secured)
         register(record)
@@ -276,23 +275,15 @@ def hub_seeder(config_dir: Path) -> tuple[str, str]:
 
 
 def upstream_authenticates(url: str, username: str, password: str, *, timeout: float = 5) -> bool:
-    """What a mirror does first: GET /v2/, follow the Bearer challenge to the token realm with the
-    configured credentials, and GET /v2/ again with the token."""
-    first = requests.get(f"{url}/v2/", timeout=timeout)
-    if first.status_code == 200:
-        return True
-    challenge = first.headers.get("Www-Authenticate", "")
-    if first.status_code != 401 or not challenge.lower().startswith("bearer "):
-        return False
-    fields = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(","))
-    auth = (username, password) if username else None
-    token = requests.get(fields["realm"], params={"service": fields.get("service", "")}, auth=auth,
-                         timeout=timeout)
-    if token.status_code != 200:
-        raise PermanentError(f"token service refused the upstream credentials ({token.status_code})")
-    bearer = token.json().get("token") or token.json().get("access_token")
-    return requests.get(f"{url}/v2/", headers={"Authorization": f"Bearer {bearer}"},
-                        timeout=timeout).status_code == 200
+    """What a mirror does first: GET /v2/, answer the Bearer challenge with a token fetched with the
+    configured credentials, and get 200."""
+    from .registry_auth import RegistryAuth
+
+    try:
+        return requests.get(f"{url}/v2/", auth=RegistryAuth(username or None, password),
+                            timeout=timeout).status_code == 200
+    except requests.HTTPError as exc:  # the token service refused the credentials: waiting will not help
+        raise PermanentError(f"token service refused the upstream credentials: {exc}") from None
 
 
 def _http_status(url: str) -> int:
@@ -339,12 +330,12 @@ def start_mirror_instance(name: str, *, executable: str | None, config_file: Pat
     deadline = time.monotonic() + timeout
     failures: list[str] = []
     backoff = 0.5
+    if executable is None:
+        raise FileNotFoundError(f"{name}: no registry binary for this version (run `make bootstrap`)")
     while True:
         if socket_path.exists():
             socket_path.unlink()  # left by a killed instance; the registry will not bind over it
         offset = log.stat().st_size if log.exists() else 0
-        if executable is None:
-            raise FileNotFoundError(f"{name}: no registry binary for this version (run `make bootstrap`)")
         record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env(secrets))
         if register is not None:
             register(record)

@@ -21,9 +21,8 @@ from .credentials import LocalStackSecrets, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import ComponentNotReady, DeployError, ParameterError
 from .local_components import (
-    SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy, mirror_registry_binary,
-    nginx_answers, nginx_argv, reload_nginx,
-    registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
+    SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy,
+    mirror_registry_binary, nginx_answers, nginx_argv, reload_nginx, registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
     upstream_answers,
 )
 from .parameters import LocalSettings, Settings, resolve_project_path

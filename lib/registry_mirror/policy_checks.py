@@ -188,17 +188,11 @@ def upstream_token_actions(url: str, username: str, password: str, *, repository
     import base64
     import json
 
-    import requests
+    from .registry_auth import bearer_token
 
-    challenge = requests.get(f"{url.rstrip('/')}/v2/", timeout=timeout).headers.get("Www-Authenticate", "")
-    if not challenge.lower().startswith("bearer "):
+    token = bearer_token(url, username, password, scope=f"repository:{repository}:pull,push,delete", timeout=timeout)
+    if token is None:
         return {"pull", "push", "delete"}  # no token service: whoever reaches it may do anything
-    fields = dict(part.split("=", 1) for part in challenge[7:].replace('"', "").split(","))
-    answer = requests.get(fields["realm"], params={"service": fields.get("service", ""),
-                                                   "scope": f"repository:{repository}:pull,push,delete"},
-                          auth=(username, password), timeout=timeout)
-    answer.raise_for_status()
-    token = answer.json().get("token") or answer.json().get("access_token") or ""
     payload = token.split(".")[1] if token.count(".") == 2 else ""
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))) if payload else {}
     return {action for grant in claims.get("access", []) for action in grant.get("actions", [])}

@@ -63,6 +63,19 @@ class RegistryAuth(AuthBase):
         return str(body.get("token") or body.get("access_token"))
 
 
+def bearer_token(registry_url: str, username: str | None, password: str | None, *, scope: str | None = None,
+                 timeout: float = 30) -> str | None:
+    """The token a registry's token service issues for `scope` (default: the one its challenge names),
+    or None when the registry asks for no token. A refusal raises requests.HTTPError."""
+    challenge = requests.get(f"{registry_url.rstrip('/')}/v2/", timeout=timeout).headers.get("WWW-Authenticate", "")
+    if not challenge.lower().startswith("bearer"):
+        return None
+    params = dict(_PARAM.findall(challenge))
+    if scope is not None:
+        params["scope"] = scope
+    return RegistryAuth(username, password, timeout=timeout)._fetch_token(params)
+
+
 def _repository(url: str) -> str:
     match = _REPOSITORY.match(urlsplit(url).path)
     return match.group(1) if match else ""
