@@ -10,9 +10,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt venv tools demo test down status lab clean bench
+.PHONY: bootstrap apt users venv tools demo test down status lab clean bench
 
-bootstrap: apt venv tools
+bootstrap: apt users venv tools
+
+# nginx workers never run as root: a stack run by root runs them as this system user (no login,
+# no home). A stack run by anyone else runs them as that user and needs none of this.
+users:
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd registry-mirror >/dev/null; then \
+	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+	    registry-mirror && echo "created system user registry-mirror for the nginx workers"; \
+	fi
 
 # The registry version production pins (and any other a params file names), built from the Go
 # module proxy into .tools/registry-<version>/ once; a second run only checks the recorded checksum.

@@ -28,6 +28,7 @@ from .processes import (
     wait_until,
 )
 from .unix_http import unix_request
+from .worker_access import MIRROR_UMASK
 
 # Variables that must not reach the daemons: the 2.8.2 registry panics at start when AWS_CA_BUNDLE is
 # set (LoadCustomCABundleError), and proxy settings would send loopback traffic elsewhere.
@@ -336,7 +337,9 @@ def start_mirror_instance(name: str, *, executable: str | None, config_file: Pat
         if socket_path.exists():
             socket_path.unlink()  # left by a killed instance; the registry will not bind over it
         offset = log.stat().st_size if log.exists() else 0
-        record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env(secrets))
+        # umask 007: the socket is for the nginx workers' group only (see worker_access).
+        record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env(secrets),
+                               umask=MIRROR_UMASK)
         if register is not None:
             register(record)
         try:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,7 @@ from .registry_config import Listener, S3Location, registry_config, registry_con
 from .rendering import BlobCache, ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
 from .sample_images import SAMPLE_IMAGES, seed_registry
 from .security_rules import SecurityRules
+from .worker_access import WorkerAccess, WorkerUserMissing, worker_access
 
 # Clients' side first, storage last; SeaweedFS's parts in the reverse of their start order.
 STOP_ORDER = ("router", "proxy", "mirror", "hub", "hub-token", *reversed(SEAWEEDFS_PARTS), "s3")
@@ -111,6 +113,11 @@ class LocalPlatform:
         existing = next(p for p in (self.paths.root, *self.paths.root.parents) if p.exists())
         writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
         checks.append(Check("state dir writable", writable, str(self.paths.root)))
+        try:
+            user = self.paths.access.user
+            checks.append(Check("nginx worker user", True, user or "the invoking user (not root)"))
+        except WorkerUserMissing as exc:
+            checks.append(Check("nginx worker user", False, str(exc)))
         return PreflightReport(checks)
 
     def deploy(self, *, dry_run: bool = False, replace_mirrors: bool = False, component: str = "all") -> DeployReport:
@@ -362,13 +369,15 @@ class LocalPlatform:
     def _render_nginx(self, name: str, state: StackState) -> str:
         prefix = self.paths.nginx_prefix(name)
         if name == "router":
-            target = NginxTarget.local(prefix, name=name, listen=self.endpoint, logs=self.paths.logs)
+            target = NginxTarget.local(prefix, name=name, listen=self.endpoint, logs=self.paths.logs,
+                                       user=self.paths.access.user, temp_dir=self.paths.nginx_temp)
             return render_router_conf(target, listen=self.endpoint, proxy_socket=self.paths.proxy_socket)
         servers = tuple(f"unix:{self.paths.mirror_socket(n)}" for n in state.mirrors)
         target = NginxTarget.local(prefix, name=name, listen=f"unix:{self.paths.proxy_socket}",
-                                   logs=self.paths.logs, upstream_servers=servers)
+                                   logs=self.paths.logs, upstream_servers=servers, user=self.paths.access.user,
+                                   temp_dir=self.paths.nginx_temp)
         # The router stand-in connects over a unix socket: that, and only that, is the trusted hop.
-        cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.data / "proxy-blob-cache"))
+        cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.blob_cache))
         return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers],
                                  public_host=self.endpoint, expose_catalog=self.settings.proxy.expose_catalog,
                                  blob_cache=cache)
@@ -574,7 +583,24 @@ class StackPaths:
 
     @property
     def run(self) -> Path:
-        return self.root / "run"  # 0700: sockets live here
+        return self.root / "run"  # 0700: pid files and SeaweedFS's runtime files
+
+    @cached_property
+    def access(self) -> WorkerAccess:
+        """Who the nginx workers run as, and the folder of sockets they share with the mirrors."""
+        return worker_access(self.root)
+
+    @property
+    def shared(self) -> Path:
+        return self.access.shared
+
+    @property
+    def blob_cache(self) -> Path:
+        return self.shared / "proxy-blob-cache"
+
+    @property
+    def nginx_temp(self) -> Path:
+        return self.shared / "nginx-temp"
 
     @property
     def config(self) -> Path:
@@ -602,10 +628,10 @@ class StackPaths:
 
     @property
     def proxy_socket(self) -> Path:
-        return self.run / "proxy.sock"
+        return self.shared / "proxy.sock"
 
     def mirror_socket(self, name: str) -> Path:
-        return self.run / f"{name}.sock"
+        return self.shared / f"{name}.sock"
 
     def nginx_prefix(self, name: str) -> Path:
         return self.root / "nginx" / name
@@ -618,6 +644,7 @@ class StackPaths:
             d.chmod(0o700)
         for name in ("proxy", "router"):
             self.nginx_prefix(name).mkdir(parents=True, exist_ok=True)
+        self.access.prepare(self.root)
 
 
 __all__ = ["LocalPlatform", "StackState", "StackStatus", "StackPaths", "nginx_argv"]

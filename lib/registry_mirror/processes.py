@@ -44,12 +44,13 @@ class ProcessRecord:
 
 
 def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str],
-                  cwd: Path | None = None) -> ProcessRecord:
-    """Start a daemon with its output appended to `log`."""
+                  cwd: Path | None = None, umask: int = -1) -> ProcessRecord:
+    """Start a daemon with its output appended to `log` (and `umask` for the files it creates)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True)
+                                env=dict(env), cwd=cwd, start_new_session=True, close_fds=True,
+                                umask=umask)
     _CHILDREN[proc.pid] = proc
     ticks = wait_until(lambda: _start_ticks(proc.pid), timeout=5, what=f"{name} to appear in /proc")
     return ProcessRecord(name=name, pid=proc.pid, start_ticks=ticks, argv=tuple(argv), log=str(log))

@@ -2,8 +2,6 @@
 client mirror configs. The registry's own config is data (registry_config.py)."""
 from __future__ import annotations
 
-import os
-import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +43,16 @@ class NginxTarget:
 
     @classmethod
     def local(cls, run_dir: Path, *, name: str, listen: str, logs: Path,
-              upstream_servers: tuple[str, ...] = ()) -> NginxTarget:
-        temp = run_dir / f"{name}-temp"
+              upstream_servers: tuple[str, ...] = (), user: str | None = None,
+              temp_dir: Path | None = None) -> NginxTarget:
+        temp = (temp_dir or run_dir) / name
         return cls(
             kind="local",
             listen=listen,
             error_log=str(logs / f"{name}.error.log"),
             access_log=str(logs / f"{name}.access.log"),
             pid_file=str(run_dir / f"{name}.pid"),
-            user=_worker_user(),
+            user=user,
             workers=2,
             temp_paths=tuple((k, str(temp / k)) for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
             upstream_servers=upstream_servers,
@@ -195,10 +194,3 @@ def _environment() -> jinja2.Environment:
     # StrictUndefined: a misspelt variable is an error, not an empty string in a security config.
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
-
-
-def _worker_user() -> str | None:
-    # Workers must open the registry's unix sockets, which belong to the user running the stack.
-    if os.geteuid() != 0:
-        return None
-    return pwd.getpwuid(os.geteuid()).pw_name

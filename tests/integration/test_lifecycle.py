@@ -164,7 +164,7 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
     config = tmp_path / f"{name}.yml"
     config.write_text(registry_config_yaml(life._mirror_config(name)))
     log = life.paths.logs / f"{name}.log"
-    socket_path = life.paths.run / f"{name}.sock"
+    socket_path = life.paths.mirror_socket(name)
     secrets = _secret_env(life)
     restarted: list[ProcessRecord] = []
 
