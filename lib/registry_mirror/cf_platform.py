@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -343,6 +344,19 @@ class CloudFoundryPlatform:
             if exc.status == 404:
                 return None
             raise
+
+    def current_package_bits(self, app: dict) -> bytes | None:
+        """The zip the app's current droplet was staged from; None without a droplet or for a docker app."""
+        try:
+            droplet = self.session.get(f"/v3/apps/{app['guid']}/droplets/current")
+        except CfApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        package = (droplet.get("links") or {}).get("package")
+        if droplet.get("lifecycle", {}).get("type") == "docker" or not package:
+            return None
+        return self.session.download(urlsplit(package["href"]).path + "/download")
 
     def web_process(self, app: dict) -> dict:
         return self.session.get(f"/v3/apps/{app['guid']}/processes/web")

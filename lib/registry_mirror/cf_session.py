@@ -143,6 +143,17 @@ class CfSession:
             resources.extend(page.get("resources", []))
         return resources
 
+    def download(self, path: str, *, limit: int = 64 << 20) -> bytes:
+        """A blob CC serves itself (200) or through a pre-signed blobstore URL (302, followed).
+
+        requests drops the Authorization header when a redirect leaves CC's host, so the blobstore
+        never sees the CF token (S3 would refuse a request that brings a second authorisation).
+        """
+        response = self._call("GET", path)
+        if len(response.content) > limit:
+            raise DeployError(f"GET {path}: larger than {limit} bytes, not what this runbook deploys")
+        return response.content
+
     def send(self, method: str, path: str, *, json: Any = None, data: Any = None,
              headers: Mapping[str, str] | None = None, files: Any = None) -> requests.Response | None:
         """A mutating call; in a dry run it is recorded as planned and not sent (returns None)."""

@@ -97,6 +97,17 @@ class SecurityRules(BaseModel):
                                       "could claim any client address")
         return self
 
+    def verdict(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool | None:
+        """What the proxy decides for one client address, as nginx's geo block does: the most specific
+        range that contains it wins; True allowed, False denied, None in no range (refused too)."""
+        addr = ipaddress.ip_address(address)
+        best: tuple[int, bool] | None = None
+        for cidrs, allowed in ((self.allow, True), (self.deny, False)):
+            for net in (ipaddress.ip_network(c) for c in cidrs):
+                if net.version == addr.version and addr in net and (best is None or net.prefixlen > best[0]):
+                    best = (net.prefixlen, allowed)
+        return None if best is None else best[1]
+
     def _denies_some_of(self, net: IPNetwork) -> bool:
         """Does the policy (most specific range wins) deny any address inside `net`?"""
         allow = [ipaddress.ip_network(c) for c in self.allow]

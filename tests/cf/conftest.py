@@ -2,28 +2,41 @@
 stand-in (token service + docker-registry) that holds the registry image the params pin."""
 from __future__ import annotations
 
+import io
 import os
+import secrets
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+import requests
 import yaml
 
-from registry_mirror.local_components import hub_seeder, start_hub_stand_in
-from registry_mirror.processes import ProcessRecord, free_port, stop_process
-from registry_mirror.sample_images import SampleImage, seed_registry
+from registry_mirror.local_components import daemon_env, hub_seeder, mirror_registry_binary, start_hub_stand_in
+from registry_mirror.processes import (
+    ProcessRecord, free_port, port_is_free, start_process, stop_process, wait_until,
+)
+from registry_mirror.rendering import MIRROR_PORT
+from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, seed_registry
 from tests.fakes.cf_api import FakeCloudFoundry
+from tests.fakes.cf_edge import Edge, cf_edge
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB_USER, HUB_TOKEN = "cloudgovmirror", "hub-token-DO-NOT-LEAK-7d1f"
 CF_USER, CF_PASSWORD = "deployer", "deployer-password"
 REGISTRY_IMAGE = SampleImage("library/registry", "3.0.0")
-RULES = {"allow": ["10.10.0.0/16"], "deny": ["10.10.66.0/24"], "trusted_routers": ["10.0.0.0/24"]}
+# The worker that runs the runbooks is 127.0.0.1 here (allowed); the load balancer of the CF edge
+# stand-in is 127.0.0.4 (trusted). The 10.x ranges stand for a real estate's.
+RULES = {"allow": ["10.10.0.0/16", "127.0.0.1/32"], "deny": ["10.10.66.0/24", "127.0.0.66/32"],
+         "trusted_routers": ["10.0.0.0/24", "127.0.0.4/32"]}
+CHECK_IMAGE = "docker.io/library/hello:latest"  # seeded in the hub stand-in; Docker Hub's would be hello-world
 
 
 @dataclass
@@ -43,12 +56,63 @@ def docker_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                                     username=HUB_USER, password=HUB_TOKEN)
     try:
         url = f"http://127.0.0.1:{port}"
-        seeded = seed_registry(url, hub_seeder(root / "config"), [REGISTRY_IMAGE])
+        hello = next(i for i in SAMPLE_IMAGES if i.repository == "library/hello")
+        seeded = seed_registry(url, hub_seeder(root / "config"), [REGISTRY_IMAGE, hello])
         yield Hub(url, seeded[0].digest, [token, hub])
     finally:
         for rec in (hub, token):
             stop_process(rec)
         assert not any(r.alive() for r in (hub, token))
+
+
+@pytest.fixture(scope="session")
+def mirror_app(docker_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """STAND-IN for the mirror app's container: the registry version the params pin, in proxy mode on
+    the hub stand-in, listening where its apps.internal name leads (<address>:5000). It stores on
+    disk: the S3 service is not what a client through the public route can see."""
+    root = tmp_path_factory.mktemp("mirror-app")
+    address = next(a for a in (f"127.0.{n}.20" for n in range(20, 250)) if port_is_free(a, MIRROR_PORT))
+    config = root / "config.yml"
+    config.write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": False},
+                    "redirect": {"disable": True}},
+        "http": {"addr": f"{address}:{MIRROR_PORT}", "secret": secrets.token_hex(16)},
+        "proxy": {"remoteurl": docker_hub.url, "username": HUB_USER, "password": HUB_TOKEN}}))
+    executable = mirror_registry_binary("3.0.0")
+    assert executable, "registry 3.0.0 is not built: run `make bootstrap`"
+    record = start_process("mirror-app", [executable, "serve", str(config)], log=root / "mirror.log",
+                           env=daemon_env())
+    try:
+        wait_until(lambda: _answers(f"http://{address}:{MIRROR_PORT}/v2/"), timeout=30, what="the mirror app")
+        yield address
+    finally:
+        stop_process(record)
+        assert not record.alive()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def public_route(cf: FakeCloudFoundry, mirror_address: str) -> Iterator[Edge]:
+    """The proxy app as deployed, reachable the way the worker reaches its route: its current package's
+    nginx.conf, downloaded from the CF stand-in, runs behind the CF edge stand-ins."""
+    token = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+        "grant_type": "password", "username": CF_USER, "password": CF_PASSWORD}).json()["access_token"]
+    headers = {"Authorization": f"bearer {token}"}
+    app = cf.app("docker-registry-proxy")["guid"]
+    droplet = requests.get(f"{cf.url}/v3/apps/{app}/droplets/current", headers=headers, timeout=10).json()
+    bits = requests.get(droplet["links"]["package"]["href"] + "/download", headers=headers, timeout=10)
+    assert bits.status_code == 200, bits.text
+    with zipfile.ZipFile(io.BytesIO(bits.content)) as package:
+        conf = package.read("nginx.conf").decode()
+    with cf_edge(conf, env={"MIRROR_ROUTE": mirror_address}) as edge:
+        yield edge
 
 
 @pytest.fixture

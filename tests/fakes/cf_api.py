@@ -39,6 +39,7 @@ import copy
 import email.parser
 import email.policy
 import hashlib
+import hmac
 import io
 import json
 import re
@@ -69,6 +70,8 @@ DEFAULT_S3_CREDENTIALS: dict[str, str] = {
     "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
 }
 _TOKEN_PATHS = ("/login/oauth/token", "/uaa/oauth/token")
+# Where the stand-in's blobstore answers pre-signed URLs: in CF it is S3 or WebDAV, not CC.
+_BLOBSTORE = "/blobstore"
 _JSON = "application/json; charset=utf-8"
 _ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # DeploymentModel::ACTIVE_STATES
 
@@ -202,6 +205,7 @@ class _Package:
     state: str
     image: str | None = None
     sha256: str | None = None
+    bits: bytes = b""
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -402,6 +406,12 @@ class _Resp:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def _s3_error(status: int, code: str, message: str) -> _Resp:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"</Error>").encode()
+    return _Resp(status, body, {"Content-Type": "application/xml"})
+
+
 def _json_resp(status: int, payload: object, headers: Mapping[str, str] | None = None) -> _Resp:
     return _Resp(status, json.dumps(payload).encode(), {"Content-Type": _JSON, **(headers or {})})
 
@@ -561,6 +571,7 @@ class FakeCloudFoundry:
                                          _Domain("apps.internal", internal=True)]
         self._apps: list[_App] = []
         self._packages: list[_Package] = []
+        self._blob_key = secrets.token_bytes(32)  # signs the blobstore's pre-signed URLs
         self._droplets: list[_Droplet] = []
         self._builds: list[_Build] = []
         self._revisions: list[_Revision] = []
@@ -691,6 +702,8 @@ class FakeCloudFoundry:
             return "uaa"
         if path.startswith("/networking/"):
             return "networking"
+        if path.startswith(_BLOBSTORE + "/"):
+            return "blobstore"
         return "cc"
 
     @staticmethod
@@ -711,7 +724,7 @@ class FakeCloudFoundry:
             return req.raw.decode("utf-8", "replace")
 
     def _fault_response(self, kind: str, path: str, headers: Message) -> _Resp | None:
-        if kind == "uaa":
+        if kind in ("uaa", "blobstore"):
             return None
         if self.faults.transient_502 > 0:
             self.faults.transient_502 -= 1
@@ -801,6 +814,8 @@ class FakeCloudFoundry:
             ("POST", "/v3/packages", self._h_create_package),
             ("GET", f"/v3/packages/{g}", self._h_get_package),
             ("POST", f"/v3/packages/{g}/upload", self._h_upload_package),
+            ("GET", f"/v3/packages/{g}/download", self._h_download_package),
+            ("GET", f"{_BLOBSTORE}/packages/{g}", self._h_blobstore_package),
             ("POST", "/v3/builds", self._h_create_build),
             ("GET", f"/v3/builds/{g}", self._h_get_build),
             ("GET", f"/v3/droplets/{g}", self._h_get_droplet),
@@ -1437,9 +1452,43 @@ class FakeCloudFoundry:
         bits = fields.get("bits", (None, b""))[1]
         if "bits" in fields and not zipfile.is_zipfile(io.BytesIO(bits)):
             raise _CCError(400, 160001, "CF-AppBitsUploadInvalid", "The app upload is invalid: not a zip file")
-        package.sha256 = hashlib.sha256(bits).hexdigest()
+        package.sha256, package.bits = hashlib.sha256(bits).hexdigest(), bits
         package.state, package.updated_at = "PROCESSING_UPLOAD", _now()
         return _json_resp(200, self._present_package(package))
+
+    def _h_download_package(self, req: _Req, guid: str) -> _Resp:
+        # PackagesController#download: the same checks in the same order, then, with an external
+        # blobstore (S3, the usual production setup), a 302 to a pre-signed URL of the blob.
+        package: _Package = self._get(self._packages, guid, "Package")
+        if package.type != "bits":
+            raise _unprocessable("Package type must be bits.")
+        if package.state != "READY":
+            raise _unprocessable("Package has no bits to download.")
+        expires = str(int(time.time()) + 3600)
+        # Another host name for the same socket, as S3 is another host than CC: a client that
+        # follows the redirect must not carry CC's token there.
+        blobstore = self.url.replace("://127.0.0.1:", "://localhost:")
+        return _Resp(302, b"", {"Location": f"{blobstore}{_BLOBSTORE}/packages/{guid}?Expires={expires}"
+                                            f"&Signature={self._blob_signature(guid, expires)}"})
+
+    def _h_blobstore_package(self, req: _Req, guid: str) -> _Resp:
+        """The blobstore behind the pre-signed URL, answering as S3 does (XML errors, no CC token)."""
+        if req.headers.get("Authorization"):
+            return _s3_error(400, "InvalidArgument", "Only one auth mechanism allowed; only the X-Amz-Algorithm "
+                                                     "query parameter, Signature query string parameter or the "
+                                                     "Authorization header should be specified")
+        expires = (req.query.get("Expires") or [""])[0]
+        signature = (req.query.get("Signature") or [""])[0]
+        if not expires.isdigit() or int(expires) < time.time() or not hmac.compare_digest(
+                signature, self._blob_signature(guid, expires)):
+            return _s3_error(403, "AccessDenied", "Request has expired or the signature does not match")
+        package = self._find(self._packages, guid)
+        if package is None or not package.bits:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        return _Resp(200, package.bits, {"Content-Type": "application/zip"})
+
+    def _blob_signature(self, guid: str, expires: str) -> str:
+        return hmac.new(self._blob_key, f"{guid}:{expires}".encode(), hashlib.sha256).hexdigest()
 
     def _present_build(self, build: _Build) -> dict[str, Any]:
         lifecycle: dict[str, Any] = ({"type": "docker", "data": {}} if build.lifecycle_type == "docker" else

@@ -5,8 +5,24 @@ Envoy sidecar. (The load balancer and gorouter hops are nginx, templates/nginx/c
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry_mirror.local_components import start_nginx
+from registry_mirror.processes import ProcessRecord, free_port, stop_process
+from registry_mirror.rendering import NginxTarget, render_cf_router_conf
+
+CONTAINER_IP = "127.0.0.2"  # CF_INSTANCE_INTERNAL_IP of the proxy instance
+NEIGHBOUR_APP = "127.0.0.3"  # another app's container IP, with a network policy to the proxy
+LOAD_BALANCER = "127.0.0.4"
+GOROUTER = "127.0.0.5"
+MIRROR_CONTAINER = "127.0.0.20"  # where the mirror app's apps.internal name leads
 
 
 def buildpack_varify(text: str, *, port: str, env: dict[str, str], nameservers: str) -> str:
@@ -77,4 +93,52 @@ def _close(conn: socket.socket) -> None:
         pass
 
 
-__all__ = ["EnvoyTcpProxy", "buildpack_varify"]
+@dataclass(frozen=True)
+class Edge:
+    public: int  # the load balancer's port on 127.0.0.1: the public route
+    app_port: int  # nginx's port on the container IP
+    proxy_log: Path
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.public}"
+
+
+@contextmanager
+def cf_edge(proxy_conf: str, *, env: dict[str, str] | None = None) -> Iterator[Edge]:
+    """STAND-IN for the road from a client to a proxy instance on CF: load balancer -> gorouter ->
+    Envoy -> nginx running `proxy_conf` (as rendered for the buildpack, templated here as the
+    buildpack does at start, with the instance's environment)."""
+    app_port, envoy_port, gorouter_port, public = (free_port() for _ in range(4))
+    # The app's folder: nginx's unprivileged workers (vcap on CF, nobody here) must enter it for the
+    # blob cache and temp files, which a pytest temp folder (0700) would not let them.
+    root = Path(tempfile.mkdtemp(prefix="cf-edge-"))
+    root.chmod(0o755)
+    (root / "router").mkdir()
+    conf = root / "nginx.conf"
+    instance_env = {"CF_INSTANCE_INTERNAL_IP": CONTAINER_IP, "MIRROR_ROUTE": MIRROR_CONTAINER, **(env or {})}
+    conf.write_text(f"pid {root / 'proxy.pid'};\n" + buildpack_varify(
+        proxy_conf, port=f"{CONTAINER_IP}:{app_port}", nameservers="127.0.0.1", env=instance_env))
+    log = root / "proxy.log"
+    records: list[ProcessRecord] = []
+    try:
+        records.append(start_nginx("cf-proxy", conf=conf, prefix=root, log=log, ready=(CONTAINER_IP, app_port),
+                                   upstream_required=False))
+        router_conf = root / "router.conf"
+        router_conf.write_text(render_cf_router_conf(
+            NginxTarget.local(root, name="cf-router", listen=f"127.0.0.1:{public}", logs=root),
+            listen=f"127.0.0.1:{public}", load_balancer_address=LOAD_BALANCER,
+            gorouter_listen=f"{GOROUTER}:{gorouter_port}", envoy=f"{CONTAINER_IP}:{envoy_port}"))
+        with EnvoyTcpProxy((CONTAINER_IP, envoy_port), (CONTAINER_IP, app_port), source_ip=CONTAINER_IP):
+            records.append(start_nginx("cf-router", conf=router_conf, prefix=root / "router",
+                                       log=root / "router.log", ready=("127.0.0.1", public), upstream_required=False))
+            yield Edge(public=public, app_port=app_port, proxy_log=log)
+    finally:
+        for record in records:
+            stop_process(record)
+        assert not any(r.alive() for r in records)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+__all__ = ["CONTAINER_IP", "Edge", "EnvoyTcpProxy", "GOROUTER", "LOAD_BALANCER", "MIRROR_CONTAINER",
+           "NEIGHBOUR_APP", "buildpack_varify", "cf_edge"]

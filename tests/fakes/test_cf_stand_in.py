@@ -672,6 +672,33 @@ def test_bits_package_upload_then_build(api: Api) -> None:
     assert droplet["lifecycle"]["type"] == "buildpack" and droplet["checksum"]["type"] == "sha256"
 
 
+def test_package_download_redirects_to_a_presigned_blobstore_url(api: Api) -> None:
+    api.apply_manifest({"applications": [{"name": "site", "memory": "64M"}]})
+    app_guid = api.app_guid("site")
+    package = api.post("/v3/packages", {"type": "bits", "relationships": {"app": {"data": {"guid": app_guid}}}},
+                       201).json()
+    early = api.call("GET", f"/v3/packages/{package['guid']}/download", expect=422)
+    assert early.json()["errors"][0]["detail"] == "Package has no bits to download."
+    bits = zip_bytes()
+    api.post(f"/v3/packages/{package['guid']}/upload", expect=200, files={"bits": ("app.zip", bits, "application/zip")})
+    assert api.get(f"/v3/packages/{package['guid']}")["state"] == "READY"
+    redirect = api.call("GET", f"/v3/packages/{package['guid']}/download", expect=302, allow_redirects=False)
+    location = redirect.headers["Location"]
+    assert not location.startswith(api.cf.url), "the blobstore is another host than CC"
+    # Like S3: the signature is the authorisation; a second one (CC's token) or a forged one is refused.
+    assert requests.get(location, timeout=10).content == bits
+    with_token = requests.get(location, headers={"Authorization": "bearer x"}, timeout=10)
+    assert with_token.status_code == 400 and b"InvalidArgument" in with_token.content
+    forged = requests.get(re.sub(r"Signature=\w+", "Signature=" + "0" * 64, location), timeout=10)
+    assert forged.status_code == 403 and b"AccessDenied" in forged.content
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "x"}}]})
+    docker = api.post("/v3/packages", {"type": "docker", "data": {"image": "x"},
+                                       "relationships": {"app": {"data": {"guid": api.app_guid("mirror")}}}},
+                      201).json()
+    refused = api.call("GET", f"/v3/packages/{docker['guid']}/download", expect=422)
+    assert refused.json()["errors"][0]["detail"] == "Package type must be bits."
+
+
 # --------------------------------------------------------------------------------------------------
 # Deployments and revisions
 # --------------------------------------------------------------------------------------------------

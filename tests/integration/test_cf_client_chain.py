@@ -15,20 +15,13 @@ from pathlib import Path
 import pytest
 
 from registry_mirror.http_clients import client_from
-from registry_mirror.local_components import start_nginx
-from registry_mirror.processes import ProcessRecord, free_port, stop_process, wait_until
-from registry_mirror.rendering import (
-    BlobCache, NginxTarget, cf_real_ip_sources, render_cf_router_conf, render_nginx_conf,
-)
+from registry_mirror.processes import wait_until
+from registry_mirror.rendering import BlobCache, NginxTarget, cf_real_ip_sources, render_nginx_conf
 from registry_mirror.security_rules import SecurityRules
-from tests.fakes.cf_edge import EnvoyTcpProxy, buildpack_varify
+from tests.fakes.cf_edge import CONTAINER_IP, LOAD_BALANCER, NEIGHBOUR_APP, cf_edge
 
 pytestmark = pytest.mark.integration
 
-CONTAINER_IP = "127.0.0.2"  # CF_INSTANCE_INTERNAL_IP of the proxy instance
-NEIGHBOUR_APP = "127.0.0.3"  # another app's container IP, with a network policy to the proxy
-LOAD_BALANCER = "127.0.0.4"
-GOROUTER = "127.0.0.5"
 RULES = SecurityRules(allow=["127.0.0.10/32", "127.0.0.11/32", "127.0.0.64/29"], deny=["127.0.0.66/32"],
                       trusted_routers=[f"{LOAD_BALANCER}/32"])
 
@@ -57,40 +50,17 @@ def _new_access_line(log: Path, offset: int) -> str | None:
     return lines[-1] if lines else None
 
 
-def _start_chain(root: Path, real_ip_from: list[str]) -> Iterator[Chain]:
-    app_port, envoy_port, gorouter_port, public = (free_port() for _ in range(4))
-    conf = root / "nginx.conf"
+def _start_chain(real_ip_from: list[str]) -> Iterator[Chain]:
     rendered = render_nginx_conf(RULES, NginxTarget.cloudfoundry(), real_ip_from=real_ip_from,
                                  blob_cache=BlobCache.sized("16M", "blob-cache"))
-    # What the buildpack does at container start, with the instance's own environment.
-    conf.write_text(f"pid {root / 'proxy.pid'};\n" + buildpack_varify(
-        rendered, port=f"{CONTAINER_IP}:{app_port}", nameservers="127.0.0.1",
-        env={"CF_INSTANCE_INTERNAL_IP": CONTAINER_IP, "MIRROR_ROUTE": "127.0.0.1"}))
-    log = root / "proxy.log"
-    records: list[ProcessRecord] = []
-    try:
-        records.append(start_nginx("cf-proxy", conf=conf, prefix=root, log=log, ready=(CONTAINER_IP, app_port),
-                                   upstream_required=False))
-        router_conf = root / "router.conf"
-        router_conf.write_text(render_cf_router_conf(
-            NginxTarget.local(root, name="cf-router", listen=f"127.0.0.1:{public}", logs=root),
-            listen=f"127.0.0.1:{public}", load_balancer_address=LOAD_BALANCER,
-            gorouter_listen=f"{GOROUTER}:{gorouter_port}", envoy=f"{CONTAINER_IP}:{envoy_port}"))
-        with EnvoyTcpProxy((CONTAINER_IP, envoy_port), (CONTAINER_IP, app_port), source_ip=CONTAINER_IP):
-            records.append(start_nginx("cf-router", conf=router_conf, prefix=root / "router", log=root / "router.log",
-                                       ready=("127.0.0.1", public), upstream_required=False))
-            yield Chain(public=public, app_port=app_port, proxy_log=log)
-    finally:
-        for record in records:
-            stop_process(record)
-        assert not any(r.alive() for r in records)
+    # No mirror behind it: the answers these tests read are nginx's own (403, or 502 once let in).
+    with cf_edge(rendered, env={"MIRROR_ROUTE": "127.0.0.1"}) as edge:
+        yield Chain(public=edge.public, app_port=edge.app_port, proxy_log=edge.proxy_log)
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
-    root = tmp_path_factory.mktemp("cf-chain")
-    (root / "router").mkdir()
-    yield from _start_chain(root, cf_real_ip_sources(RULES))
+def chain() -> Iterator[Chain]:
+    yield from _start_chain(cf_real_ip_sources(RULES))
 
 
 @pytest.mark.parametrize("who,source,forged,allowed,judged_as", [
@@ -116,11 +86,9 @@ def test_a_neighbouring_app_on_the_container_network_cannot_claim_an_address(cha
     assert (status, client) == (403, NEIGHBOUR_APP)
 
 
-def test_the_old_rendering_that_trusted_127_0_0_1_judges_every_client_as_the_container(
-        tmp_path: Path) -> None:
+def test_the_old_rendering_that_trusted_127_0_0_1_judges_every_client_as_the_container() -> None:
     """Control: trusting 127.0.0.1 (the previous premise) fails this chain for an allowed client."""
-    (tmp_path / "router").mkdir()
-    chain = _start_chain(tmp_path, ["127.0.0.1/32", *RULES.trusted_routers])
+    chain = _start_chain(["127.0.0.1/32", *RULES.trusted_routers])
     old = next(chain)
     try:
         status, client = old.ask("127.0.0.10")

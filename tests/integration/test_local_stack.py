@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +17,10 @@ from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.local_components import hub_seeder
 from registry_mirror.local_platform import LocalPlatform
-from registry_mirror.processes import tcp_listeners
+from registry_mirror.processes import session_members, tcp_listeners
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
 from registry_mirror.unix_http import unix_request
+from registry_mirror.worker_access import WORKER_USER, worker_uids
 from tests.support import MANIFEST_TYPES, client, sha256
 
 pytestmark = pytest.mark.integration
@@ -125,9 +128,37 @@ def test_mirror_is_reachable_only_through_the_proxy(stack: LocalPlatform) -> Non
     assert len(mirrors) == stack.settings.registry.instances
     for rec in mirrors + [running["proxy"]]:
         assert tcp_listeners(rec.pid) == [], f"{rec.name} listens on TCP"
-    # The sockets live in a folder only the stack's user may enter.
-    assert stat.S_IMODE(os.stat(stack.paths.run).st_mode) == 0o700
     assert tcp_listeners(running["router"].pid), "the router stand-in is the public endpoint"
+
+
+def _connects(path: Path, *, user: str) -> bool:
+    """Can `user` open a connection to the unix socket at `path`? Asked by a process running as them."""
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n"
+             "except OSError:\n    sys.exit(3)\n")
+    # Debian's own python: the venv's interpreter may sit under a folder other users cannot enter.
+    result = subprocess.run(["/usr/bin/python3", "-I", "-c", probe, str(path)], user=user,
+                            group=pwd.getpwnam(user).pw_gid, extra_groups=[], capture_output=True,
+                            timeout=30, check=False)
+    assert result.returncode in (0, 3), result.stderr
+    return result.returncode == 0
+
+
+def test_nginx_workers_do_not_run_as_root_and_other_users_cannot_reach_the_sockets(stack: LocalPlatform) -> None:
+    running = stack.running_processes()
+    sockets = [stack.paths.proxy_socket, *stack.mirror_sockets()]
+    for name in ("proxy", "router"):
+        workers = session_members(running[name]) - {running[name].pid}
+        assert workers, f"{name} has no workers"
+        assert 0 not in worker_uids(sorted(workers)).values(), f"{name} runs a worker as root"
+    if os.geteuid() != 0:
+        # An ordinary user's stack: the workers are that user and the sockets stay in its 0700 folder.
+        assert stat.S_IMODE(os.stat(stack.paths.shared).st_mode) == 0o700
+        return
+    assert stack.paths.access.user == WORKER_USER
+    assert all(_connects(path, user=WORKER_USER) for path in sockets)
+    # `nobody` stands for every other local account: neither a mirror nor the proxy lets it in.
+    assert not any(_connects(path, user="nobody") for path in sockets)
+    assert stack.paths.access.problems() == []
 
 
 def test_cache_hit_is_served_as_bytes_not_a_redirect(stack: LocalPlatform) -> None:
@@ -311,14 +342,14 @@ def test_the_catalog_is_refused_and_a_forged_host_is_never_reflected(stack: Loca
 
 
 def test_the_mirror_account_upstream_may_only_pull(stack: LocalPlatform) -> None:
-    from registry_mirror.policy_checks import upstream_scope_check
+    from registry_mirror.checks.upstream import upstream_scope_check
 
-    assert upstream_scope_check(stack.settings, "-").status == "pass"
+    assert upstream_scope_check(stack.settings).status == "pass"
     # Control: the stand-in's seeding account can push, and the check says so.
     name, password = hub_seeder(stack.paths.secrets)
     seeder = stack.settings.model_copy(update={"upstream": stack.settings.upstream.model_copy(
         update={"username": name, "password": password})})
-    check = upstream_scope_check(seeder, "-")
+    check = upstream_scope_check(seeder)
     assert check.status == "warn" and "push" in check.observed and password not in repr(check)
 
 
@@ -327,7 +358,7 @@ def test_a_refused_client_cannot_read_the_cache_from_seaweedfs_directly(stack: L
 
     import jwt
 
-    from registry_mirror.policy_checks_local import _grpc_answers_without_certificate
+    from registry_mirror.checks.local import _grpc_answers_without_certificate
 
     pull_with_skopeo("docker.io/library/hello:latest", registries_conf=stack.client_configs().registries_conf)
     ports = json.loads((stack.paths.secrets / "s3-ports.json").read_text())
@@ -351,7 +382,7 @@ def test_the_grpc_probe_sees_a_server_that_answers_without_a_certificate() -> No
     """Control for the probe above: a plain-text HTTP/2 server (what an unsecured gRPC port is)."""
     import socket
 
-    from registry_mirror.policy_checks_local import _grpc_answers_without_certificate
+    from registry_mirror.checks.local import _grpc_answers_without_certificate
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

@@ -17,7 +17,7 @@ import yaml
 from registry_mirror.credentials import LocalStackSecrets
 from registry_mirror.local_components import mirror_registry_binary, reload_nginx, start_mirror_instance
 from registry_mirror.local_platform import LocalPlatform, StackState
-from registry_mirror.policy_checks import verify_policies
+from registry_mirror.checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
 from registry_mirror.registry_config import registry_config_yaml
 from tests.support import settings_as_parameters
@@ -127,7 +127,13 @@ BREAKS = {
     "redirect-enabled": (lambda s: _restart_mirrors_with(s, _set_redirect), {"no-s3-redirect", "config-matches"}),
     "mirror-on-tcp": (_expose_extra_instance, {"mirror-not-exposed", "config-matches"}),
     "unpinned-registry": (_run_unpackaged_binary, {"image-pinned"}),
+    "catalog-open": (lambda s: _edit_proxy(s, "location = /v2/_catalog {", "location = /v2/_catalog-off {")(),
+                     {"catalog-refused", "config-matches"}),
+    "socket-folder-open": (lambda s: s.paths.shared.chmod(0o2755), {"mirror-not-exposed"}),
 }
+if os.geteuid() == 0:
+    BREAKS["workers-as-root"] = (lambda s: _edit_proxy(s, "user registry-mirror;", "user root;")(),
+                                 {"mirror-not-exposed", "config-matches"})
 
 
 @pytest.fixture
