@@ -7,25 +7,32 @@ community OpenAPI contract in /work/shared/contracts and the cloud_controller_ng
 sources. Where those disagree, the module says which one it follows at the place it matters.
 
 Covered:
-  * ``GET /`` and ``GET /v3`` link documents (what ``cloudfoundry_client`` reads to find UAA).
+  * ``GET /`` (with the CC version, settable to model an older CC) and ``GET /v3`` link documents.
   * UAA ``POST /login/oauth/token`` and ``/uaa/oauth/token``: password, client_credentials and
-    refresh_token grants, opaque tokens tracked here, UAA's error bodies.
-  * CC v3: organizations, spaces, apps, domains, routes, environment variables, web process and its
-    stats, packages (docker, bits with upload), builds, droplets, deployments (rolling, canary with
-    continue, cancel, supersede, stopped-app shortcut), revisions, jobs, space apply_manifest, service
-    offerings/plans/instances and service credential bindings (key) with their details.
-  * Networking policy API v1 external: list, create, delete policies.
+    refresh_token grants, JWT access tokens (user_id / client_id, scope), UAA's error bodies.
+  * CC v3: organizations, spaces, apps (metadata PATCH, start and stop actions), domains, routes,
+    environment variables, web process and its stats, packages (docker with registry credentials, bits
+    with upload and download through a pre-signed blobstore URL), builds, droplets, deployments
+    (rolling, canary with continue, cancel with CC's empty answer, supersede, stopped-app shortcut),
+    revisions and their environment, jobs, space apply_manifest, service offerings/plans/instances and
+    service credential bindings (key) with their details, audit events (process crashes), feature
+    flags, space developer roles (others get CC's 403 NotAuthorized on every change), the org quota
+    and its usage summary (deployments beyond it get CC's 422).
+  * Instances: they start with the env and image of their deployment or start; ``Faults.crash_when``
+    makes them crash-loop (flapping stats, crash audit events, a rolling deployment that never ends).
+  * Networking policy API v1 external: list, create, delete policies; the network.write scope.
   * Pagination on every list, comma-separated filters, CC error bodies, ``X-Vcap-Request-Id`` on every
-    answer, and the faults in ``Faults`` (502 from the router, 429 from CC's rate limiter, slow answers,
-    token expiry, failing staging, deployments that never get healthy).
+    answer, and the faults in ``Faults`` (502 from the router, 429 from CC's rate limiter with its
+    Retry-After, 503 from UAA, slow answers, token expiry, failing staging, failing package processing,
+    deployments that never get healthy).
 
 Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
 stand-in, so a gap shows up as a failure and never as a silent success):
-  * v2 API, logs, SSH, tasks, sidecars, app start/stop/restart actions, route/droplet relationship
-    PATCHes, deletes, labels/annotations, ``include``/``fields``/``label_selector`` query parameters,
-    manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and canary,
-    canary ``steps``, roles and permissions (every token may do everything), quotas, time-based token
-    expiry (tokens expire only through ``Faults.expire_token_after``).
+  * v2 API, logs, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
+    deletes, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
+    parameters, manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and
+    canary, canary ``steps``, roles other than space developer, space quotas, time-based token expiry
+    (tokens expire only through ``Faults.expire_token_after`` or ``revoke_tokens``).
   * Jobs, builds and deployments progress per GET of that one resource (``polls_to_finish``), never with
     time and never through list endpoints, so a client must poll ``GET /v3/<resource>/:guid``; a rolling
     deployment's instances jump from the first batch (max_in_flight) to all; stats are invented numbers.
@@ -59,6 +66,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import yaml
 
 CC_API_VERSION = "3.195.0"
+MAX_IN_FLIGHT_SINCE = "3.173.0"  # deployments take options.max_in_flight (cloud_controller_ng PR #3907)
+_FLAG_DEFAULTS = {"diego_docker": False}  # models/runtime/feature_flag.rb
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 5000
 DEFAULT_S3_CREDENTIALS: dict[str, str] = {
@@ -93,7 +102,15 @@ class Faults:
     # The next N CC/networking requests answer 429 with Retry-After: 1. Like CC's rate limiter it skips
     # GET / and /v3; the policy server has no limiter of its own, so its 429 borrows CC's body.
     rate_limited_429: int = 0
+    retry_after_seconds: int = 1  # the Retry-After those 429s carry
+    uaa_unavailable: int = 0  # the next N token requests answer 503 (UAA restarting) with Retry-After
     slow_seconds: float = 0.0  # every CC response (not UAA, not networking) is delayed this long
+    # Decides whether instances of an app crash: given the environment and docker image they started
+    # with, the exit description of the crash (as Diego reports it), or None when they run. Crashing
+    # instances flap (CRASHED, STARTING, RUNNING, ...) in stats, each crash recorded as an audit event,
+    # and a rolling deployment onto them never finishes, as in CC.
+    crash_when: Callable[[Mapping[str, Any], str | None], str | None] | None = None
+    package_processing_fails: bool = False  # uploaded bits end FAILED, as when the blobstore refuses them
 
 
 @dataclass(frozen=True)
@@ -189,6 +206,12 @@ class _App:
     # as CC does, so the web process guid changes across a deployment.
     processes: list[_Process] = field(default_factory=list)
     started_at: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    # What its instances started with: the env and image at the last start or deployment.
+    running_env: dict[str, Any] = field(default_factory=dict)
+    running_image: str | None = None
+    stats_polls: int = 0
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -204,7 +227,10 @@ class _Package:
     type: str  # "docker" or "bits"
     state: str
     image: str | None = None
+    username: str | None = None  # docker registry credentials Diego pulls the image with
+    password: str | None = None
     sha256: str | None = None
+    error: str | None = None
     bits: bytes = b""
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
@@ -273,6 +299,10 @@ class _Deployment:
     status_reason: str | None = "DEPLOYING"
     deploying_process_guid: str | None = None
     new_processes: list[dict[str, str]] = field(default_factory=list)
+    running_env: dict[str, Any] = field(default_factory=dict)  # what the new instances start with
+    running_image: str | None = None
+    previous_env: dict[str, Any] = field(default_factory=dict)  # what the old ones run with
+    previous_image: str | None = None
     polls: int = 0
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
@@ -381,6 +411,19 @@ class _ServiceKey:
     name: str
     instance_guid: str
     last_operation: _LastOperation = field(default_factory=_LastOperation)
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _AuditEvent:
+    type: str
+    actor: dict[str, str]
+    target: dict[str, str]
+    data: dict[str, Any]
+    space_guid: str
+    org_guid: str
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -551,9 +594,23 @@ class FakeCloudFoundry:
 
     def __init__(self, *, users: Mapping[str, str] | None = None, clients: Mapping[str, str] | None = None,
                  org: str = "cloud-gov", spaces: tuple[str, ...] = ("registry-mirror-staging", "registry-mirror"),
-                 s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2) -> None:
+                 s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2,
+                 cc_version: str = CC_API_VERSION, non_developers: Iterable[str] = (),
+                 without_scopes: Iterable[str] = (), feature_flags: Mapping[str, bool] | None = None,
+                 org_quota: Mapping[str, int | None] | None = None) -> None:
+        """`non_developers`: users and clients with no space developer role (everyone else has it in
+        every space). `without_scopes`: scopes UAA leaves out of every token (e.g. network.write).
+        `org_quota`: total_memory_in_mb / total_instances of the org's quota (None: unlimited)."""
         self.users: dict[str, str] = dict(users if users is not None else {"deployer": "deployer-password"})
         self.clients: dict[str, str] = dict(clients if clients is not None else {"ci-deployer": "ci-secret"})
+        self.cc_version = cc_version
+        self.non_developers = set(non_developers)
+        self.without_scopes = set(without_scopes)
+        # diego_docker defaults to off in CC; a foundation that runs docker apps (as ours) turns it on.
+        self.feature_flags: dict[str, bool] = {"diego_docker": True, **(feature_flags or {})}
+        self.org_quota: dict[str, int | None] = {"total_memory_in_mb": None, "total_instances": None,
+                                                 **(org_quota or {})}
+        self._token_key = secrets.token_bytes(32)  # signs the JWTs this UAA issues
         self.s3_credentials: dict[str, Any] = dict(s3_credentials if s3_credentials is not None
                                                    else DEFAULT_S3_CREDENTIALS)
         self.polls_to_finish = polls_to_finish
@@ -584,6 +641,7 @@ class FakeCloudFoundry:
         self._instances: list[_ServiceInstance] = []
         self._keys: list[_ServiceKey] = []
         self._policies: list[dict[str, Any]] = []
+        self._events: list[_AuditEvent] = []
         self._access_tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, _Token] = {}
         self._routes_table: list[tuple[str, re.Pattern[str], _Handler]] = self._build_routes()
@@ -617,6 +675,12 @@ class FakeCloudFoundry:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def revoke_tokens(self) -> None:
+        """Every access and refresh token stops working (UAA restarted with a new key, a revocation)."""
+        with self._lock:
+            self._access_tokens.clear()
+            self._refresh_tokens.clear()
+
     def clear_requests(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -636,6 +700,7 @@ class FakeCloudFoundry:
                 "lifecycle": {"type": app.lifecycle_type, "buildpacks": list(app.buildpacks), "stack": app.stack},
                 "instances": app.web.instances, "memory_in_mb": app.web.memory_in_mb,
                 "disk_in_mb": app.web.disk_in_mb, "env": copy.deepcopy(app.env),
+                "annotations": dict(app.annotations), "running_env": copy.deepcopy(app.running_env),
                 "health_check": {"type": app.web.health_check_type, "endpoint": app.web.health_check_endpoint,
                                  "timeout": app.web.health_check_timeout},
                 "web_process_guids": [p.guid for p in app.processes],
@@ -650,6 +715,13 @@ class FakeCloudFoundry:
                      "droplet_guid": d.droplet_guid, "previous_droplet_guid": d.previous_droplet_guid,
                      "revision_guid": d.revision_guid, "revision_version": d.revision_version}
                     for d in self._deployments if d.app_guid in guids]
+
+    def revisions(self, app_name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            guids = {a.guid for a in self._apps if a.name == app_name}
+            return [{"guid": r.guid, "version": r.version, "droplet_guid": r.droplet_guid,
+                     "env": copy.deepcopy(r.env), "description": r.description}
+                    for r in self._revisions if r.app_guid in guids]
 
     def policies(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -677,6 +749,10 @@ class FakeCloudFoundry:
                     if kind == "cc" and path not in ("/", "/v3"):
                         req.user = self._authenticate_cc(headers)
                         authenticated = True
+                        if method in ("POST", "PUT", "PATCH", "DELETE") and req.user in self.non_developers:
+                            # Readable but not writable (an auditor, a manager): CC's NotAuthorized.
+                            raise _CCError(403, 10003, "CF-NotAuthorized",
+                                           "You are not authorized to perform the requested action")
                     elif kind == "networking":
                         req.user = self._authenticate_networking(headers)
                         authenticated = True
@@ -724,6 +800,10 @@ class FakeCloudFoundry:
             return req.raw.decode("utf-8", "replace")
 
     def _fault_response(self, kind: str, path: str, headers: Message) -> _Resp | None:
+        if kind == "uaa" and path in _TOKEN_PATHS and self.faults.uaa_unavailable > 0:
+            self.faults.uaa_unavailable -= 1
+            return _Resp(503, b"503 Service Unavailable", {"Content-Type": "text/plain; charset=utf-8",
+                                                           "Retry-After": str(self.faults.retry_after_seconds)})
         if kind in ("uaa", "blobstore"):
             return None
         if self.faults.transient_502 > 0:
@@ -735,8 +815,9 @@ class FakeCloudFoundry:
         # request it would really limit.
         if self.faults.rate_limited_429 > 0 and not (kind == "cc" and path in ("/", "/v3")):
             self.faults.rate_limited_429 -= 1
-            limit_headers = {"Retry-After": "1", "X-RateLimit-Limit": "20000", "X-RateLimit-Remaining": "0",
-                             "X-RateLimit-Reset": str(int(time.time()) + 1)}
+            wait = self.faults.retry_after_seconds
+            limit_headers = {"Retry-After": str(wait), "X-RateLimit-Limit": "20000", "X-RateLimit-Remaining": "0",
+                             "X-RateLimit-Reset": str(int(time.time()) + wait)}
             if self._bearer(headers) is None:  # CC limits callers without a user token per IP
                 return _CCError(429, 10014, "CF-IPBasedRateLimitExceeded",
                                 "Rate Limit Exceeded: Unauthenticated requests from this IP address have exceeded "
@@ -774,14 +855,20 @@ class FakeCloudFoundry:
         return record.subject
 
     def _authenticate_networking(self, headers: Message) -> str:
-        # The policy server has its own error bodies (cf-networking-release authenticator.go): 401 with
-        # no header, 403 for a token UAA rejects. cloudfoundry_client does not refresh on either.
+        # The policy server has its own error bodies (cf-networking-release auth_middleware.go): 401
+        # without a header or for a token UAA rejects, 403 for a token without the network scopes.
         token = self._bearer(headers)
         if token is None:
-            raise _policy_error(401, "authenticator: missing authorization header")
+            raise _policy_error(401, "missing authorization header")
         record = self._access_tokens.get(token)
         if record is None:
-            raise _policy_error(403, "authenticator: failed to verify token with uaa")
+            raise _policy_error(401, "failed to verify token with uaa")
+        scopes = record.scope.split()
+        # auth_middleware.go: list and write both need network.admin or network.write (space
+        # developer self-service is off by default), checked before any access to the apps.
+        if not {"network.admin", "network.write"} & set(scopes):
+            raise _policy_error(403, f"provided scopes [{' '.join(scopes)}] do not include allowed scopes "
+                                     "[network.admin network.write]")
         return record.subject
 
     # ---- routing ---------------------------------------------------------------------------------
@@ -798,6 +885,9 @@ class FakeCloudFoundry:
             ("POST", f"/v3/spaces/{g}/actions/apply_manifest", self._h_apply_manifest),
             ("GET", "/v3/apps", self._h_list_apps),
             ("GET", f"/v3/apps/{g}", self._h_get_app),
+            ("PATCH", f"/v3/apps/{g}", self._h_patch_app),
+            ("POST", f"/v3/apps/{g}/actions/start", self._h_start_app),
+            ("POST", f"/v3/apps/{g}/actions/stop", self._h_stop_app),
             ("GET", f"/v3/apps/{g}/environment_variables", self._h_get_env),
             ("PATCH", f"/v3/apps/{g}/environment_variables", self._h_patch_env),
             ("GET", f"/v3/apps/{g}/processes/(?P<type>[^/]+)", self._h_get_app_process),
@@ -806,6 +896,12 @@ class FakeCloudFoundry:
             ("GET", f"/v3/apps/{g}/revisions", self._h_app_revisions),
             ("GET", f"/v3/apps/{g}/revisions/deployed", self._h_deployed_revisions),
             ("GET", f"/v3/revisions/{g}", self._h_get_revision),
+            ("GET", f"/v3/revisions/{g}/environment_variables", self._h_revision_env),
+            ("GET", "/v3/audit_events", self._h_list_events),
+            ("GET", "/v3/feature_flags/(?P<name>[a-z_]+)", self._h_feature_flag),
+            ("GET", "/v3/roles", self._h_list_roles),
+            ("GET", f"/v3/organizations/{g}/usage_summary", self._h_org_usage),
+            ("GET", f"/v3/organization_quotas/{g}", self._h_org_quota),
             ("GET", "/v3/domains", self._h_list_domains),
             ("GET", "/v3/routes", self._h_list_routes),
             ("GET", f"/v3/processes/{g}", self._h_get_process),
@@ -953,7 +1049,7 @@ class FakeCloudFoundry:
         # No cloud_controller_v2 link: the stand-in serves no v2, and cloudfoundry_client skips a missing one.
         return _json_resp(200, {"links": {
             "self": {"href": base},
-            "cloud_controller_v3": {"href": f"{base}/v3", "meta": {"version": CC_API_VERSION}},
+            "cloud_controller_v3": {"href": f"{base}/v3", "meta": {"version": self.cc_version}},
             "network_policy_v0": {"href": f"{base}/networking/v0/external"},
             "network_policy_v1": {"href": f"{base}/networking/v1/external"},
             "login": {"href": f"{base}/login"},
@@ -1019,7 +1115,15 @@ class FakeCloudFoundry:
         return form.get("client_id", ""), form.get("client_secret", "")
 
     def _issue(self, record: _Token) -> _Resp:
-        access = secrets.token_urlsafe(32)
+        # UAA's access tokens are JWTs; clients read user_id/client_id and scope from them.
+        scope = [s for s in record.scope.split() if s not in self.without_scopes]
+        record = _Token(record.subject, record.client_id, record.grant_type, " ".join(scope), record.refresh_token)
+        claims: dict[str, Any] = {"jti": secrets.token_hex(16), "client_id": record.client_id, "cid": record.client_id,
+                                  "grant_type": record.grant_type, "scope": scope, "iat": int(time.time()),
+                                  "exp": int(time.time()) + 1199, "iss": f"{self.url}/uaa/oauth/token"}
+        if record.grant_type != "client_credentials":
+            claims |= {"user_id": _user_guid(record.subject), "user_name": record.subject}
+        access = _jwt(claims, self._token_key)
         self._access_tokens[access] = record
         body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": 1199,
                                 "scope": record.scope, "jti": secrets.token_hex(16)}
@@ -1083,7 +1187,8 @@ class FakeCloudFoundry:
                                                                     "stack": app.stack}})
         return {"guid": app.guid, "name": app.name, "state": app.state, "created_at": app.created_at,
                 "updated_at": app.updated_at, "lifecycle": lifecycle,
-                "relationships": {"space": {"data": {"guid": app.space_guid}}}, "metadata": self._metadata(),
+                "relationships": {"space": {"data": {"guid": app.space_guid}}},
+                "metadata": {"labels": dict(app.labels), "annotations": dict(app.annotations)},
                 "links": {"self": self._href(base), "space": self._href(f"/v3/spaces/{app.space_guid}"),
                           "processes": self._href(f"{base}/processes"), "packages": self._href(f"{base}/packages"),
                           "environment_variables": self._href(f"{base}/environment_variables"),
@@ -1107,6 +1212,145 @@ class FakeCloudFoundry:
 
     def _h_get_app(self, req: _Req, guid: str) -> _Resp:
         return _json_resp(200, self._present_app(self._get(self._apps, guid, "App")))
+
+    def _h_patch_app(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        body = req.json_object()
+        self._check_fields(body, {"metadata"})  # name and lifecycle updates: not modelled, refused loudly
+        metadata = body.get("metadata") or {}
+        self._check_fields(metadata, {"labels", "annotations"})
+        for kind, store in (("labels", app.labels), ("annotations", app.annotations)):
+            values = metadata.get(kind) or {}
+            if not isinstance(values, dict):
+                raise _unprocessable(f"Metadata {kind} must be an object")
+            for key, value in values.items():
+                if not re.fullmatch(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?", key):
+                    raise _unprocessable(f"Metadata {kind} key error: '{key}' is not a valid key")
+                if value is None:
+                    store.pop(key, None)  # null deletes, as for environment variables
+                elif kind == "annotations" and (not isinstance(value, str) or len(value) > 5000):
+                    raise _unprocessable("Metadata annotations value error: must be a string of at most 5000")
+                else:
+                    store[key] = value
+        app.updated_at = _now()  # metadata makes no revision: it is not code or configuration
+        return _json_resp(200, self._present_app(app))
+
+    def _h_start_app(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        if app.droplet_guid is None:
+            raise _unprocessable("Assign a droplet before starting this app.")
+        if app.state != "STARTED":
+            self._start_instances(app)
+            app.web.revision_guid = self._update_app_revision(app).guid
+        return _json_resp(200, self._present_app(app))
+
+    def _h_stop_app(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        app.state, app.updated_at = "STOPPED", _now()
+        return _json_resp(200, self._present_app(app))
+
+    def _start_instances(self, app: _App) -> None:
+        """The app's instances start now, with today's environment and the current droplet's image."""
+        droplet = self._find(self._droplets, app.droplet_guid)
+        app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
+        app.running_env, app.running_image = copy.deepcopy(app.env), droplet.image if droplet else None
+        app.stats_polls = 0
+        self._record_crashes(app, app.web)
+
+    def _crash_reason(self, env: Mapping[str, Any], image: str | None) -> str | None:
+        return self.faults.crash_when(env, image) if self.faults.crash_when is not None else None
+
+    def _record_crashes(self, app: _App, process: _Process) -> None:
+        """Diego's crash report for each instance, as CC records it (audit.app.process.crash)."""
+        reason = self._crash_reason(app.running_env, app.running_image)
+        if reason is None:
+            return
+        space = self._space_of(app)
+        for index in range(process.instances):
+            self._events.append(_AuditEvent(
+                "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
+                {"guid": app.guid, "type": "app", "name": app.name},
+                {"instance": _guid(), "index": index, "cell_id": _guid(), "reason": "CRASHED", "exit_status": 1,
+                 "exit_description": reason[:1000], "crash_count": 1, "crash_timestamp": time.time_ns(),
+                 "version": process.version},
+                space.guid, space.org_guid))
+
+    def _present_event(self, event: _AuditEvent) -> dict[str, Any]:
+        return {"guid": event.guid, "created_at": event.created_at, "updated_at": event.updated_at,
+                "type": event.type, "actor": dict(event.actor), "target": dict(event.target), "data": event.data,
+                "space": {"guid": event.space_guid}, "organization": {"guid": event.org_guid},
+                "links": {"self": self._href(f"/v3/audit_events/{event.guid}")}}
+
+    def _h_list_events(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/audit_events", self._events, self._present_event, {
+            "types": lambda e, v: e.type in v, "target_guids": lambda e, v: e.target["guid"] in v,
+            "space_guids": lambda e, v: e.space_guid in v, "organization_guids": lambda e, v: e.org_guid in v})
+
+    def _h_feature_flag(self, req: _Req, name: str) -> _Resp:
+        if name not in self.feature_flags:
+            raise _not_found("Feature flag")
+        # A flag still at its default has no row in CC's table: no update time.
+        changed = self.feature_flags[name] != _FLAG_DEFAULTS.get(name, False)
+        return _json_resp(200, {"name": name, "enabled": self.feature_flags[name],
+                                "updated_at": "2024-01-01T00:00:00Z" if changed else None,
+                                "custom_error_message": None,
+                                "links": {"self": self._href(f"/v3/feature_flags/{name}")}})
+
+    def _h_list_roles(self, req: _Req) -> _Resp:
+        # Everyone the stand-in knows is a space developer in every space, unless listed otherwise.
+        roles = [{"guid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"role:{who}:{space.guid}")), "type": "space_developer",
+                  "user": _user_guid(who) if who in self.users else who, "space": space.guid}
+                 for who in [*self.users, *self.clients] if who not in self.non_developers
+                 for space in self._spaces]
+
+        def present(role: dict[str, str]) -> dict[str, Any]:
+            return {"guid": role["guid"], "type": role["type"], "created_at": "2024-01-01T00:00:00Z",
+                    "updated_at": "2024-01-01T00:00:00Z",
+                    "relationships": {"user": {"data": {"guid": role["user"]}},
+                                      "space": {"data": {"guid": role["space"]}}, "organization": {"data": None}},
+                    "links": {"self": self._href(f"/v3/roles/{role['guid']}"),
+                              "user": self._href(f"/v3/users/{role['user']}"),
+                              "space": self._href(f"/v3/spaces/{role['space']}")}}
+
+        return self._paginate(req, "/v3/roles", roles, present, {
+            "types": lambda r, v: r["type"] in v, "user_guids": lambda r, v: r["user"] in v,
+            "space_guids": lambda r, v: r["space"] in v, "organization_guids": lambda r, v: False})
+
+    def _org_usage(self, org: _Org) -> tuple[int, int]:
+        started = [a for a in self._apps if a.state == "STARTED" and self._space_of(a).org_guid == org.guid]
+        instances = sum(p.instances for a in started for p in a.processes)
+        return instances, sum(p.instances * p.memory_in_mb for a in started for p in a.processes)
+
+    def _h_org_usage(self, req: _Req, guid: str) -> _Resp:
+        org = self._get(self._orgs, guid, "Organization")
+        instances, memory = self._org_usage(org)
+        return _json_resp(200, {"usage_summary": {"started_instances": instances, "memory_in_mb": memory},
+                                "links": {"self": self._href(f"/v3/organizations/{guid}/usage_summary"),
+                                          "organization": self._href(f"/v3/organizations/{guid}")}})
+
+    def _h_org_quota(self, req: _Req, guid: str) -> _Resp:
+        org = next((o for o in self._orgs if o.quota_guid == guid), None)
+        if org is None:
+            raise _not_found("Organization quota")
+        return _json_resp(200, {
+            "guid": guid, "created_at": org.created_at, "updated_at": org.updated_at, "name": "default",
+            "apps": {"total_memory_in_mb": self.org_quota["total_memory_in_mb"], "per_process_memory_in_mb": None,
+                     "total_instances": self.org_quota["total_instances"], "per_app_tasks": None,
+                     "log_rate_limit_in_bytes_per_second": None},
+            "services": {"paid_services_allowed": True, "total_service_instances": None,
+                         "total_service_keys": None},
+            "routes": {"total_routes": None, "total_reserved_ports": None}, "domains": {"total_domains": None},
+            "relationships": {"organizations": {"data": [{"guid": org.guid}]}},
+            "links": {"self": self._href(f"/v3/organization_quotas/{guid}")}})
+
+    def _check_quota(self, app: _App, extra_instances: int, memory_in_mb: int) -> None:
+        """CC refuses to start instances beyond the org's quota (422, as for scale and deployments)."""
+        instances, memory = self._org_usage(self._get(self._orgs, self._space_of(app).org_guid, "Organization"))
+        limit_memory, limit_instances = self.org_quota["total_memory_in_mb"], self.org_quota["total_instances"]
+        if limit_memory is not None and memory + extra_instances * memory_in_mb > limit_memory:
+            raise _unprocessable("memory quota_exceeded")
+        if limit_instances is not None and instances + extra_instances > limit_instances:
+            raise _unprocessable("app_instance_limit app_instance_limit_exceeded")
 
     def _env_body(self, app: _App) -> dict[str, Any]:
         base = f"/v3/apps/{app.guid}"
@@ -1177,7 +1421,19 @@ class FakeCloudFoundry:
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
         app, process = self._process(guid)
         resources: list[dict[str, Any]] = []
+        crash = self._crash_reason(app.running_env, app.running_image) if app.state == "STARTED" else None
+        if crash is not None:
+            app.stats_polls += 1
         for index in range(process.instances):
+            if crash is not None:
+                # A crash-looping instance: Diego restarts it, so polls see it crash, start, run a moment.
+                state = ("CRASHED", "STARTING", "RUNNING")[(app.stats_polls + index) % 3]
+                if state == "CRASHED":
+                    self._record_crashes(app, process)
+                resources.append({"type": process.type, "index": index, "state": state, "uptime": 0,
+                                  "isolation_segment": None, "details": crash[:200] if state == "CRASHED" else None,
+                                  "routable": state == "RUNNING"})
+                continue
             if app.state != "STARTED":
                 # CC's down_instance_stats_hash: a DOWN instance has no host, usage or quotas.
                 resources.append({"type": process.type, "index": index, "state": "DOWN", "uptime": 0,
@@ -1401,9 +1657,11 @@ class FakeCloudFoundry:
             links["upload"] = {**self._href(f"{base}/upload"), "method": "POST"}
             links["download"] = {**self._href(f"{base}/download"), "method": "GET"}
         links["app"] = self._href(f"/v3/apps/{package.app_guid}")
-        data: dict[str, Any] = ({"image": package.image, "username": None, "password": None}
+        # PackagePresenter: the password is censored whenever a username is set.
+        data: dict[str, Any] = ({"image": package.image, "username": package.username,
+                                 "password": "***" if package.username else None}
                                 if package.type == "docker" else
-                                {"error": None, "checksum": {"type": "sha256", "value": package.sha256}})
+                                {"error": package.error, "checksum": {"type": "sha256", "value": package.sha256}})
         return {"guid": package.guid, "created_at": package.created_at, "updated_at": package.updated_at,
                 "type": package.type, "data": data, "state": package.state,
                 "relationships": {"app": {"data": {"guid": package.app_guid}}}, "metadata": self._metadata(),
@@ -1421,10 +1679,15 @@ class FakeCloudFoundry:
         if kind == "docker":
             if app.lifecycle_type != "docker":
                 raise _unprocessable("Cannot create a docker package for a buildpack app.")
-            image = (body.get("data") or {}).get("image") if isinstance(body.get("data"), dict) else None
+            data = body.get("data") if isinstance(body.get("data"), dict) else {}
+            image = data.get("image")
             if not isinstance(image, str) or not image:
                 raise _unprocessable("Data Image required")
-            package = _Package(app.guid, "docker", "READY", image=image)  # nothing to upload
+            username, password = data.get("username"), data.get("password")
+            if (username is None) != (password is None):
+                raise _unprocessable("Data Username and password must both be provided")
+            package = _Package(app.guid, "docker", "READY", image=image, username=username,
+                               password=password)  # nothing to upload
         else:
             if app.lifecycle_type == "docker":
                 raise _unprocessable("Cannot create a bits package for a Docker app.")
@@ -1434,8 +1697,12 @@ class FakeCloudFoundry:
 
     def _h_get_package(self, req: _Req, guid: str) -> _Resp:
         package: _Package = self._get(self._packages, guid, "Package")
-        if package.state == "PROCESSING_UPLOAD":
-            package.state, package.updated_at = "READY", _now()  # the upload job finishes between polls
+        if package.state == "PROCESSING_UPLOAD":  # the upload job finishes between polls
+            if self.faults.package_processing_fails:
+                package.state, package.error = "FAILED", "Package upload failed: the blobstore refused the bits"
+            else:
+                package.state = "READY"
+            package.updated_at = _now()
         return _json_resp(200, self._present_package(package))
 
     def _h_upload_package(self, req: _Req, guid: str) -> _Resp:
@@ -1519,6 +1786,8 @@ class FakeCloudFoundry:
         if package.state != "READY":
             raise _unprocessable("Package must be in READY state to stage")
         app = self._get(self._apps, package.app_guid, "App")
+        if package.type == "docker" and not self.feature_flags.get("diego_docker"):
+            raise _CCError(403, 330002, "CF-FeatureDisabled", "Feature Disabled: diego_docker")
         build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user)
         self._builds.append(build)
         return _json_resp(201, self._present_build(build))
@@ -1606,6 +1875,13 @@ class FakeCloudFoundry:
     def _h_get_revision(self, req: _Req, guid: str) -> _Resp:
         return _json_resp(200, self._present_revision(self._get(self._revisions, guid, "Revision")))
 
+    def _h_revision_env(self, req: _Req, guid: str) -> _Resp:
+        revision: _Revision = self._get(self._revisions, guid, "Revision")
+        return _json_resp(200, {"var": copy.deepcopy(revision.env),
+                                "links": {"self": self._href(f"/v3/revisions/{guid}/environment_variables"),
+                                          "revision": self._href(f"/v3/revisions/{guid}"),
+                                          "app": self._href(f"/v3/apps/{revision.app_guid}")}})
+
     def _latest_revision(self, app: _App) -> _Revision | None:
         revisions = self._revisions_of(app)
         return revisions[-1] if revisions else None
@@ -1691,6 +1967,9 @@ class FakeCloudFoundry:
         if strategy not in ("rolling", "canary"):
             raise _unprocessable(f"Strategy '{strategy}' is not implemented by the stand-in (rolling, canary)"
                                  if strategy == "recreate" else "Strategy must be one of rolling, canary")
+        if "options" in body and _version(self.cc_version) < _version(MAX_IN_FLIGHT_SINCE):
+            # Before CC 3.173.0 `options` was no allowed key: BaseMessage's unknown-field check.
+            raise _unprocessable("Unknown field(s): 'options'")
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise _unprocessable("Options must be an object")
@@ -1735,17 +2014,20 @@ class FakeCloudFoundry:
                                  revision.version, original, web_instances=options.get("web_instances"),
                                  memory_in_mb=options.get("memory_in_mb"),
                                  state="PREPAUSED" if strategy == "canary" else "DEPLOYING")
+        deployment.previous_env, deployment.previous_image = copy.deepcopy(app.running_env), app.running_image
         self._deployments.append(deployment)
 
         if app.state == "STOPPED":
-            # A stopped app has nothing to roll: CC starts it and finalizes the deployment at once.
+            # A stopped app has nothing to roll: CC starts it and finalizes the deployment at once,
+            # whatever its instances then do (DEPLOYED says nothing about their health).
             web = app.web
+            self._check_quota(app, deployment.web_instances or web.instances, deployment.memory_in_mb or web.memory_in_mb)
             web.revision_guid = revision.guid
             if deployment.web_instances is not None:
                 web.instances = deployment.web_instances
             if deployment.memory_in_mb is not None:
                 web.memory_in_mb = deployment.memory_in_mb
-            app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
+            self._start_instances(app)
             deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
             return _json_resp(201, self._present_deployment(deployment))
 
@@ -1762,9 +2044,15 @@ class FakeCloudFoundry:
                            health_check_timeout=newest.health_check_timeout,
                            health_check_invocation_timeout=newest.health_check_invocation_timeout,
                            health_check_interval=newest.health_check_interval, revision_guid=revision.guid)
+        self._check_quota(app, process.instances, process.memory_in_mb)
         app.processes.append(process)
         deployment.deploying_process_guid = process.guid
         deployment.new_processes = [{"guid": process.guid, "type": "web"}]
+        # The new instances start with today's env and the new droplet; the old ones keep serving.
+        deployment.running_env, deployment.running_image = copy.deepcopy(app.env), droplet.image
+        if self._crash_reason(deployment.running_env, deployment.running_image) is not None:
+            app.running_env, app.running_image = deployment.running_env, deployment.running_image
+            self._record_crashes(app, process)
         return _json_resp(201, self._present_deployment(deployment))
 
     def _advance_deployment(self, deployment: _Deployment) -> None:
@@ -1783,14 +2071,16 @@ class FakeCloudFoundry:
                 app.web.instances = deployment.original_instances
             deployment.set_status("CANCELED", "FINALIZED", "CANCELED")
             return
-        if self.faults.deployment_never_healthy:
-            return  # the new instances never pass their health check
+        if self.faults.deployment_never_healthy or self._crash_reason(deployment.running_env,
+                                                                      deployment.running_image) is not None:
+            return  # the new instances never pass their health check: CC keeps waiting
         if deployment.state == "PREPAUSED":
             deployment.set_status("PAUSED", "ACTIVE", "PAUSED")  # the canary is up; wait for continue
             return
         if process is not None:
             process.instances = deployment.web_instances or deployment.original_instances
             app.processes = [process]
+        app.running_env, app.running_image = deployment.running_env, deployment.running_image
         deployment.last_healthy_at = _now()
         deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
 
@@ -1812,10 +2102,11 @@ class FakeCloudFoundry:
                                  f"{deployment.status_reason}")
         app = self._get(self._apps, deployment.app_guid, "App")
         app.droplet_guid = deployment.previous_droplet_guid  # DeploymentCancel restores it at once
+        app.running_env, app.running_image = deployment.previous_env, deployment.previous_image
         deployment.set_status("CANCELING", "ACTIVE", "CANCELING")
-        # Real CC answers `head :ok` (empty body); the 3.195.0 contract documents the deployment as the
-        # body. The stand-in follows the contract, so a client must not depend on this body.
-        return _json_resp(200, self._present_deployment(deployment))
+        # DeploymentsController#cancel ends in `head :ok`: an empty 200, whatever the 3.195.0 contract
+        # documents (an erratum in tests/fakes/test_cf_stand_in.py).
+        return _Resp(200, b"", {})
 
     def _h_continue_deployment(self, req: _Req, guid: str) -> _Resp:
         deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
@@ -2049,6 +2340,18 @@ class FakeCloudFoundry:
             if policy in self._policies:
                 self._policies.remove(policy)
         return _json_resp(200, {})
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def _jwt(claims: Mapping[str, Any], key: bytes) -> str:
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing = part(b'{"alg":"HS256","typ":"JWT"}') + "." + part(json.dumps(claims).encode())
+    return signing + "." + part(hmac.new(key, signing.encode(), hashlib.sha256).digest())
 
 
 def _user_guid(name: str) -> str:

@@ -13,8 +13,11 @@ networking policy API or UAA at all (``NOT_IN_CONTRACT``); those are held to the
 """
 from __future__ import annotations
 
+import base64
 import copy
 import io
+import json
+import os
 import re
 import time
 import uuid
@@ -140,6 +143,11 @@ def _droplet_buildpack_receipts(spec: dict[str, Any]) -> None:
                                  for name in ("name", "detect_output", "version", "buildpack_name")}}}
 
 
+def _empty_cancel(spec: dict[str, Any]) -> None:
+    spec["paths"]["/v3/deployments/{guid}/actions/cancel"]["post"]["responses"]["200"] = {
+        "description": "cancelled (empty body)"}
+
+
 def _deployment_enums(spec: dict[str, Any]) -> None:
     _property(spec, "Deployment_status", "reason")["enum"] += ["CANCELING", "PAUSED"]
     _property(spec, "Deployment", "state")["enum"] += ["PREPAUSED", "PAUSED"]
@@ -195,10 +203,18 @@ ERRATA: list[Erratum] = [
             _deployment_enums),
     Erratum("ServiceInstance.dashboard_url is a non-nullable string",
             "it is null when the broker gives none", lambda s: _nullable(s, "ServiceInstance", "dashboard_url")),
+    Erratum("in PATCH /v3/apps/:guid, metadata label and annotation values are non-nullable strings",
+            "null deletes a label or annotation (CC docs 'Metadata'; MetadataUpdate#update)",
+            lambda s: [s["components"]["schemas"]["updateApp_request_metadata"]["properties"][kind]
+                       ["additionalProperties"].__setitem__("nullable", True) for kind in ("labels", "annotations")]),
+    Erratum("FeatureFlag.updated_at is a non-nullable timestamp",
+            "a flag never changed from its default has no row, so its updated_at is null (FeatureFlagsController)",
+            lambda s: _nullable(s, "FeatureFlag", "updated_at")),
+    Erratum("POST /v3/deployments/:guid/actions/cancel answers the deployment",
+            "DeploymentsController#cancel ends in `head :ok`: an empty 200", _empty_cancel),
 ]
-# Not patched, because the stand-in follows the contract there: POST .../actions/cancel answers the
-# deployment (contract) where real CC answers an empty 200 (`head :ok`) -- clients must not read it;
-# and deployments carry the deprecated "state" field the contract requires but newer CC dropped.
+# Not patched, because the stand-in follows the contract there: deployments carry the deprecated
+# "state" field the contract requires but newer CC dropped.
 # Also: the document itself fails openapi-spec-validator (bearerFormat on OAuth2 schemes), so it is
 # loaded without spec validation.
 
@@ -275,7 +291,17 @@ def _describe(error: BaseException) -> str:
 @pytest.fixture(scope="module")
 def contract() -> Contract | None:
     # Parsed once per module: the document is 750 KB.
-    return Contract.load(CONTRACT_PATH) if CONTRACT_PATH.exists() else None
+    return load_contract()
+
+
+def load_contract() -> Contract | None:
+    """The contract; None only off CI. In CI a missing contract fails loudly: the checks must never
+    switch themselves off and pass unvalidated."""
+    if CONTRACT_PATH.exists():
+        return Contract.load(CONTRACT_PATH)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: no CC v3 contract at {CONTRACT_PATH}; shared/ must lie beside the clone")
+    return None
 
 
 @pytest.fixture
@@ -497,8 +523,19 @@ def test_networking_api_has_the_policy_servers_auth_errors(cf: FakeCloudFoundry)
     url = f"{cf.url}/networking/v1/external/policies"
     missing = requests.get(url, timeout=10)
     invalid = requests.get(url, headers={"Authorization": "bearer nope"}, timeout=10)
-    assert (missing.status_code, missing.json()) == (401, {"error": "authenticator: missing authorization header"})
-    assert (invalid.status_code, invalid.json()) == (403, {"error": "authenticator: failed to verify token with uaa"})
+    assert (missing.status_code, missing.json()) == (401, {"error": "missing authorization header"})
+    assert (invalid.status_code, invalid.json()) == (401, {"error": "failed to verify token with uaa"})
+
+
+def test_a_token_without_network_write_is_refused_by_the_policy_server() -> None:
+    with FakeCloudFoundry(without_scopes={"network.write"}) as cf:
+        token = password_token(cf)["access_token"]
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert "network.write" not in claims["scope"] and claims["user_name"] == "deployer"
+        resp = requests.get(f"{cf.url}/networking/v1/external/policies", timeout=10,
+                            headers={"Authorization": f"bearer {token}"})
+        assert resp.status_code == 403
+        assert resp.json()["error"].endswith("do not include allowed scopes [network.admin network.write]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -752,8 +789,10 @@ def test_cancel_goes_canceling_then_canceled_and_restores_the_droplet(api: Api, 
     second = api.stage_docker(app_guid, "registry:3")
     deployment = api.deploy(app_guid, second)
     assert cf.app("mirror")["droplet_guid"] == second  # switched at creation
-    canceled = api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200).json()
-    assert (canceled["status"]["value"], canceled["status"]["reason"]) == ("ACTIVE", "CANCELING")
+    assert api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200).content == b""
+    canceled = api.get(f"/v3/deployments/{deployment['guid']}")
+    assert (canceled["status"]["value"], canceled["status"]["reason"]) in {("ACTIVE", "CANCELING"),
+                                                                           ("FINALIZED", "CANCELED")}
     assert cf.app("mirror")["droplet_guid"] == first  # restored at once
     final = api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
     assert (final["status"]["value"], final["status"]["reason"]) == ("FINALIZED", "CANCELED")
@@ -1010,3 +1049,14 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     api.get(f"/v3/service_credential_bindings/{key['guid']}/details")
     missing = CONTRACT_OPERATIONS - contract.validated
     assert not missing, f"contract operations never validated: {sorted(missing)}"
+
+
+def test_a_missing_contract_fails_in_ci_instead_of_switching_the_checks_off(monkeypatch, tmp_path: Path) -> None:
+    import tests.fakes.test_cf_stand_in as module
+
+    monkeypatch.setattr(module, "CONTRACT_PATH", tmp_path / "absent.yaml")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no CC v3 contract"):
+        module.load_contract()
+    monkeypatch.delenv("CI")
+    assert module.load_contract() is None  # off CI, a developer without shared/ still runs the rest
