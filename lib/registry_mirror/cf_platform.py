@@ -1,18 +1,22 @@
 """The Cloud Foundry platform: deploy, roll back and inspect the mirror and its proxy through CC v3.
 
 Each app goes: apply manifest -> package (docker image pinned by digest for the mirror; the rendered
-nginx.conf as bits for the proxy) -> build -> rolling deployment polled to FINALIZED with a
-deadline. A deploy whose inputs did not change since the last successful one is skipped: the
-digest of those inputs is kept in the app's environment (MIRROR_RUNBOOK_DIGEST) once a deployment
-succeeds. Failures follow the environment's policy: `stop` leaves the deployment for debugging,
-`cancel` cancels it and waits until the previous droplet serves again.
+nginx.conf as bits for the proxy) -> build -> rolling deployment polled to FINALIZED -> every
+instance RUNNING through a settle window (cf_health). Only then is the fingerprint of the inputs
+recorded, as an annotation: metadata makes no revision, where an env change after a deployment
+would make every restart a new one. A deploy whose inputs match the fingerprint is skipped only
+while its instances serve. Failures follow the environment's policy: `stop` leaves everything for
+debugging, `cancel` cancels (or redeploys the previous droplet) and waits until it serves again.
+
+Credentials live in the app's environment, which every revision captures; so a rollback never
+deploys a revision as it was: it deploys that revision's droplet with that revision's configuration
+and today's credentials (see README "Rollback keeps today's credentials").
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import secrets as _random
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +25,22 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from .cf_capabilities import capabilities, capability_checks
+from .cf_health import InstancesUnhealthy, crash_reason, wait_serving
 from .cf_session import CfApiError, CfCredentials, CfSession
-from .credentials import Secret, upstream_password
+from .credentials import Secret, secret_from_env, upstream_password
 from .deploy_report import DeployReport, StepRecorder, Unchanged
 from .errors import DeployError, PreflightError, RunbookError
 from .parameters import CloudFoundrySettings, Settings
 from .preflight import Check, PreflightReport
-from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
+from .registry_config import SECRET_ENV, Listener, S3Location, registry_config, registry_config_yaml
 from .rendering import ClientConfigs, render_cf_manifests, render_client_configs
 from .security_rules import SecurityRules
 
 Component = Literal["registry", "proxy"]
-DIGEST_VAR = "MIRROR_RUNBOOK_DIGEST"
+FINGERPRINT = "registry-mirror.cloud.gov/fingerprint"  # annotation: the inputs the running app was deployed from
+LEGACY_DIGEST_VAR = "MIRROR_RUNBOOK_DIGEST"  # where earlier versions kept it, in the env: removed on deploy
+CREDENTIAL_VARS = frozenset(SECRET_ENV.values())  # never rolled back: a revision's copies may be revoked
 MIRROR_PORT = 5000
 
 
@@ -86,8 +94,10 @@ class CloudFoundryPlatform:
         """Read-only checks; any failure stops the runbook before a change."""
         checks: list[Check] = []
         try:
-            CfCredentials.from_env()
-            checks.append(Check("CF credentials", True, "present in the environment"))
+            if self._session is None:
+                CfCredentials.from_env()
+            checks.append(Check("CF credentials", True, "present in the environment" if self._session is None
+                                else f"given with the session ({self._session.credentials.name})"))
         except RunbookError as exc:  # SecretMissingError: which variables to set
             return PreflightReport([Check("CF credentials", False, str(exc))])
         try:
@@ -97,11 +107,15 @@ class CloudFoundryPlatform:
             checks.append(Check("org and space", space is not None,
                                 f"{self.cf.org}/{self.cf.space}" + ("" if space else " not found")))
             if space is not None:
-                for component in ("registry", "proxy"):
-                    app = self._app(component)
+                apps = {component: self._app(component) for component in ("registry", "proxy")}
+                for component, app in apps.items():
                     active = self._active_deployments(app["guid"]) if app else []
                     checks.append(Check(f"no deployment active ({self._app_name(component)})", not active,
                                         f"active: {active[0]['guid']}" if active else "none"))
+                service = self.session.list_all("/v3/service_instances", {
+                    "names": self.cf.s3_service_instance, "space_guids": space["guid"]})
+                checks += capability_checks(self.session, self.settings, space,
+                                            first_deploy=not any(apps.values()), service_exists=bool(service))
         except (PreflightError, CfApiError) as exc:
             checks.append(Check("CF API", False, str(exc)))
         try:
@@ -110,8 +124,21 @@ class CloudFoundryPlatform:
                                 "configured" if self.settings.upstream.username else "anonymous (lower rate limit)"))
         except Exception as exc:  # noqa: BLE001
             checks.append(Check("upstream credentials", False, str(exc)))
+        if self.settings.registry.image_pull_password_env:
+            try:
+                self._image_pull_password()
+                checks.append(Check("registry image pull credentials", True,
+                                    f"{self.settings.registry.image_pull_username}, password from the environment"))
+            except RunbookError as exc:
+                checks.append(Check("registry image pull credentials", False, str(exc)))
         checks.extend(self._image_checks())
         return PreflightReport(checks)
+
+    def _image_pull_password(self) -> Secret:
+        name = self.settings.registry.image_pull_password_env
+        assert name is not None
+        return secret_from_env(name, purpose=f"password of {self.settings.registry.image_pull_username} for "
+                                             "pulling the registry image")
 
     def _image_checks(self) -> list[Check]:
         # The registry panics at start when it cannot reach its upstream (distribution #4038), and a
@@ -153,35 +180,50 @@ class CloudFoundryPlatform:
     def _deploy_app(self, steps: StepRecorder, component: Component, manifests: Any, key: S3Key | None) -> None:
         name = self._app_name(component)
         manifest = manifests.mirror if component == "registry" else manifests.proxy
-        secret_env = self._secret_env(key) if component == "registry" else {}
-        digest = self._digest(component, manifest, manifests.proxy_nginx_conf, secret_env)
         app = self._app(component)
-        if app is not None and app["state"] == "STARTED" and self._env(app).get(DIGEST_VAR) == digest:
-            steps.unchanged(name, "deploy", f"digest {digest} already deployed")
-            return
+        secret_env = self._secret_env(key, app) if component == "registry" else {}
+        fingerprint = self._digest(component, manifest, manifests.proxy_nginx_conf, secret_env)
+        if app is not None and app["state"] == "STARTED" and _annotation(app) == fingerprint:
+            # Same inputs: unchanged only if the instances serve now, through a settle window (a
+            # crash-looping app shows RUNNING between crashes).
+            settle = self.cf.health_settle_seconds
+            try:
+                health = wait_serving(self.session, app, timeout=2 * settle + self.poll_interval, settle=settle,
+                                      interval=self.poll_interval, clock=self.session.clock)
+                steps.unchanged(name, "deploy", f"fingerprint {fingerprint} deployed; {health.summary()}")
+                return
+            except InstancesUnhealthy as exc:
+                steps.unchanged(name, "inputs unchanged", f"but not serving ({exc}): deploying again")
         space = self._space()
         steps.run(name, "apply manifest", lambda: self._apply_manifest(space["guid"], manifest))
-        app = self._app(component) or {"guid": "<new app>", "state": "STOPPED"}
-        if secret_env:
-            steps.run(name, "set secrets in app environment", lambda: self._patch_env(app, secret_env),
+        app = self._app(component) or {"guid": "<new app>", "name": name, "state": "STOPPED"}
+        legacy = not app["guid"].startswith("<") and LEGACY_DIGEST_VAR in self._env(app)
+        env_changes = {**secret_env, **({LEGACY_DIGEST_VAR: None} if legacy else {})}
+        if env_changes:
+            steps.run(name, "set secrets in app environment", lambda: self._patch_env(app, env_changes),
                       detail=f"{len(secret_env)} variables (values hidden)")
         previous = self._current_droplet(app)
         package = self._package(steps, component, app, manifests.proxy_nginx_conf)
         droplet = self._build(steps, component, app, package, previous)
         self._rolling_deployment(steps, component, app, droplet, previous)
-        steps.run(name, "record deployed digest", lambda: self._patch_env(app, {DIGEST_VAR: digest}),
-                  detail=digest)
+        steps.run(name, "record fingerprint", lambda: self._annotate(app, fingerprint),
+                  detail=f"annotation {FINGERPRINT}={fingerprint}")
 
     def _package(self, steps: StepRecorder, component: Component, app: dict, nginx_conf: str) -> dict:
         name = self._app_name(component)
         result: dict[str, Any] = {"guid": "<planned package>"}
 
         def docker() -> str:
+            data: dict[str, Any] = {"image": self.settings.registry.image}
+            if self.settings.registry.image_pull_username:
+                # Diego pulls the image as this account, not from the shared anonymous allowance.
+                data |= {"username": self.settings.registry.image_pull_username,
+                         "password": self._image_pull_password().reveal()}
             resp = self.session.send("POST", "/v3/packages", json={
-                "type": "docker", "data": {"image": self.settings.registry.image},
-                "relationships": {"app": {"data": {"guid": app["guid"]}}}})
+                "type": "docker", "data": data, "relationships": {"app": {"data": {"guid": app["guid"]}}}})
             result.update(resp.json() if resp is not None else {})
-            return f"package {result['guid']} ({self.settings.registry.image})"
+            pulled_as = f", pulled as {data['username']}" if "username" in data else ""
+            return f"package {result['guid']} ({self.settings.registry.image}{pulled_as})"
 
         def bits() -> str:
             resp = self.session.send("POST", "/v3/packages", json={
@@ -190,8 +232,11 @@ class CloudFoundryPlatform:
             result.update(resp.json())
             self.session.send("POST", f"/v3/packages/{result['guid']}/upload",
                               files={"bits": ("app.zip", _proxy_bits(nginx_conf), "application/zip")})
-            self._poll(f"/v3/packages/{result['guid']}", lambda p: p["state"] in ("READY", "FAILED"),
-                       timeout=300, what=f"package {result['guid']}")
+            done = self._poll(f"/v3/packages/{result['guid']}", lambda p: p["state"] in ("READY", "FAILED"),
+                              timeout=300, what=f"package {result['guid']}")
+            if done["state"] == "FAILED":
+                raise DeployError(f"{name}: package {result['guid']} FAILED: "
+                                  f"{(done.get('data') or {}).get('error') or 'CF gave no reason'}")
             return f"package {result['guid']} (nginx.conf, allow-list inside)"
 
         steps.run(name, "create package", docker if component == "registry" else bits)
@@ -222,40 +267,79 @@ class CloudFoundryPlatform:
         def deploy() -> str:
             deployment = self._start_deployment(app, {"droplet": {"guid": droplet["guid"]}})
             try:
-                done = self._wait_finalized(deployment["guid"], what=f"deployment {deployment['guid']}")
-            except TimeoutError as exc:
-                self._after_failure(component, app, deployment["guid"], previous, str(exc))
-            reason = done["status"].get("reason")
-            if reason != "DEPLOYED":
-                self._after_failure(component, app, None, previous, f"deployment {deployment['guid']} ended {reason}")
-            return f"deployment {deployment['guid']} DEPLOYED (rolling, max_in_flight {self.cf.max_in_flight})"
+                done = self._wait_deployed(app, deployment)
+                health = self._wait_serving(app, since=deployment["created_at"])
+            except (TimeoutError, InstancesUnhealthy) as exc:
+                active = deployment["guid"] if self._deployment_active(deployment["guid"]) else None
+                self._after_failure(component, app, active, previous, str(exc))
+                raise  # _after_failure always raises; this keeps type checkers and readers sure
+            return (f"deployment {deployment['guid']} {done['status'].get('reason')}; "
+                    f"{health.running}/{health.desired} instances RUNNING for {self.cf.health_settle_seconds:g} s")
 
-        steps.run(name, "rolling deployment", deploy)
+        steps.run(name, "rolling deployment, then instance health", deploy)
+
+    def _wait_deployed(self, app: dict, deployment: dict) -> dict:
+        """Poll the deployment to FINALIZED/DEPLOYED; a crash of its new instances ends the wait early
+        (CC itself waits on them forever)."""
+        deadline = self.session.clock() + self.cf.deploy_timeout_seconds
+        while True:
+            current = self.session.get(f"/v3/deployments/{deployment['guid']}")
+            status = current["status"]
+            if status["value"] == "FINALIZED":
+                if status.get("reason") != "DEPLOYED":
+                    raise InstancesUnhealthy(f"deployment {deployment['guid']} ended {status.get('reason')}")
+                return current
+            reason = crash_reason(self.session, app, since=deployment["created_at"])
+            if reason is not None:
+                raise InstancesUnhealthy(f"{app['name']}: new instances crash: {reason}")
+            if self.session.clock() >= deadline:
+                raise TimeoutError(f"deployment {deployment['guid']} not finished after "
+                                   f"{self.cf.deploy_timeout_seconds} s")
+            self.session.sleep(self.poll_interval)
+
+    def _wait_serving(self, app: dict, *, since: str | None = None) -> Any:
+        return wait_serving(self.session, app, timeout=self.cf.deploy_timeout_seconds,
+                            settle=self.cf.health_settle_seconds, interval=self.poll_interval,
+                            clock=self.session.clock, since=since)
+
+    def _deployment_active(self, guid: str) -> bool:
+        return self.session.get(f"/v3/deployments/{guid}")["status"]["value"] == "ACTIVE"
 
     def _after_failure(self, component: Component, app: dict, deployment: str | None, previous: str | None,
                        what: str) -> None:
         """Apply the environment's failure policy, then raise."""
         name = self._app_name(component)
         if self.settings.on_failure == "stop":
-            left = f"; deployment {deployment} left ACTIVE for debugging" if deployment else ""
+            left = f"; deployment {deployment} left ACTIVE for debugging" if deployment else "; left as it is"
             raise DeployError(f"{name}: {what}{left} (on_failure: stop)")
-        outcome = ""
+        outcome = []
         if deployment is not None:
             self.session.send("POST", f"/v3/deployments/{deployment}/actions/cancel")
             self._wait_finalized(deployment, what=f"cancel of {deployment}")
-            outcome = f"deployment {deployment} cancelled; "
-        serving = self._current_droplet(app)
-        running = self._running_instances(app)
-        if previous is not None and serving == previous and running > 0:
-            raise DeployError(f"{name}: {what}; {outcome}previous droplet {previous} serves again "
-                              f"({running} instance(s) running) (on_failure: cancel)")
-        raise DeployError(f"{name}: {what}; {outcome}previous droplet NOT confirmed serving "
-                          f"(current {serving}, {running} running): check the app now (on_failure: cancel)")
+            outcome.append(f"deployment {deployment} cancelled")
+        elif previous is not None and self._current_droplet(app) != previous:
+            # Already finalized (e.g. the app was stopped): deploy what served before, with today's env.
+            again = self._start_deployment(app, {"droplet": {"guid": previous}})
+            self._wait_finalized(again["guid"], what=f"redeploy of {previous}")
+            outcome.append(f"previous droplet {previous} deployed again")
+        if previous is None:
+            # A first deploy has nothing to go back to; stopped, it does not crash-loop meanwhile.
+            self.session.send("POST", f"/v3/apps/{app['guid']}/actions/stop")
+            raise DeployError(f"{name}: {what}; first deploy, nothing to go back to: app stopped "
+                              "(on_failure: cancel)")
+        try:
+            health = self._wait_serving(app)
+        except (TimeoutError, InstancesUnhealthy) as exc:
+            raise DeployError(f"{name}: {what}; {'; '.join(outcome) or 'nothing to cancel'}; previous droplet "
+                              f"NOT serving ({exc}): check the app now (on_failure: cancel)") from None
+        raise DeployError(f"{name}: {what}; {'; '.join(outcome) or 'nothing to cancel'}; previous droplet "
+                          f"{previous} serves again ({health.running} instance(s) running) (on_failure: cancel)")
 
     # ------------------------------------------------------------------ rollback
 
     def rollback(self, *, component: Component, revision: str | None = None, dry_run: bool = False) -> DeployReport:
-        """Cancel an active deployment, or deploy a chosen (default: the previous) revision again."""
+        """Cancel an active deployment; or deploy an earlier revision's droplet and configuration again,
+        with today's credentials (the revision's own may be rotated away since)."""
         report = DeployReport(platform="cloudfoundry", dry_run=dry_run, endpoint=self.endpoint)
         steps = StepRecorder(report)
         self.session.dry_run = dry_run
@@ -275,15 +359,23 @@ class CloudFoundryPlatform:
                 steps.run(name, "cancel active deployment", cancel, detail=f"POST /v3/deployments/{guid}/actions/cancel")
             else:
                 target = self._rollback_revision(app, revision)
+                then = self.session.get(f"/v3/revisions/{target['guid']}/environment_variables").get("var") or {}
+                now = self._env(app)
+                env = {k: v for k, v in then.items() if k not in CREDENTIAL_VARS and k != LEGACY_DIGEST_VAR}
+                env |= {k: v for k, v in now.items() if k in CREDENTIAL_VARS}
+                changes: dict[str, str | None] = {**env, **{k: None for k in now if k not in env}}
+                steps.run(name, f"configuration of revision {target['version']}, today's credentials",
+                          lambda: self._patch_env(app, changes),
+                          detail=f"{len(env)} variables, {len(CREDENTIAL_VARS & set(env))} credentials kept")
+                # Whatever the fingerprint said no longer runs: the next deploy must apply the params.
+                steps.run(name, "forget fingerprint", lambda: self._annotate(app, None))
 
                 def redeploy() -> str:
-                    guid = self._start_deployment(app, {"revision": {"guid": target["guid"]}})["guid"]
-                    done = self._wait_finalized(guid, what=f"rollback deployment {guid}")
-                    if done["status"].get("reason") != "DEPLOYED":
-                        raise DeployError(f"rollback deployment {guid} ended {done['status'].get('reason')}")
-                    return f"revision {target['version']} deployed again by {guid}"
-                steps.run(name, f"deploy revision {target['version']} again", redeploy,
-                          detail=f"POST /v3/deployments {{revision: {target['guid']}}}")
+                    deployment = self._start_deployment(app, {"droplet": {"guid": target["droplet"]["guid"]}})
+                    done = self._wait_deployed(app, deployment)
+                    return f"droplet of revision {target['version']} deployed again by {done['guid']}"
+                steps.run(name, f"deploy the droplet of revision {target['version']}", redeploy,
+                          detail=f"POST /v3/deployments {{droplet: {target['droplet']['guid']}}}")
             if not dry_run:
                 steps.run(name, "verify", lambda: self._verify_serving(app))
         except Exception as exc:
@@ -412,7 +504,7 @@ class CloudFoundryPlatform:
         return S3Key(S3Location(bucket=creds["bucket"], region=creds["region"]),
                      Secret("S3 access key", creds["access_key_id"]), Secret("S3 secret key", creds["secret_access_key"]))
 
-    def _secret_env(self, key: S3Key | None) -> dict[str, str]:
+    def _secret_env(self, key: S3Key | None, app: dict | None) -> dict[str, str]:
         if key is None:
             return {}
         env = {"REGISTRY_STORAGE_S3_ACCESSKEY": key.access_key.reveal(),
@@ -420,6 +512,10 @@ class CloudFoundryPlatform:
         password = upstream_password(self.settings)
         if password is not None:
             env["REGISTRY_PROXY_PASSWORD"] = password.reveal()
+        # Signs upload state: every instance must hold the same one, and a new one on every deploy
+        # would make every deploy a change. Kept once made.
+        current = self._env(app).get("REGISTRY_HTTP_SECRET") if app is not None else None
+        env["REGISTRY_HTTP_SECRET"] = current or _random.token_urlsafe(30)
         return env
 
     def _digest(self, component: Component, manifest: str, nginx_conf: str, secret_env: dict[str, str]) -> str:
@@ -430,13 +526,14 @@ class CloudFoundryPlatform:
         material += [hashlib.sha256(f"{k}={v}".encode()).hexdigest() for k, v in sorted(secret_env.items())]
         return hashlib.sha256("\n".join(material).encode()).hexdigest()[:20]
 
-    def _patch_env(self, app: dict, variables: dict[str, str]) -> str:
-        env = dict(variables)
-        if "REGISTRY_STORAGE_S3_SECRETKEY" in env:
-            # Signs upload state; pull-through takes no uploads, but all instances must agree on it.
-            env.setdefault("REGISTRY_HTTP_SECRET", _random.token_urlsafe(30))
-        self.session.send("PATCH", f"/v3/apps/{app['guid']}/environment_variables", json={"var": env})
-        return f"{len(env)} variable(s) set"
+    def _patch_env(self, app: dict, variables: dict[str, str | None]) -> str:
+        self.session.send("PATCH", f"/v3/apps/{app['guid']}/environment_variables", json={"var": variables})
+        return f"{sum(v is not None for v in variables.values())} variable(s) set"
+
+    def _annotate(self, app: dict, fingerprint: str | None) -> str:
+        self.session.send("PATCH", f"/v3/apps/{app['guid']}", json={"metadata": {"annotations": {
+            FINGERPRINT: fingerprint}}})
+        return "recorded" if fingerprint else "removed"
 
     def _apply_manifest(self, space_guid: str, manifest: str) -> str:
         resp = self.session.send("POST", f"/v3/spaces/{space_guid}/actions/apply_manifest",
@@ -495,16 +592,17 @@ class CloudFoundryPlatform:
         steps.run("routes", "verify", check)
 
     def _verify_serving(self, app: dict) -> str:
-        running = self._running_instances(app)
-        if running == 0:
-            raise DeployError(f"{app['name']}: no instance running after rollback")
-        return f"droplet {self._current_droplet(app)} serves, {running} instance(s) running"
+        health = self._wait_serving(app)
+        return (f"droplet {self._current_droplet(app)} serves: {health.running}/{health.desired} instance(s) "
+                f"RUNNING for {self.cf.health_settle_seconds:g} s")
 
     def _start_deployment(self, app: dict, source: dict) -> dict:
-        """A rolling deployment of a droplet or of an earlier revision."""
-        resp = self.session.send("POST", "/v3/deployments", json={
-            **source, "strategy": "rolling", "options": {"max_in_flight": self.cf.max_in_flight},
-            "relationships": {"app": {"data": {"guid": app["guid"]}}}})
+        """A rolling deployment of a droplet; `options` only where CC knows it (preflight said so)."""
+        body: dict[str, Any] = {**source, "strategy": "rolling",
+                                "relationships": {"app": {"data": {"guid": app["guid"]}}}}
+        if capabilities(self.session).max_in_flight:
+            body["options"] = {"max_in_flight": self.cf.max_in_flight}
+        resp = self.session.send("POST", "/v3/deployments", json=body)
         assert resp is not None  # only called from steps, which a dry run never runs
         return resp.json()
 
@@ -513,14 +611,14 @@ class CloudFoundryPlatform:
                           timeout=self.cf.deploy_timeout_seconds, what=what)
 
     def _poll(self, path: str, done: Callable[[dict], bool], *, timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
+        deadline = self.session.clock() + timeout
         while True:
             body = self.session.get(path)
             if done(body):
                 return body
-            if time.monotonic() >= deadline:
+            if self.session.clock() >= deadline:
                 raise TimeoutError(f"{what} not finished after {timeout:.0f} s")
-            time.sleep(self.poll_interval)
+            self.session.sleep(self.poll_interval)
 
     def _space(self, *, required: bool = True) -> dict | None:
         if self._space_guid is not None:
@@ -566,6 +664,10 @@ class CloudFoundryPlatform:
 
     def _active_deployments(self, app_guid: str) -> list[dict]:
         return self.session.list_all("/v3/deployments", {"app_guids": app_guid, "status_values": "ACTIVE"})
+
+
+def _annotation(app: dict) -> str | None:
+    return ((app.get("metadata") or {}).get("annotations") or {}).get(FINGERPRINT)
 
 
 def _same_policy(policy: dict, wanted: dict) -> bool:

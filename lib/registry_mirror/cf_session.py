@@ -1,19 +1,20 @@
-"""An authenticated, patient session with the Cloud Foundry API.
+"""An authenticated, patient session with the Cloud Foundry API (CC v3, UAA, the policy server).
 
-Login and token refresh come from `cloudfoundry-client`; everything else goes through its
-authenticated session as plain CC v3 / networking calls, because the library lacks deployments,
-builds, apply_manifest and process stats, and its networking create/delete are broken (FACTS 6).
-This layer adds what a runbook needs: a timeout on every call, retries with backoff on 429/5xx and
-connection errors, a re-login when a token cannot be refreshed, the CF request id of every failure,
-and a dry run in which no mutating call is sent.
+Plain requests, not `cloudfoundry-client`: that library sends token requests without a timeout or a
+retry, raises a bare OAuth error when a refresh fails, and drops the headers of an error answer, so
+a `Retry-After` could not be honoured (FACTS 6). Here every call, token requests included, has a
+timeout and retries with backoff on 429/5xx and connection errors, honouring `Retry-After`; an
+expired token is refreshed, and a refresh UAA refuses leads to a fresh login. Every failure carries
+CF's request id; a dry run sends no mutating call. `sleep` and `clock` are injectable, so tests
+measure waits on a fake clock instead of sleeping.
 """
 from __future__ import annotations
 
+import base64
 import json
-import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,11 +25,7 @@ from .credentials import Secret, secret_from_env
 from .errors import DeployError, PreflightError, SecretMissingError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
-
-# cloudfoundry-client logs every response body at DEBUG, service-key credentials and app env
-# included; keep those records from ever being made, whatever the root logger's level.
-for _name in ("cloudfoundry_client", "oauth2_client"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+CF_CLI_CLIENT = ("cf", "")  # UAA's public client for users, as the cf CLI logs in
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,16 @@ class CfApiError(DeployError):
 
 
 @dataclass
+class Token:
+    access: str
+    refresh: str | None
+    claims: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return f"Token(user={self.claims.get('user_name') or self.claims.get('client_id')!r}, hidden)"
+
+
+@dataclass
 class CfSession:
     api: str
     credentials: CfCredentials
@@ -82,50 +89,51 @@ class CfSession:
     backoff: float = 0.5
     dry_run: bool = False
     calls: list[CfCall] = field(default_factory=list)
-    _client: Any = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    http: requests.Session = field(default_factory=requests.Session)
+    root: dict[str, Any] | None = None
+    _token: Token | None = None
 
     def __repr__(self) -> str:
         return f"CfSession(api={self.api!r}, user={self.credentials.name!r}, dry_run={self.dry_run})"
 
-    # ------------------------------------------------------------------ login
+    # ------------------------------------------------------------------ login and capabilities
 
     def login(self) -> None:
         """Reach the API and log in; PreflightError with one clear sentence otherwise."""
-        from cloudfoundry_client.client import CloudFoundryClient
-        from oauth2_client.credentials_manager import OAuthError
+        self.root = self._reach_root()
+        if self.credentials.grant == "password":
+            form = {"grant_type": "password", "username": self.credentials.name,
+                    "password": self.credentials.secret.reveal()}
+            client = CF_CLI_CLIENT
+        else:
+            form = {"grant_type": "client_credentials"}
+            client = (self.credentials.name, self.credentials.secret.reveal())
+        self._token = self._token_request(form, client)
 
-        self._reach_root()
+    @property
+    def cc_version(self) -> tuple[int, ...]:
+        """CC's API version from the root document, e.g. (3, 195, 0); (0,) when it does not say."""
+        version = (((self.root or {}).get("links") or {}).get("cloud_controller_v3") or {}).get("meta", {})
         try:
-            if self.credentials.grant == "password":
-                client = CloudFoundryClient(self.api)
-                client.init_with_user_credentials(self.credentials.name, self.credentials.secret.reveal())
-            else:
-                client = CloudFoundryClient(self.api, client_id=self.credentials.name,
-                                            client_secret=self.credentials.secret.reveal())
-                client.init_with_client_credentials()
-        except OAuthError as exc:
-            raise PreflightError(f"Cloud Foundry login as {self.credentials.name} failed: "
-                                 f"{exc.error_description or exc.error} (check the CF credentials)") from None
-        except requests.RequestException as exc:
-            raise PreflightError(f"Cloud Foundry login endpoint unreachable ({exc.__class__.__name__})") from None
-        self._client = client
+            return tuple(int(part) for part in str(version.get("version", "")).split("."))
+        except ValueError:
+            return (0,)
 
-    def _reach_root(self) -> None:
-        # The library's own first request has no timeout and no retry; ask first ourselves, with both.
-        for attempt in range(1, self.retries + 2):
-            try:
-                root = requests.get(f"{self.api}/", timeout=self.timeout)
-            except requests.RequestException as exc:
-                problem = f"is unreachable ({exc.__class__.__name__})"
-            else:
-                if root.status_code == 200:
-                    return
-                problem = f"answered {root.status_code} to GET /"
-                if root.status_code not in RETRY_STATUSES:
-                    break
-            if attempt <= self.retries:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-        raise PreflightError(f"Cloud Foundry API {self.api} {problem}")
+    @property
+    def claims(self) -> dict[str, Any]:
+        """What the access token says about who we are (user_id or client_id, scope). Read, not
+        verified: UAA handed it to us over TLS, and CC and the policy server verify it on every call."""
+        if self._token is None:
+            self.login()
+        assert self._token is not None
+        return self._token.claims
+
+    @property
+    def user_guid(self) -> str:
+        # CC's user for a client-credentials token is the client itself.
+        return str(self.claims.get("user_id") or self.claims.get("client_id") or "")
 
     # ------------------------------------------------------------------ calls
 
@@ -162,53 +170,108 @@ class CfSession:
             return None
         return self._call(method, path, json=json, data=data, headers=headers, files=files)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        from cloudfoundry_client.errors import InvalidStatusCode
-
-        if self._client is None:
-            self.login()
-        url = self.api + path
-        attempt, relogged = 0, False
-        while True:
-            attempt += 1
-            try:
-                response = getattr(self._client, method.lower())(url, timeout=self.timeout, **_clean(kwargs))
-            except InvalidStatusCode as exc:
-                status, request_id = int(exc.status_code), exc.request_id or ""
-                self.calls.append(CfCall(method, path, status, request_id))
-                body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body)
-                # The library refreshes once on CC's 401; a client-credentials token has nothing to
-                # refresh with, and the policy server answers an expired token with 403.
-                if (status == 401 or status == 403 and path.startswith("/networking/")) and not relogged:
-                    relogged = True
-                    self.login()
-                    continue
-                if status in RETRY_STATUSES and attempt <= self.retries:
-                    time.sleep(self._delay(attempt, exc))
-                    continue
-                raise CfApiError(method, path, status, body, request_id) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                self.calls.append(CfCall(method, path, exc.__class__.__name__))
-                if attempt <= self.retries:
-                    time.sleep(self._delay(attempt, None))
-                    continue
-                raise DeployError(f"{method} {path}: no answer after {attempt} tries "
-                                  f"({exc.__class__.__name__})") from None
-            self.calls.append(CfCall(method, path, response.status_code,
-                                     response.headers.get("X-Vcap-Request-Id", "")))
-            return response
-
-    def _delay(self, attempt: int, exc: Any) -> float:
-        retry_after = None
-        headers = getattr(exc, "headers", None)
-        if headers and headers.get("Retry-After", "").isdigit():
-            retry_after = float(headers["Retry-After"])
-        return retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1)
-
     def failed_calls(self) -> list[CfCall]:
         """Calls that got an error status or no answer at all (a connection error names its class)."""
         return [c for c in self.calls
                 if c.sent and (isinstance(c.status, str) or c.status >= 400)]
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        if self._token is None:
+            self.login()
+        attempt, renewed = 0, False
+        while True:
+            attempt += 1
+            assert self._token is not None
+            headers = {**(kwargs.pop("headers", None) or {}), "Authorization": f"bearer {self._token.access}"}
+            try:
+                response = self.http.request(method, self.api + path, timeout=self.timeout, headers=headers,
+                                             **_clean(kwargs))
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                self.calls.append(CfCall(method, path, exc.__class__.__name__))
+                if attempt <= self.retries:
+                    self.sleep(self._delay(attempt, None))
+                    kwargs["headers"] = headers
+                    continue
+                raise DeployError(f"{method} {path}: no answer after {attempt} tries "
+                                  f"({exc.__class__.__name__})") from None
+            kwargs["headers"] = headers
+            request_id = response.headers.get("X-Vcap-Request-Id", "")
+            self.calls.append(CfCall(method, path, response.status_code, request_id))
+            # CC says 401 for an expired token; the policy server says 401 too (older ones 403).
+            if response.status_code == 401 and not renewed:
+                renewed = True
+                self._renew()
+                continue
+            if response.status_code in RETRY_STATUSES and attempt <= self.retries:
+                self.sleep(self._delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise CfApiError(method, path, response.status_code, response.text, request_id)
+            return response
+
+    def _renew(self) -> None:
+        """A new access token: by the refresh token while UAA takes it, else a fresh login."""
+        assert self._token is not None
+        if self._token.refresh:
+            try:
+                self._token = self._token_request({"grant_type": "refresh_token",
+                                                   "refresh_token": self._token.refresh}, CF_CLI_CLIENT)
+                return
+            except PreflightError:
+                pass  # refresh token expired or revoked: log in again with the credentials
+        self.login()
+
+    def _token_request(self, form: dict[str, str], client: tuple[str, str]) -> Token:
+        assert self.root is not None
+        links = self.root.get("links") or {}
+        uaa = ((links.get("login") or links.get("uaa")) or {}).get("href")
+        if not uaa:
+            raise PreflightError(f"Cloud Foundry API {self.api} names no login server in GET /")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.http.post(f"{uaa}/oauth/token", data=form, auth=client, timeout=self.timeout,
+                                          headers={"Accept": "application/json"})
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                self.calls.append(CfCall("POST", "/oauth/token", exc.__class__.__name__))
+                if attempt <= self.retries:
+                    self.sleep(self._delay(attempt, None))
+                    continue
+                raise PreflightError(f"Cloud Foundry login server {uaa} is unreachable "
+                                     f"({exc.__class__.__name__})") from None
+            self.calls.append(CfCall("POST", "/oauth/token", response.status_code))
+            if response.status_code in RETRY_STATUSES and attempt <= self.retries:
+                self.sleep(self._delay(attempt, response))
+                continue
+            if response.status_code != 200:
+                raise PreflightError(f"Cloud Foundry login as {self.credentials.name} failed: "
+                                     f"{_uaa_error(response)} (check the CF credentials)")
+            body = response.json()
+            return Token(body["access_token"], body.get("refresh_token"), _jwt_claims(body["access_token"]))
+
+    def _reach_root(self) -> dict[str, Any]:
+        for attempt in range(1, self.retries + 2):
+            try:
+                root = self.http.get(f"{self.api}/", timeout=self.timeout)
+            except requests.RequestException as exc:
+                problem, root = f"is unreachable ({exc.__class__.__name__})", None
+            else:
+                if root.status_code == 200:
+                    return root.json()
+                problem = f"answered {root.status_code} to GET /"
+                if root.status_code not in RETRY_STATUSES:
+                    break
+            if attempt <= self.retries:
+                self.sleep(self._delay(attempt, root))
+        raise PreflightError(f"Cloud Foundry API {self.api} {problem}")
+
+    def _delay(self, attempt: int, response: requests.Response | None) -> float:
+        """`Retry-After` seconds when the answer gives them (429, 503), else exponential backoff."""
+        retry_after = response.headers.get("Retry-After", "") if response is not None else ""
+        if retry_after.strip().isdigit():
+            return float(retry_after)
+        return self.backoff * 2 ** (attempt - 1)
 
 
 def _clean(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -221,3 +284,21 @@ def _cc_error_detail(body: str) -> str:
     except (ValueError, AttributeError):
         return body[:200]
     return "; ".join(f"{e.get('title', '')} {e.get('detail', '')}".strip() for e in errors)[:400]
+
+
+def _uaa_error(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    return str(body.get("error_description") or body.get("error") or f"HTTP {response.status_code}")
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        return json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return {}

@@ -157,6 +157,16 @@ class RegistrySettings(_Model):
     memory: Size
     cache_ttl: Duration = "168h"  # 3.x only: how long a cached tag lives; not emitted for 2.x
     log_level: Literal["error", "warn", "info", "debug"] = "info"
+    # CF only: the account Diego pulls the registry image with (anonymous pulls share a small limit);
+    # its password or access token comes from the environment variable named here.
+    image_pull_username: str | None = None
+    image_pull_password_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _pull_credentials(self) -> RegistrySettings:
+        if (self.image_pull_username is None) != (self.image_pull_password_env is None):
+            raise KeyedValueError("image_pull_username", "and image_pull_password_env go together")
+        return self
 
     @property
     def major(self) -> int:
@@ -247,6 +257,9 @@ class CloudFoundrySettings(_Model):
     max_in_flight: int = Field(default=1, ge=1, le=16)
     deploy_timeout_seconds: int = Field(default=900, ge=1, le=7200)  # per build and per deployment
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=60)  # how often jobs/builds/deployments are polled
+    # How long every instance must stay RUNNING before a deploy counts: a crash-looping instance is
+    # RUNNING for a moment between crashes.
+    health_settle_seconds: float = Field(default=10.0, ge=0, le=600)
     # The container (overlay) network apps talk over: silk-controller's `network`, 10.255.0.0/16 by default.
     # No trusted router range may overlap it, or any app there could forge its client address.
     container_network: Cidr = "10.255.0.0/16"

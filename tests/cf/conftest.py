@@ -154,7 +154,7 @@ class CfRunner:
         data["registry"]["image"] = f"registry:3.0.0@{self.hub.digest}"
         data["upstream"].update(url=self.hub.url, username=HUB_USER, password_env="TEST_DOCKERHUB_TOKEN")
         data["proxy"]["security_rules_file"] = str(rules)
-        data["cloudfoundry"].update({"api": self.cf.url, "poll_interval_seconds": 0.02,
+        data["cloudfoundry"].update({"api": self.cf.url, "poll_interval_seconds": 0.02, "health_settle_seconds": 0.1,
                                      "deploy_timeout_seconds": 20, "org": "cloud-gov", **cf_overrides})
         return data
 
@@ -171,7 +171,13 @@ class CfRunner:
 
 
 @pytest.fixture
-def runner(tmp_path: Path, docker_hub: Hub, cf: FakeCloudFoundry) -> CfRunner:
+def cf_env() -> dict[str, str]:
+    """The environment a pipeline job gives the runbooks: CF and upstream credentials, nothing else of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CF_", "TEST_"))}
     env.update(CF_USERNAME=CF_USER, CF_PASSWORD=CF_PASSWORD, TEST_DOCKERHUB_TOKEN=HUB_TOKEN)
-    return CfRunner(tmp_path, docker_hub, cf, env)
+    return env
+
+
+@pytest.fixture
+def runner(tmp_path: Path, docker_hub: Hub, cf: FakeCloudFoundry, cf_env: dict[str, str]) -> CfRunner:
+    return CfRunner(tmp_path, docker_hub, cf, cf_env)

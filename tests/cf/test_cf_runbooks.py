@@ -20,7 +20,7 @@ MIRROR_DEPLOY = [
     "POST /v3/packages",
     "POST /v3/builds",
     "POST /v3/deployments",
-    "PATCH /v3/apps/:guid/environment_variables",  # the deployed digest
+    "PATCH /v3/apps/:guid",  # the fingerprint annotation, once instances serve
 ]
 PROXY_DEPLOY = [
     "POST /v3/spaces/:guid/actions/apply_manifest",
@@ -28,7 +28,7 @@ PROXY_DEPLOY = [
     "POST /v3/packages/:guid/upload",
     "POST /v3/builds",
     "POST /v3/deployments",
-    "PATCH /v3/apps/:guid/environment_variables",
+    "PATCH /v3/apps/:guid",
 ]
 S3_CREATE = ["POST /v3/service_instances", "POST /v3/service_credential_bindings"]
 POLICY = ["POST /networking/v1/external/policies"]
@@ -186,9 +186,12 @@ def test_rollback_redeploys_the_previous_revision(runner: CfRunner, cf: FakeClou
     cf.clear_requests()
     run = runner.run("rollback.ipynb", params, confirm_rollback=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert mutating(cf) == ["POST /v3/deployments"]
+    # The first revision's configuration with today's credentials, then its droplet: never the
+    # revision itself, which would bring back the credentials it captured.
+    assert mutating(cf) == ["PATCH /v3/apps/:guid/environment_variables", "PATCH /v3/apps/:guid",
+                            "POST /v3/deployments"]
     rollback = [r for r in cf.requests if r.method == "POST" and r.path == "/v3/deployments"][0]
-    assert "revision" in rollback.body
+    assert rollback.body["droplet"] == {"guid": first} and "revision" not in rollback.body
     assert cf.app("docker-registry-mirror")["droplet_guid"] == first
 
 
