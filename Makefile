@@ -68,3 +68,4 @@ clean: down
 bench: bootstrap
 	$(BIN)/python bench/deploy_overhead.py
 	$(BIN)/python bench/blob_throughput.py
+	cd bench && ../$(BIN)/python resilience.py

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
 
 from registry_mirror.http_clients import client_from
 
+from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.parameters import Settings, load_params_file
-from registry_mirror.processes import free_port
+from registry_mirror.processes import ProcessRecord, free_port, gone
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -44,3 +49,26 @@ def client(source: str = "127.0.0.1") -> requests.Session:
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def private_stack(settings: Settings) -> Iterator[LocalPlatform]:
+    """A stack of the test's own, deployed; afterwards every process it ever recorded is gone, its
+    leftovers (an nginx master's workers) included. Frozen processes (SIGSTOP) are woken first."""
+    platform = LocalPlatform(settings, settings.load_security_rules())
+    seen: dict[str, ProcessRecord] = {}
+
+    def recorded() -> dict[str, ProcessRecord]:
+        return dict(StackState.load(platform.paths.state_file).processes)
+
+    try:
+        platform.deploy()
+        yield platform
+    finally:
+        seen.update(recorded())
+        for record in seen.values():
+            if record.alive():
+                os.kill(record.pid, signal.SIGCONT)
+        platform.down()
+        left = [f"{r.name} (pid {r.pid})" for r in [*seen.values(), *recorded().values()] if not gone(r)]
+        assert not left, f"processes left running: {left}"

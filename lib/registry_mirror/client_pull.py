@@ -21,9 +21,11 @@ class PullResult:
     layers: int
     bytes: int
     seconds: float
+    note: str = ""  # what else the operator must know, e.g. that S3 is down and the cache served it
 
     def verdict(self) -> str:
-        return f"PULLED {self.image} ({self.layers} layer(s), {self.bytes} bytes) in {self.seconds:.2f} s"
+        pulled = f"PULLED {self.image} ({self.layers} layer(s), {self.bytes} bytes) in {self.seconds:.2f} s"
+        return f"{pulled}; {self.note}" if self.note else pulled
 
 
 def pull_with_skopeo(image: str, *, registries_conf: str, destination: Path | None = None,

@@ -32,7 +32,7 @@ from .processes import (
     ProcessRecord, gone, port_is_free, reap_session, session_members, stop_process, wait_until,
 )
 from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
-from .rendering import BlobCache, ClientConfigs, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
+from .rendering import BlobCache, ClientConfigs, ManifestCache, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
 from .sample_images import SAMPLE_IMAGES, seed_registry
 from .security_rules import SecurityRules
 from .worker_access import WorkerAccess, WorkerUserMissing, worker_access
@@ -219,6 +219,10 @@ class LocalPlatform:
         state = StackState.load(self.paths.state_file)
         return {n: r for n, r in state.processes.items() if r.alive()}
 
+    def storage_answers(self) -> bool:
+        """Does S3 take a signed write, read and delete now?"""
+        return self._answers("s3-gateway")
+
     def mirror_sockets(self) -> list[Path]:
         state = StackState.load(self.paths.state_file)
         return [self.paths.mirror_socket(n) for n in state.mirrors]
@@ -380,7 +384,9 @@ class LocalPlatform:
         cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.blob_cache))
         return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers],
                                  public_host=self.endpoint, expose_catalog=self.settings.proxy.expose_catalog,
-                                 blob_cache=cache)
+                                 blob_cache=cache,
+                                 manifest_cache=ManifestCache.from_settings(self.settings,
+                                                                            str(self.paths.manifest_cache)))
 
     def _set_service(self, state: StackState, mirrors: list[str]) -> str:
         """Point the proxy at exactly these instances and wait until no worker uses the old set."""
@@ -597,6 +603,10 @@ class StackPaths:
     @property
     def blob_cache(self) -> Path:
         return self.shared / "proxy-blob-cache"
+
+    @property
+    def manifest_cache(self) -> Path:
+        return self.shared / "proxy-manifest-cache"
 
     @property
     def nginx_temp(self) -> Path:

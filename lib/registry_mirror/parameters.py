@@ -208,6 +208,12 @@ class ProxySettings(_Model):
     security_rules: SecurityRules | None = None  # inline rules: only for the local environment
     blob_cache_size: CacheSize = "0"  # on-disk blob cache per proxy instance; 0 turns it off
     expose_catalog: bool = False  # /v2/_catalog lists every cached repository: refused unless true
+    # A tag's manifest is served from the proxy for this long without asking Docker Hub; after that it
+    # is revalidated in the background while the cached copy is served, and served stale while the
+    # mirror, Docker Hub or S3 fail. 0 asks upstream on every tag request (no tag caching).
+    tag_cache_seconds: int = Field(default=60, ge=0, le=86400)
+    # How long a manifest request waits on the mirror (and so on Docker Hub) when nothing is cached.
+    manifest_timeout_seconds: int = Field(default=15, ge=1, le=300)
 
 
 class LocalSettings(_Model):

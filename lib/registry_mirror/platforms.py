@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pandas as pd
 
 from .cf_platform import CloudFoundryPlatform
 from .client_pull import PullResult, pull_with_skopeo
 from .deploy_report import DeployReport, DeployStep
-from .errors import ParameterError
+from .errors import ParameterError, VerificationError
 from .local_platform import LocalPlatform
 from .parameters import Settings
 from .security_rules import SecurityRules
@@ -44,7 +45,17 @@ def verify_pull(platform: Platform, *, image: str = SAMPLE_IMAGE, dry_run: bool 
     """
     if dry_run or not isinstance(platform, LocalPlatform):
         return None
-    return pull_with_skopeo(image, registries_conf=platform.client_configs().registries_conf)
+    try:
+        pulled = pull_with_skopeo(image, registries_conf=platform.client_configs().registries_conf)
+    except VerificationError as exc:
+        # Tell "the storage is down" apart from "the mirror is broken": the remedy differs.
+        cause = ("S3 is down too: restore it, then pull again" if not platform.storage_answers() else
+                 "S3 answers, so the proxy or a mirror is broken: read `make status` and the logs")
+        raise VerificationError(f"{exc} ({cause})") from None
+    if not platform.storage_answers():
+        return replace(pulled, note="S3 DOWN: served from the proxy's cache; images it does not hold fail "
+                                    "until S3 is back")
+    return pulled
 
 
 def config_overview(configs: dict[str, str], rules: SecurityRules) -> pd.DataFrame:

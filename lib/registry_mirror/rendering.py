@@ -80,9 +80,25 @@ class BlobCache:
         return cls(path=path, max_size=size.rstrip("B").lower())
 
 
+@dataclass(frozen=True)
+class ManifestCache:
+    """The security proxy's cache of manifests: by digest for good, by tag for `tag_seconds`, then
+    revalidated in the background and served stale while anything behind the proxy fails."""
+
+    path: str
+    tag_seconds: int = 60
+    timeout_seconds: int = 15
+    max_size: str = "64m"  # manifests are a few KB: room for thousands within a CF disk quota
+
+    @classmethod
+    def from_settings(cls, settings: Settings, path: str) -> ManifestCache:
+        return cls(path=path, tag_seconds=settings.proxy.tag_cache_seconds,
+                   timeout_seconds=settings.proxy.manifest_timeout_seconds)
+
+
 def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from: list[str] | None = None,
                       blob_cache: BlobCache | None = None, public_host: str | None = None,
-                      expose_catalog: bool = False) -> str:
+                      expose_catalog: bool = False, manifest_cache: ManifestCache | None = None) -> str:
     """nginx.conf of the security proxy.
 
     `real_ip_from` defaults to the rules' trusted routers; the local platform adds `unix:` because
@@ -93,7 +109,8 @@ def render_nginx_conf(rules: SecurityRules, target: NginxTarget, *, real_ip_from
     """
     sources = list(rules.trusted_routers if real_ip_from is None else real_ip_from)
     return _render("nginx/security-proxy.conf.j2", rules=rules, target=target, real_ip_from=sources,
-                   blob_cache=blob_cache, public_host=public_host, expose_catalog=expose_catalog)
+                   blob_cache=blob_cache, public_host=public_host, expose_catalog=expose_catalog,
+                   manifest_cache=manifest_cache)
 
 
 def render_router_conf(target: NginxTarget, *, listen: str, proxy_socket: Path) -> str:
@@ -139,7 +156,8 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
                            public_host=cf.proxy_route, expose_catalog=settings.proxy.expose_catalog,
                            # Relative to the app folder the buildpack runs nginx in; it counts against
                            # the instance's disk quota.
-                           blob_cache=BlobCache.sized(settings.proxy.blob_cache_size, "blob-cache")))
+                           blob_cache=BlobCache.sized(settings.proxy.blob_cache_size, "blob-cache"),
+                           manifest_cache=ManifestCache.from_settings(settings, "manifest-cache")))
 
 
 def cf_real_ip_sources(rules: SecurityRules) -> list[str]:

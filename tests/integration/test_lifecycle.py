@@ -20,7 +20,7 @@ from registry_mirror.local_components import (
 from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
 from registry_mirror.registry_config import registry_config_yaml
-from tests.support import local_test_settings
+from tests.support import local_test_settings, private_stack
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,8 @@ IMAGE = "docker.io/library/hello:latest"
 
 @pytest.fixture(scope="module")
 def life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    settings = local_test_settings(str(tmp_path_factory.mktemp("lifecycle") / "state"))
-    platform = LocalPlatform(settings, settings.load_security_rules())
-    seen: dict[str, ProcessRecord] = {}
-    try:
-        platform.deploy()
+    with private_stack(local_test_settings(str(tmp_path_factory.mktemp("lifecycle") / "state"))) as platform:
         yield platform
-    finally:
-        seen.update(_records(platform))
-        platform.down()
-        left = [f"{r.name} (pid {r.pid})" for r in seen.values() if not gone(r)]
-        left += [f"{r.name} (pid {r.pid})" for r in _records(platform).values() if not gone(r)]
-        assert not left, f"processes left running: {left}"
 
 
 def _records(platform: LocalPlatform) -> dict[str, ProcessRecord]:
