@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt users venv tools demo test down status lab clean bench
+.PHONY: bootstrap apt users venv tools demo test nbmake down status lab clean bench
 
 bootstrap: apt users venv tools
 
@@ -52,6 +52,12 @@ demo: bootstrap
 
 test: bootstrap
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Every runbook under nbmake with its default parameters: the local platform, every gate closed. The
+# stack comes up first (deploy.ipynb then finds it unchanged) and goes down after, pass or fail.
+nbmake: demo
+	@status=0; $(BIN)/python -m pytest --nbmake notebooks/ -p no:cacheprovider -o addopts= -q || status=$$?; \
+	  $(BIN)/python -m registry_mirror down >/dev/null; exit $$status
 
 status:
 	@$(BIN)/python -m registry_mirror status

@@ -3,6 +3,7 @@ deploy runbook itself under papermill, on free ports in a temporary folder, and 
 with every process it started checked gone by PID."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,18 @@ def deployed_notebook(stack_dir: Path) -> Iterator[tuple[LocalPlatform, Path]]:
 @pytest.fixture(scope="session")
 def stack(deployed_notebook: tuple[LocalPlatform, Path]) -> LocalPlatform:
     return deployed_notebook[0]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """In CI a skipped test is a failure: a missing tool or contract must fail loudly, not pass quietly."""
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which counts as a failure: {reason}"

@@ -73,6 +73,12 @@ def test_there_are_notebooks_and_params_files() -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_kernel_is_named(path: Path) -> None:
+    kernelspec = _nb(path).get("metadata", {}).get("kernelspec", {})
+    assert kernelspec.get("name") == "python3" and kernelspec.get("language") == "python", kernelspec
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_outputs_and_no_execution_counts(path: Path) -> None:
     for index, cell in enumerate(_code_cells(_nb(path))):
         assert cell.get("outputs") == [], f"cell {index} has outputs"

@@ -1,0 +1,104 @@
+"""The Concourse pipeline, checked offline: it passes as committed, and each way of breaking it that a
+change could bring in is caught and named."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from registry_mirror.ci_pipeline import check_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_committed_pipeline_passes() -> None:
+    report = check_pipeline(ROOT)
+    assert report.ok, report.verdict()
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository's tracked files (what a clone holds)."""
+    copy = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+def edit(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, count))
+
+
+def remove_production_passed(repo: Path) -> None:
+    pipeline = repo / "ci/pipeline.yml"
+    text = pipeline.read_text()
+    at = text.index("- name: deploy-registry-production")
+    head, tail = text[:at], text[at:]
+    pipeline.write_text(head + tail.replace("      passed: [verify-staging]\n", "", 1))
+
+
+BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "missing task file": (lambda r: (r / "ci/tasks/rollback/task.yml").unlink(),
+                          "task file src-runbooks/ci/tasks/rollback/task.yml does not exist"),
+    "undeclared notebook parameter": (
+        lambda r: edit(r / "ci/tasks/deploy/run.sh", '-p component "$COMPONENT"', '-p componnet "$COMPONENT"'),
+        "passes -p componnet, which notebooks/deploy.ipynb does not declare"),
+    "secret on -p": (
+        lambda r: edit(r / "ci/tasks/verify/run.sh", '-p check_image "${CHECK_IMAGE:-}"',
+                       '-p check_image "${CHECK_IMAGE:-}" -p upstream_token "$DOCKERHUB_TOKEN"'),
+        "passes upstream_token with -p: secrets stay in the environment"),
+    "missing passed": (remove_production_passed, "src-runbooks has no passed:"),
+    "path filter matching nothing": (
+        lambda r: (r / "templates/cf/mirror-manifest.yml.j2").rename(r / "templates/cf/mirror.yml.j2"),
+        "paths filter 'templates/cf/mirror-manifest.yml.j2' matches no file"),
+    "undefined var": (lambda r: edit(r / "ci/pipeline.yml", "((git_branch))", "((git_brnch))"),
+                      "uses ((git_brnch)), which no ci/vars/*.yml defines"),
+    "unknown resource": (lambda r: edit(r / "ci/pipeline.yml", "    - get: security-rules\n      trigger: true\n",
+                                        "    - get: security-ruels\n      trigger: true\n"),
+                         "get of unknown resource security-ruels"),
+    "passed job that never used the resource": (
+        lambda r: edit(r / "ci/pipeline.yml", "      passed: [deploy-registry-staging]\n      params: {skip_download: true}",
+                       "      passed: [test]\n      params: {skip_download: true}"),
+        "passed: test, which never uses registry-image"),
+    "production triggered automatically": (
+        lambda r: edit(r / "ci/pipeline.yml", "    - get: src-runbooks\n      passed: [verify-staging]\n",
+                       "    - get: src-runbooks\n      trigger: true\n      passed: [verify-staging]\n"),
+        "production deploys are manual"),
+    "task param the task does not declare": (
+        lambda r: edit(r / "ci/pipeline.yml", "      COMPONENT: registry\n", "      COMPONENT: registry\n      CMOPONENT: x\n"),
+        "gets param(s) CMOPONENT"),
+}
+
+
+@pytest.mark.parametrize("name", list(BREAKS))
+def test_each_way_of_breaking_the_pipeline_is_caught(pristine: Path, tmp_path: Path, name: str) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(pristine, repo)
+    assert check_pipeline(repo).ok, "the copy must pass before it is broken"
+    breaker, says = BREAKS[name]
+    breaker(repo)
+    report = check_pipeline(repo)
+    assert not report.ok
+    assert any(says in problem for problem in report.problems), report.problems
+
+
+def test_every_task_param_is_documented_in_its_task_yml() -> None:
+    for task in sorted((ROOT / "ci/tasks").glob("*/task.yml")):
+        lines = task.read_text().splitlines()
+        in_params = False
+        for line in lines:
+            if re.match(r"^\S", line):
+                in_params = line.startswith("params:")
+                continue
+            if in_params and re.match(r"^  [A-Z_]+:", line):
+                assert "#" in line and ("required" in line or "optional" in line), f"{task}: {line}"
