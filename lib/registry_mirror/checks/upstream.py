@@ -68,3 +68,17 @@ def upstream_scope_check(settings: Settings) -> PolicyCheck:
                    None if extra else True)
     # A credential that can push is a risk to review, not a broken mirror: warn, with the remedy.
     return replace(check, next_step=NEXT["upstream-pull-only"]) if extra else check
+
+
+def docker_hub_limit(settings: Settings) -> int | None:
+    """Pulls per window Docker Hub grants the mirror's account, from its own headers (`ratelimit-limit:
+    100;w=21600`); None when the upstream is not Docker Hub, sets no limit, or cannot be asked."""
+    if settings.upstream.url.rstrip("/") != DOCKER_HUB:
+        return None
+    password = upstream_password(settings)
+    try:
+        headers = docker_hub_rate_limit(settings.upstream.username, password.reveal() if password else None)
+    except (requests.RequestException, KeyError, ValueError):
+        return None
+    value = headers.get("ratelimit-limit", "").split(";")[0].strip()
+    return int(value) if value.isdigit() else None

@@ -1,0 +1,178 @@
+"""How many Docker Hub pulls the mirror saved, and for whom: data first, then plots and a verdict.
+
+A pull is a manifest GET (Docker Hub counts those; a HEAD is a free version check). Served pulls
+come from the proxy's log; the pulls that still reached Docker Hub are at most the manifest GETs the
+proxy did not answer from its cache (cache status other than HIT, STALE, UPDATING, REVALIDATED):
+those went to a mirror, which fetched from Docker Hub only when it held nothing. Clients are the
+address the proxy judged (`client=`), else the rightmost X-Forwarded-For entry outside the trusted
+routers; they are shown as the allow-list network they belong to unless raw addresses are asked for.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..security_rules import SecurityRules
+from .proxy_logs import LogLoad, load_proxy_logs
+
+SERVED_BY_PROXY = ("HIT", "STALE", "UPDATING", "REVALIDATED")
+
+
+@dataclass(frozen=True)
+class PullSavings:
+    summary: pd.DataFrame  # one row: the month (or whatever the logs cover) in numbers
+    images: pd.DataFrame  # per repository: pulls served, reached upstream, bytes
+    clients: pd.DataFrame  # per allow-list network (or address): requests, pulls, denied
+    windows: pd.DataFrame  # per Docker Hub limit window: pulls served vs reaching upstream
+    load: LogLoad
+    limit: int | None  # Docker Hub pulls per window, from its headers or params
+
+    def verdict(self) -> str:
+        row = self.summary.iloc[0]
+        served, upstream = int(row["pulls_served"]), int(row["pulls_upstream_at_most"])
+        saved = served - upstream
+        over = int((self.windows["pulls_served"] > self.limit).sum()) if self.limit and len(self.windows) else 0
+        over_with = int((self.windows["pulls_upstream_at_most"] > self.limit).sum()) if self.limit and len(self.windows) else 0
+        limit_text = (f" Against Docker Hub's {self.limit} pulls per window, {over} window(s) would have gone over "
+                      f"without the mirror and {over_with} did with it." if self.limit else "")
+        return (f"The mirror served {served} pulls; at most {upstream} reached Docker Hub, so it saved at least "
+                f"{saved} ({row['saved_ratio']:.0%}). It refused {int(row['denied'])} request(s) from clients outside "
+                f"the allow-list and {int(row['writes_refused'])} write(s).{limit_text} {self.load.summary()}.")
+
+    def write(self, folder: Path) -> list[Path]:
+        """Every table as Parquet and CSV beside the executed notebook."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in ("summary", "images", "clients", "windows"):
+            frame: pd.DataFrame = getattr(self, name)
+            self.load.db.register("out", frame)  # DuckDB writes Parquet itself: no pyarrow needed
+            for suffix, fmt in ((".parquet", "PARQUET"), (".csv", "CSV, HEADER")):
+                path = folder / f"pull_savings_{name}{suffix}"
+                self.load.db.execute(f"COPY out TO '{_quoted(path)}' (FORMAT {fmt})")
+                written.append(path)
+            self.load.db.unregister("out")
+        return written
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def pull_savings(sources: Sequence[str | Path], *, rules: SecurityRules | None = None, limit: int | None = None,
+                 window_hours: int = 6, raw_clients: bool = False) -> PullSavings:
+    load = load_proxy_logs(sources, bucket_hours=window_hours)
+    db = load.db
+    db.execute(f"""
+        CREATE OR REPLACE TEMP VIEW pulls AS
+        SELECT *, object = 'manifests' AND method = 'GET' AND status = 200 AS is_pull,
+               coalesce(cache, '-') NOT IN {SERVED_BY_PROXY} AS reached_mirror
+        FROM requests
+    """)
+    summary = db.execute("""
+        SELECT sum(n) AS requests,
+               coalesce(sum(n) FILTER (WHERE is_pull), 0) AS pulls_served,
+               coalesce(sum(n) FILTER (WHERE is_pull AND NOT by_digest), 0) AS pulls_by_tag,
+               coalesce(sum(n) FILTER (WHERE is_pull AND by_digest), 0) AS pulls_by_digest,
+               coalesce(sum(n) FILTER (WHERE is_pull AND reached_mirror), 0) AS pulls_upstream_at_most,
+               coalesce(sum(n) FILTER (WHERE object = 'manifests' AND method = 'HEAD' AND status = 200), 0)
+                   AS version_checks,
+               coalesce(sum(n) FILTER (WHERE status = 403), 0) AS denied,
+               coalesce(sum(n) FILTER (WHERE status = 405), 0) AS writes_refused,
+               coalesce(sum(bytes) FILTER (WHERE status = 200), 0) AS bytes_served,
+               coalesce(sum(bytes) FILTER (WHERE status = 200 AND NOT reached_mirror), 0) AS bytes_from_proxy_cache,
+               coalesce(sum(n) FILTER (WHERE original), 0) AS original_format_lines
+        FROM pulls
+    """).df().astype("int64")
+    served = int(summary.loc[0, "pulls_served"])
+    summary["saved_ratio"] = (served - int(summary.loc[0, "pulls_upstream_at_most"])) / served if served else 0.0
+    images = db.execute("""
+        SELECT repository, coalesce(sum(n) FILTER (WHERE is_pull), 0) AS pulls_served,
+               coalesce(sum(n) FILTER (WHERE is_pull AND reached_mirror), 0) AS pulls_upstream_at_most,
+               coalesce(sum(bytes) FILTER (WHERE status = 200), 0) AS bytes_served
+        FROM pulls WHERE repository IS NOT NULL GROUP BY repository ORDER BY pulls_served DESC, repository
+    """).df()
+    by_address = db.execute("""
+        SELECT seen, sum(n) AS requests, coalesce(sum(n) FILTER (WHERE is_pull), 0) AS pulls,
+               coalesce(sum(n) FILTER (WHERE status = 403), 0) AS denied
+        FROM pulls GROUP BY seen
+    """).df()
+    # Few distinct addresses: name each one's network in Python, after DuckDB has aggregated.
+    by_address["client"] = [_client(seen, rules, raw_clients) for seen in by_address["seen"]]
+    clients = (by_address.groupby("client", as_index=False)[["requests", "pulls", "denied"]].sum()
+               .sort_values(["requests", "client"], ascending=[False, True]).reset_index(drop=True))
+    windows = db.execute(f"""
+        SELECT time_bucket(INTERVAL '{int(window_hours)} hours', hour) AS window_start,
+               coalesce(sum(n) FILTER (WHERE is_pull), 0) AS pulls_served,
+               coalesce(sum(n) FILTER (WHERE is_pull AND reached_mirror), 0) AS pulls_upstream_at_most
+        FROM pulls WHERE hour IS NOT NULL GROUP BY window_start ORDER BY window_start
+    """).df()
+    return PullSavings(summary, images, clients, windows, load, limit)
+
+
+def _client(seen: str, rules: SecurityRules | None, raw: bool) -> str:
+    """The judged client: `client=` as is; from X-Forwarded-For the rightmost untrusted entry."""
+    entries = [e.strip() for e in str(seen).split(",") if e.strip()]
+    trusted = [ipaddress.ip_network(c) for c in (rules.trusted_routers if rules else [])]
+    address = None
+    for entry in reversed(entries):
+        try:
+            ip = ipaddress.ip_address(entry)
+        except ValueError:
+            break
+        address = ip
+        if not any(ip.version == net.version and ip in net for net in trusted):
+            break
+    if address is None:
+        return "unknown"
+    if raw or rules is None:
+        return str(address)
+    networks = [ipaddress.ip_network(c) for c in [*rules.allow, *rules.deny]]
+    inside = [n for n in networks if n.version == address.version and address in n]
+    return str(max(inside, key=lambda n: n.prefixlen)) if inside else "outside every range"
+
+
+def plot(savings: PullSavings):  # type: ignore[no-untyped-def]
+    """Two panels: pulls per window (served vs reaching Docker Hub, with the limit) and top images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    windows = savings.windows
+    if len(windows):
+        left.plot(windows["window_start"], windows["pulls_served"], label="pulls served", marker="o")
+        left.plot(windows["window_start"], windows["pulls_upstream_at_most"], label="reached Docker Hub (at most)",
+                  marker="o")
+        if savings.limit:
+            left.axhline(savings.limit, color="red", linestyle="--", label="Docker Hub limit per window")
+        left.legend()
+    left.set_title("Pulls per Docker Hub limit window")
+    top = savings.images.head(10)
+    right.barh(top["repository"], top["pulls_served"], label="served")
+    right.barh(top["repository"], top["pulls_upstream_at_most"], label="reached Docker Hub (at most)")
+    right.invert_yaxis()
+    right.set_title("Top images")
+    right.legend()
+    figure.tight_layout()
+    return figure
+
+
+def log_sources(settings: object, given: str) -> list[str]:
+    """The logs to read: `given` (comma-separated files, folders, globs or s3:// URLs), or on the
+    local platform its proxy's access log. On Cloud Foundry the logs live in the log store: save
+    `cf logs <proxy> --recent` (or the drain's archive) and name the files."""
+    from ..errors import ParameterError
+    from ..parameters import resolve_project_path
+
+    if given.strip():
+        return [part.strip() for part in given.split(",") if part.strip()]
+    local = getattr(settings, "local", None)
+    if local is None:
+        raise ParameterError("parameter 'log_sources' is empty: on Cloud Foundry name the saved proxy logs "
+                             "(cf logs --recent dumps or the log drain's archive)")
+    return [str(resolve_project_path(local.state_dir) / "logs" / "proxy.access.log")]

@@ -1,0 +1,105 @@
+"""pull_savings on generated log corpora: both formats, cf logs dumps, damaged lines; counts known by
+construction."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from registry_mirror.analysis.proxy_logs import load_proxy_logs
+from registry_mirror.analysis.pull_savings import pull_savings
+from registry_mirror.security_rules import SecurityRules
+
+RULES = SecurityRules(allow=["10.1.0.0/16", "127.0.0.10/32"], deny=["10.1.66.0/24"], trusted_routers=["10.0.0.0/24"])
+DIGEST = "sha256:" + "ab" * 32
+
+
+def extended(path: str, status: int, size: int, cache: str, *, method: str = "GET", client: str = "10.1.2.3",
+             t: str = "2026-11-01T01:00:00+00:00") -> str:
+    return (f'NginxLog "{client}, 10.0.0.7" "{method} {path} HTTP/1.1" {status} {size} client={client} rt=0.010 '
+            f'urt=0.009 ua="10.255.1.2:5000" cache={cache} t={t}')
+
+
+def original(path: str, status: int, size: int, *, client: str = "10.1.2.3", method: str = "GET") -> str:
+    return f'NginxLog "{client}, 10.0.0.7" "{method} {path} HTTP/1.1" {status} {size}'
+
+
+def cf_dump(lines: list[str]) -> list[str]:
+    """As `cf logs --recent` shows them: app lines among router, API, cell and stderr lines."""
+    out = []
+    for i, line in enumerate(lines):
+        stamp = f"2026-11-01T02:{i // 60 % 60:02d}:{i % 60:02d}.00+0000"
+        out.append(f"   {stamp} [APP/PROC/WEB/0] OUT {line}")
+        out.append(f'   {stamp} [RTR/1] OUT docker-registry.app.cloud.gov - [2026-11-01T02:00:00Z] "GET /v2/ HTTP/1.1" 200 0')
+    out += ["   2026-11-01T02:59:00.00+0000 [API/0] OUT Updated app with guid abc",
+            "   2026-11-01T02:59:01.00+0000 [CELL/0] OUT Cell abc creating container",
+            "   2026-11-01T02:59:02.00+0000 [APP/PROC/WEB/0] ERR nginx: [warn] something"]
+    return out
+
+
+def test_both_formats_cf_dumps_and_damaged_lines_are_counted_exactly(tmp_path: Path) -> None:
+    tag, by_digest = "/v2/library/app/manifests/1.0", f"/v2/library/app/manifests/{DIGEST}"
+    plain = [
+        extended(tag, 200, 500, "MISS"), extended(tag, 200, 500, "HIT"), extended(tag, 200, 500, "STALE"),
+        extended(by_digest, 200, 500, "MISS"), extended(by_digest, 200, 500, "HIT"),
+        extended(tag, 200, 0, "HIT", method="HEAD"),
+        extended(f"/v2/library/app/blobs/{DIGEST}", 200, 10_000, "HIT"),
+        extended("/v2/", 403, 70, "-", client="10.1.66.9"),
+        extended("/v2/x/blobs/uploads/", 405, 60, "-", method="POST"),
+        original(tag, 200, 500), original("/v2/library/other/manifests/2", 200, 700, client="10.9.9.9"),
+        'NginxLog "10.1.2.3" "GET /v2/library/app/manifests/1.0 HTTP/1.1" 2xx 5',  # damaged status
+        'NginxLog "10.1.2.3" "GET /v2/library/app/manif',  # cut off
+        "",
+    ]
+    (tmp_path / "proxy.log").write_text("\n".join(plain) + "\n")
+    dumped = cf_dump([extended(tag, 200, 500, "MISS"), original(tag, 200, 500)])
+    (tmp_path / "cf-logs.txt").write_text("\n".join(dumped) + "\n")
+
+    savings = pull_savings([tmp_path], rules=RULES, limit=3)
+    s = savings.summary.iloc[0]
+    # Pulls: 5 manifest GETs (extended) + 2 (original) + 2 from the dump.
+    assert s["pulls_served"] == 9 and s["pulls_by_digest"] == 2 and s["pulls_by_tag"] == 7
+    # Reached a mirror: 2 MISS (plain) + 1 MISS (dump) + 3 original-format lines (no cache status: counted).
+    assert s["pulls_upstream_at_most"] == 6
+    assert s["version_checks"] == 1 and s["denied"] == 1 and s["writes_refused"] == 1
+    assert savings.load.malformed == 2 and savings.load.skipped == len(dumped) - 2 + 1  # + the empty line
+    assert savings.images.set_index("repository").loc["library/app", "pulls_served"] == 8
+    clients = savings.clients.set_index("client")
+    assert clients.loc["10.1.0.0/16", "pulls"] == 8  # grouped by allow-list network, not by address
+    assert clients.loc["10.1.66.0/24", "denied"] == 1
+    assert clients.loc["outside every range", "pulls"] == 1
+    assert "saved at least 3" in savings.verdict()
+
+
+def test_raw_clients_and_the_forwarded_for_chain(tmp_path: Path) -> None:
+    # Original format: the client is the rightmost address outside the trusted routers.
+    (tmp_path / "a.log").write_text(original("/v2/library/a/manifests/1", 200, 1, client="10.1.5.5") + "\n")
+    savings = pull_savings([tmp_path / "a.log"], rules=RULES, raw_clients=True)
+    assert list(savings.clients["client"]) == ["10.1.5.5"]
+
+
+def test_limit_windows_count_what_would_have_gone_over(tmp_path: Path) -> None:
+    lines = [extended("/v2/library/a/manifests/1", 200, 1, "HIT" if i else "MISS", t=f"2026-11-01T0{h}:00:00+00:00")
+             for h in (1, 7) for i in range(5)]
+    (tmp_path / "a.log").write_text("\n".join(lines) + "\n")
+    savings = pull_savings([tmp_path], rules=RULES, limit=4, window_hours=6)
+    assert list(savings.windows["pulls_served"]) == [5, 5]
+    assert list(savings.windows["pulls_upstream_at_most"]) == [1, 1]
+    assert "2 window(s) would have gone over without the mirror and 0 did with it" in savings.verdict()
+
+
+def test_a_large_generated_log_streams_through_duckdb(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    path = tmp_path / "big.log"
+    with open(path, "w") as f:
+        for i in range(200_000):
+            f.write(extended(f"/v2/library/img{rng.randrange(50)}/manifests/1", 200, 100,
+                             rng.choice(["HIT", "MISS", "STALE"])) + "\n")
+    load = load_proxy_logs([path])
+    assert load.requests == 200_000 and load.malformed == 0
+
+
+def test_no_logs_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no log files"):
+        pull_savings([tmp_path / "nothing-here"])
