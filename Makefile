@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl goaccess
+APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl goaccess chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=

@@ -61,6 +61,8 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
     chosen: dict[str, Any] = {}
     for key, kind in options.items():
         value = given[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # papermill's -p reads "0" as an int
         # bool is an int in Python; a confirmation gate must be a real bool, not 1.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParameterError(f"{source}: '{key}' must be {kind.__name__}, got {type(value).__name__}")

@@ -2,6 +2,7 @@
 stand-in's own log as ground truth for what reached upstream."""
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
-from registry_mirror.checks.client import MANIFEST_ACCEPT
+from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
 from registry_mirror.local_components import hub_seeder
 from registry_mirror.local_platform import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
@@ -43,14 +44,8 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     with open(proxy_log, "rb") as f:
         f.seek(proxy_at)
         (tmp_path / "slice.log").write_bytes(f.read())
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "log_sources": str(tmp_path / "slice.log"),
-                                      "output_dir": str(tmp_path / "tables"), "raw_clients": True}))
-    out = tmp_path / "pull_savings.ipynb"
-    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                          str(ROOT / "notebooks/pull_savings.ipynb"), str(out), "-f", str(params)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = run_notebook(stack, tmp_path, "pull_savings", log_sources=str(tmp_path / "slice.log"),
+                       output_dir=str(tmp_path / "tables"), raw_clients=True)
     summary = pd.read_csv(tmp_path / "tables" / "pull_savings_summary.csv").iloc[0]
     assert (summary["pulls_served"], summary["pulls_by_tag"], summary["pulls_by_digest"]) == (3, 2, 1)
     assert (summary["version_checks"], summary["denied"], summary["writes_refused"]) == (1, 1, 1)
@@ -62,3 +57,82 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     assert clients.loc["127.0.0.10", "pulls"] == 3 and clients.loc["127.0.0.66", "denied"] == 1
     text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
     assert "The mirror served 3 pulls" in text
+
+
+def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_path: Path) -> None:
+    from registry_mirror.analysis.cache_inventory import inventory, open_cache
+
+    image = SampleImage(f"library/usage-{secrets.token_hex(4)}", "1", layer_sizes=(123_457,))
+    seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), [image])
+    pulled = pull_over_api(f"http://{stack.endpoint}", client("127.0.0.10"), image.repository, image.tag)
+    cache = open_cache(stack.settings)
+    assert "secret" not in repr(cache).lower()
+    inv = inventory(cache.listing, cache.root, read=cache.read, progress=False)
+    repos = inv.repositories().set_index("repository")
+    # The registry stores a pulled image's manifest, config and layer: the layer's bytes are in its size.
+    assert image.repository in repos.index
+    assert repos.loc[image.repository, "logical_bytes"] >= 123_457
+    assert pulled.bytes <= repos.loc[image.repository, "logical_bytes"] + 10_000
+    assert inv.summary().iloc[0]["blobs"] >= 3
+
+    out = run_notebook(stack, tmp_path, "cache_usage", output_dir=str(tmp_path / "usage"), quota_gb=10.0)
+    summary = pd.read_csv(tmp_path / "usage" / "cache_summary.csv").iloc[0]
+    assert summary["repositories"] >= 1 and (tmp_path / "usage" / "cache_history.csv").exists()
+    secrets_file = stack.paths.secrets_file.read_text()
+    assert not any(value in out.read_text() for value in _secret_values(secrets_file))
+
+
+def run_notebook(stack: LocalPlatform, tmp_path: Path, name: str, **options: object) -> Path:
+    """papermill, as the pipeline runs it: the stack's params plus the runbook's options."""
+    params = tmp_path / f"{name}-params.yaml"
+    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), **options}))
+    out = tmp_path / f"{name}.ipynb"
+    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
+                          str(ROOT / f"notebooks/{name}.ipynb"), str(out), "-f", str(params)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+def _secret_values(text: str) -> list[str]:
+    import json
+
+    return [v for v in json.loads(text).values() if isinstance(v, str) and len(v) >= 12]
+
+
+def test_the_analyse_task_runs_green_against_the_stack(stack: LocalPlatform, tmp_path: Path) -> None:
+    """ci/tasks/analyse as Concourse runs it: saved proxy logs and the bucket's keys in, reports out."""
+    import json
+    import os
+    import shutil
+
+    build = tmp_path / "build"
+    (build / "proxy-logs").mkdir(parents=True)
+    shutil.copy(stack.paths.logs / "proxy.access.log", build / "proxy-logs" / "proxy.log")
+    (build / "security-rules").mkdir()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(settings_as_parameters(stack.settings)))
+    keys = json.loads(stack.paths.secrets_file.read_text())
+    assert stack.settings.storage is not None and stack.settings.local is not None
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "ENVIRONMENT": "staging",
+           "PARAMS_FILE": str(params), "BUCKET": stack.settings.storage.bucket,
+           "S3_ENDPOINT": f"http://{stack.settings.local.address}:{stack.settings.local.s3_port}",
+           "AWS_ACCESS_KEY_ID": keys["s3_access_key"], "AWS_SECRET_ACCESS_KEY": keys["s3_secret_key"],
+           "AWS_DEFAULT_REGION": stack.settings.storage.region}
+    done = subprocess.run(["bash", str(ROOT / "ci/tasks/analyse/run.sh")], cwd=build, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = build / "notebooks"
+    assert (out / "cache_usage.html").exists() and (out / "pull_savings.html").exists()
+    html = (out / "pull_savings.html").read_text()
+    assert "The mirror served" in html and "import registry_mirror" not in html  # no code, the verdict
+    assert keys["s3_secret_key"] not in html + (out / "cache_usage.html").read_text()
+    # As a reader sees it: headless Chromium renders the report; the verdict and the plots are there.
+    for name, verdict in (("pull_savings", "The mirror served"), ("cache_usage", "The cache holds")):
+        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={tmp_path / ('chromium-' + name)}", "--dump-dom",
+                              (out / f"{name}.html").as_uri()], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-1500:]
+        assert verdict in dom.stdout
+        assert re.search(r'<img [^>]*src="data:image/png;base64,', dom.stdout), f"{name}: no plot in the page"

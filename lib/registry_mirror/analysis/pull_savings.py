@@ -137,9 +137,7 @@ def _client(seen: str, rules: SecurityRules | None, raw: bool) -> str:
 
 def plot(savings: PullSavings):  # type: ignore[no-untyped-def]
     """Two panels: pulls per window (served vs reaching Docker Hub, with the limit) and top images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # The kernel's backend draws it (inline in Jupyter and under papermill): never forced here.
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
