@@ -72,6 +72,9 @@ clean: down
 	rm -rf .state $(OUT)
 
 bench: bootstrap
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/deploy_overhead.py
 	$(BIN)/python bench/blob_throughput.py
 	cd bench && ../$(BIN)/python resilience.py
+	cd bench && ../$(BIN)/python log_analysis.py
+	cd bench && ../$(BIN)/python cache_inventory.py
