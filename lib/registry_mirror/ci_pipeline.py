@@ -15,7 +15,6 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import yaml
@@ -233,7 +232,3 @@ def _repo_files(root: Path) -> list[str]:
     except (OSError, subprocess.CalledProcessError):
         listed = []
     return listed or [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
-
-
-def task_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())

@@ -7,7 +7,8 @@ import requests
 
 from .registry_auth import RegistryAuth
 
-_ACCEPT = ", ".join([
+# Every manifest type: the registry then answers what it holds, never a list rewritten to one platform.
+MANIFEST_ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -45,7 +46,7 @@ def resolve_digest(registry_url: str, reference: str, *, username: str | None = 
     session.trust_env = False
     session.auth = RegistryAuth(username, password)
     resp = session.head(f"{registry_url}/v2/{ref.repository}/manifests/{ref.digest}",
-                        headers={"Accept": _ACCEPT}, timeout=timeout)
+                        headers={"Accept": MANIFEST_ACCEPT}, timeout=timeout)
     if resp.status_code in (200, 404):
         return resp.status_code == 200
     raise RuntimeError(f"{registry_url} answered {resp.status_code} for {ref.repository}@{ref.digest}")

@@ -22,6 +22,7 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .errors import RunbookError
+from .image_refs import MANIFEST_ACCEPT
 from .registry_auth import RegistryAuth
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -323,16 +324,6 @@ def _digest(content: bytes) -> str:
 
 # --- pushing --------------------------------------------------------------------------
 
-# Asking for every manifest type stops the registry from rewriting a list into one
-# platform's manifest, which would make the digest comparison lie.
-_MANIFEST_ACCEPT = ", ".join(
-    (
-        MANIFEST_LIST_V2,
-        MANIFEST_V2,
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-    )
-)
 
 
 def _seed_one(client: _RegistryClient, built: BuiltImage) -> SeededImage:
@@ -374,7 +365,7 @@ class _RegistryClient:
             f"look up manifest {reference}",
             repository,
             (200, 404),
-            headers={"Accept": _MANIFEST_ACCEPT},
+            headers={"Accept": MANIFEST_ACCEPT},
         )
         return response.headers.get("Docker-Content-Digest") if response.status_code == 200 else None
 

@@ -74,11 +74,6 @@ class WorkerAccess:
             found.append(f"the socket folder is not group {WORKER_USER}, read-only")
         return found
 
-    def remove(self) -> None:
-        """Forget the shared folder (sockets, temp files, blob cache): only with the stack's data."""
-        if self.gid is not None:
-            shutil.rmtree(self.shared, ignore_errors=True)
-
 
 def worker_access(stack_root: Path, *, euid: int | None = None) -> WorkerAccess:
     """The access for a stack at `stack_root` run by `euid` (default: this process)."""

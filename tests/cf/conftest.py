@@ -98,16 +98,23 @@ def _answers(url: str) -> bool:
         return False
 
 
+def cc_session(cf: FakeCloudFoundry) -> requests.Session:
+    """Logged in to the CF stand-in as the deployer, as someone acting behind the runbooks' back would be."""
+    token = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+        "grant_type": "password", "username": CF_USER, "password": CF_PASSWORD}).json()["access_token"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"bearer {token}"
+    return session
+
+
 @contextmanager
 def public_route(cf: FakeCloudFoundry, mirror_address: str) -> Iterator[Edge]:
     """The proxy app as deployed, reachable the way the worker reaches its route: its current package's
     nginx.conf, downloaded from the CF stand-in, runs behind the CF edge stand-ins."""
-    token = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
-        "grant_type": "password", "username": CF_USER, "password": CF_PASSWORD}).json()["access_token"]
-    headers = {"Authorization": f"bearer {token}"}
+    session = cc_session(cf)
     app = cf.app("docker-registry-proxy")["guid"]
-    droplet = requests.get(f"{cf.url}/v3/apps/{app}/droplets/current", headers=headers, timeout=10).json()
-    bits = requests.get(droplet["links"]["package"]["href"] + "/download", headers=headers, timeout=10)
+    droplet = session.get(f"{cf.url}/v3/apps/{app}/droplets/current", timeout=10).json()
+    bits = session.get(droplet["links"]["package"]["href"] + "/download", timeout=10)
     assert bits.status_code == 200, bits.text
     with zipfile.ZipFile(io.BytesIO(bits.content)) as package:
         conf = package.read("nginx.conf").decode()

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from registry_mirror.cf_session import CfCredentials, CfSession
 from registry_mirror.credentials import Secret
-from tests.cf.conftest import CF_PASSWORD, CF_USER, CfRunner, Hub
+from tests.cf.conftest import CF_PASSWORD, CF_USER, CfRunner, Hub, cc_session
 from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -82,7 +81,7 @@ def test_deploy_then_stop_then_redeploy_checks_health_instead_of_assuming_it(run
                                                                             cf: FakeCloudFoundry) -> None:
     params = runner.params("staging")
     assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
-    cc(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
+    cc_session(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
     cf.clear_requests()
     run = runner.run("deploy.ipynb", params, component="registry")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -93,7 +92,7 @@ def test_deploy_then_stop_then_redeploy_checks_health_instead_of_assuming_it(run
     assert cf.app(MIRROR)["state"] == "STARTED"
 
     # The same, with instances that crash once started: the deployment is DEPLOYED, the deploy is not.
-    cc(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
+    cc_session(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
     cf.faults.crash_when = mirror_crashes
     failed = runner.run("deploy.ipynb", params, component="registry")
     assert failed.returncode != 0 and "crashed" in failed.stderr and "InvalidAccessKeyId" in failed.stderr
@@ -243,15 +242,7 @@ def test_token_requests_retry_and_a_refused_refresh_logs_in_again(cf: FakeCloudF
 
 # ------------------------------------------------------------------------------ helpers
 
-def cc(cf: FakeCloudFoundry) -> requests.Session:
-    token = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
-        "grant_type": "password", "username": CF_USER, "password": CF_PASSWORD}).json()["access_token"]
-    session = requests.Session()
-    session.headers["Authorization"] = f"bearer {token}"
-    return session
-
-
 def stop_then_start(cf: FakeCloudFoundry) -> None:
-    session, guid = cc(cf), cf.app(MIRROR)["guid"]  # type: ignore[index]
+    session, guid = cc_session(cf), cf.app(MIRROR)["guid"]  # type: ignore[index]
     assert session.post(f"{cf.url}/v3/apps/{guid}/actions/stop", timeout=10).status_code == 200
     assert session.post(f"{cf.url}/v3/apps/{guid}/actions/start", timeout=10).status_code == 200

@@ -11,9 +11,8 @@ import zipfile
 from collections.abc import Callable
 
 import pytest
-import requests
 
-from tests.cf.conftest import CF_PASSWORD, CF_USER, CHECK_IMAGE, ROOT, RULES, CfRunner, public_route
+from tests.cf.conftest import CHECK_IMAGE, ROOT, RULES, CfRunner, cc_session, public_route
 from tests.fakes.cf_api import FakeCloudFoundry
 
 # Before this suite grew client checks, six of fourteen were n/a on CF; now three of seventeen are.
@@ -26,11 +25,8 @@ class Cc:
     """A logged-in CC client for drifting the deployment behind the runbooks' back."""
 
     def __init__(self, cf: FakeCloudFoundry) -> None:
-        token = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
-            "grant_type": "password", "username": CF_USER, "password": CF_PASSWORD}).json()["access_token"]
         self.url = cf.url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"bearer {token}"
+        self.session = cc_session(cf)
 
     def call(self, method: str, path: str, **kwargs: object) -> dict:
         resp = self.session.request(method, self.url + path, timeout=10, **kwargs)  # type: ignore[arg-type]

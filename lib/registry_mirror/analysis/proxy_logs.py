@@ -91,8 +91,8 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
                count(*) AS n, sum(bytes) AS bytes
         FROM located GROUP BY ALL
     """)
-    lines = db.execute("SELECT count(*) FROM lines").fetchone()[0]
-    nginx = db.execute("""SELECT count(*) FROM lines WHERE contains(line, 'NginxLog "')""").fetchone()[0]
+    lines, nginx = db.execute("""SELECT count(*), count(*) FILTER (WHERE contains(line, 'NginxLog "')) FROM lines"""
+                              ).fetchone()
     parsed = db.execute("SELECT coalesce(sum(n), 0) FROM requests").fetchone()[0]
     return LogLoad(db, lines=lines, requests=parsed, skipped=lines - nginx, malformed=nginx - parsed)
 

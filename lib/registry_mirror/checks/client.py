@@ -12,16 +12,10 @@ from dataclasses import dataclass
 
 import requests
 
-from ..image_refs import ImageRef
+from ..image_refs import MANIFEST_ACCEPT, ImageRef
 from .catalogue import REFUSED_BY_PROXY, WRITES
 from .report import PolicyCheck, judged
 
-MANIFEST_ACCEPT = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 # Forged X-Forwarded-For values an allowed client sends with a denied address in them: if nginx
 # believed any of them, the allowed client would be refused.
