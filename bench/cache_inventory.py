@@ -57,7 +57,7 @@ def main() -> int:
             rclone_seconds = time.monotonic() - started
             cache = open_cache(settings)
             started = time.monotonic()
-            inv = inventory(cache.listing, cache.root, read=cache.read, progress=False)
+            inv = inventory(cache.listing, cache.root, read=cache.read, folders=cache.folders, progress=False)
             ours_seconds = time.monotonic() - started
             counted = json.loads(size.stdout)["count"]
         finally:

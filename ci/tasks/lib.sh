@@ -36,7 +36,10 @@ run_notebook() {
   local status=0
   (cd "$ROOT" && python -m papermill --log-level WARNING --no-progress-bar "notebooks/$name.ipynb" \
      "$OUT_DIR/$name.ipynb" -f "$params" "$@") || status=$?
-  tar -czf "$OUT_DIR/${BUILD_JOB_NAME:-$name}-${BUILD_NAME:-local}.tgz" -C "$OUT_DIR" \
-    --exclude='*.tgz' .
+  # Packed outside the folder, then moved in: an archive growing inside the folder it reads makes
+  # tar fail with "file changed as we read it".
+  local packed
+  packed="$(mktemp)"
+  tar -czf "$packed" -C "$OUT_DIR" --exclude='*.tgz' . && mv "$packed" "$OUT_DIR/${BUILD_JOB_NAME:-$name}-${BUILD_NAME:-local}.tgz"
   return "$status"
 }

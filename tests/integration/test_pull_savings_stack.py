@@ -29,6 +29,7 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), [image])
     proxy_log, hub_log = stack.paths.logs / "proxy.access.log", stack.paths.logs / "hub.log"
     proxy_at, hub_at = log_size(proxy_log), log_size(hub_log)
+    mirror_at = {log: log_size(log) for log in stack.paths.logs.glob("mirror-*.log")}
     url = f"http://{stack.endpoint}/v2/{image.repository}/manifests"
     allowed = client("127.0.0.10")
     first = allowed.get(f"{url}/{image.tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=30)
@@ -41,26 +42,35 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     assert allowed.post(f"http://{stack.endpoint}/v2/{image.repository}/blobs/uploads/", timeout=30).status_code == 405
 
     # Only this test's lines: the session's stack has served many others.
-    with open(proxy_log, "rb") as f:
-        f.seek(proxy_at)
-        (tmp_path / "slice.log").write_bytes(f.read())
+    _slice(proxy_log, proxy_at, tmp_path / "slice.log")
+    (tmp_path / "mirrors").mkdir()
+    for log, at in mirror_at.items():
+        _slice(log, at, tmp_path / "mirrors" / log.name)
     out = run_notebook(stack, tmp_path, "pull_savings", log_sources=str(tmp_path / "slice.log"),
-                       output_dir=str(tmp_path / "tables"), raw_clients=True)
+                       mirror_logs=str(tmp_path / "mirrors"), output_dir=str(tmp_path / "tables"), raw_clients=True)
     summary = pd.read_csv(tmp_path / "tables" / "pull_savings_summary.csv").iloc[0]
     assert (summary["pulls_served"], summary["pulls_by_tag"], summary["pulls_by_digest"]) == (3, 2, 1)
     assert (summary["version_checks"], summary["denied"], summary["writes_refused"]) == (1, 1, 1)
-    # Ground truth: the Docker Hub stand-in saw one manifest GET for this image; the estimate is an upper bound.
+    # Ground truth: the Docker Hub stand-in saw one manifest GET for this image. The proxy's log gives an
+    # upper bound; the mirrors' logs give the exact count.
     hub = read_registry_log(hub_log, offset=hub_at)
     fetched = len(upstream_manifest_gets(hub[hub["uri"].str.contains(image.repository, regex=False)]))
     assert fetched == 1 and fetched <= summary["pulls_upstream_at_most"] <= 2
+    assert summary["pulls_upstream"] == fetched
     clients = pd.read_csv(tmp_path / "tables" / "pull_savings_clients.csv").set_index("client")
     assert clients.loc["127.0.0.10", "pulls"] == 3 and clients.loc["127.0.0.66", "denied"] == 1
     text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
-    assert "The mirror served 3 pulls" in text
+    assert "The mirror served 3 pulls; 1 reached Docker Hub (the mirrors' logs), so it saved 2" in text
+
+
+def _slice(log: Path, offset: int, to: Path) -> None:
+    with open(log, "rb") as f:
+        f.seek(offset)
+        to.write_bytes(f.read())
 
 
 def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_path: Path) -> None:
-    from registry_mirror.analysis.cache_inventory import inventory, open_cache
+    from registry_mirror.analysis.cache_inventory import inventory, open_cache, take_inventory
 
     image = SampleImage(f"library/usage-{secrets.token_hex(4)}", "1", layer_sizes=(123_457,))
     seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), [image])
@@ -74,6 +84,9 @@ def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_pat
     assert repos.loc[image.repository, "logical_bytes"] >= 123_457
     assert pulled.bytes <= repos.loc[image.repository, "logical_bytes"] + 10_000
     assert inv.summary().iloc[0]["blobs"] >= 3
+    # Listed per repository (delimiter listings find them): the same objects.
+    walked = take_inventory(cache, progress=False)
+    assert sorted(walked.objects["key"]) == sorted(inv.objects["key"])
 
     out = run_notebook(stack, tmp_path, "cache_usage", output_dir=str(tmp_path / "usage"), quota_gb=10.0)
     summary = pd.read_csv(tmp_path / "usage" / "cache_summary.csv").iloc[0]

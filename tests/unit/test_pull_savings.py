@@ -103,3 +103,60 @@ def test_a_large_generated_log_streams_through_duckdb(tmp_path: Path) -> None:
 def test_no_logs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no log files"):
         pull_savings([tmp_path / "nothing-here"])
+
+
+def mirror_line(msg: str, *, uri: str | None = None, instance: str = "i-1", t: str = "2026-11-01T01:00:00Z") -> str:
+    """A registry 3.0.0 JSON log line as its logrus JSON formatter writes it."""
+    import json
+
+    fields = {"go.version": "go1.26.8", "instance.id": instance, "level": "info", "msg": msg,
+              "service": "registry-mirror", "time": t, "version": "v3.0.0"}
+    if uri is not None:
+        fields.update({"http.request.method": "GET", "http.request.uri": uri, "http.response.status": 200})
+    return json.dumps(fields)
+
+
+def test_the_mirrors_logs_make_upstream_pulls_exact(tmp_path: Path) -> None:
+    from registry_mirror.analysis.mirror_logs import load_mirror_logs
+
+    manifest, index, layer = "sha256:" + "11" * 32, "sha256:" + "22" * 32, "sha256:" + "33" * 32
+    scheduled = "Adding new scheduler entry for library/app@{} with ttl=167h59m59.99s"
+    mirror = [
+        mirror_line(scheduled.format(index)), mirror_line(scheduled.format(manifest)),
+        mirror_line(scheduled.format(layer)),
+        mirror_line("response completed", uri=f"/v2/library/app/blobs/{layer}"),
+        mirror_line("response completed", uri="/v2/library/app/manifests/1.0"),
+        # Another instance served the same layer from storage: no entry there, nothing fetched.
+        mirror_line("response completed", uri=f"/v2/library/app/blobs/{layer}", instance="i-2"),
+        '{"msg": "Adding new scheduler entry for library/app@sha256:', "time=2026 level=info msg=text format",
+    ]
+    (tmp_path / "mirror").mkdir()
+    dump = [f"   2026-11-01T02:00:0{i}.00+0000 [APP/PROC/WEB/{i % 2}] ERR {line}" for i, line in enumerate(mirror)]
+    (tmp_path / "mirror" / "cf-logs.txt").write_text("\n".join(dump) + "\n")
+    tag = "/v2/library/app/manifests/1.0"
+    (tmp_path / "proxy.log").write_text("\n".join([extended(tag, 200, 500, "MISS"), extended(tag, 200, 500, "MISS"),
+                                                   extended(tag, 200, 500, "HIT")]) + "\n")
+
+    fetched = load_mirror_logs([tmp_path / "mirror"])
+    assert (fetched.manifests, fetched.blobs) == (2, 1)
+    assert (fetched.lines, fetched.skipped, fetched.malformed) == (8, 1, 1)
+    savings = pull_savings([tmp_path / "proxy.log"], upstream=fetched, limit=1)
+    s = savings.summary.iloc[0]
+    assert s["pulls_served"] == 3 and s["pulls_upstream_at_most"] == 2 and s["pulls_upstream"] == 2
+    assert savings.images.set_index("repository").loc["library/app", "pulls_upstream"] == 2
+    assert savings.windows["pulls_upstream"].tolist() == [2]
+    assert "2 reached Docker Hub (the mirrors' logs), so it saved 1" in savings.verdict()
+
+
+def test_the_mirrors_counters_are_summed_over_instances(tmp_path: Path) -> None:
+    from registry_mirror.analysis.mirror_logs import load_mirror_metrics
+
+    for i, (manifests, blobs) in enumerate(((3, 10), (4, 0))):
+        (tmp_path / f"mirror-{i}.prom").write_text(
+            "# HELP registry_proxy_misses_total The number of total proxy request misses\n"
+            "# TYPE registry_proxy_misses_total counter\n"
+            f'registry_proxy_misses_total{{type="blob"}} {blobs}\n'
+            f'registry_proxy_misses_total{{type="manifest"}} {manifests}\n'
+            f'registry_proxy_hits_total{{type="manifest"}} 99\n')
+    fetched = load_mirror_metrics([tmp_path])
+    assert (fetched.manifests, fetched.blobs, fetched.source) == (7, 10, "mirror metrics")

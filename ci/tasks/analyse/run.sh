@@ -8,7 +8,11 @@ params="$(task_params)"
 status=0
 run_notebook cache_usage "$params" -p bucket "$BUCKET" -p s3_endpoint "${S3_ENDPOINT:-}" \
   -p quota_gb "${QUOTA_GB:-0}" -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" -p output_dir "$OUT_DIR/tables" || status=$?
-run_notebook pull_savings "$params" -p log_sources "$BUILD_DIR/proxy-logs" -p output_dir "$OUT_DIR/tables" || status=$?
+# With the mirrors' logs the pulls that reached Docker Hub are exact; without, an upper bound.
+mirror_logs=()
+[ -d "$BUILD_DIR/mirror-logs" ] && mirror_logs=(-p mirror_logs "$BUILD_DIR/mirror-logs")
+run_notebook pull_savings "$params" -p log_sources "$BUILD_DIR/proxy-logs" "${mirror_logs[@]}" \
+  -p output_dir "$OUT_DIR/tables" || status=$?
 for name in cache_usage pull_savings; do
   [ -f "$OUT_DIR/$name.ipynb" ] && python -m jupyter nbconvert --to html --no-input "$OUT_DIR/$name.ipynb" \
     --output-dir "$OUT_DIR" >/dev/null 2>&1 || true

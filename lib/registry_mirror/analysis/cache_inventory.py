@@ -8,7 +8,10 @@ The registry (distribution) stores under `<root>/docker/registry/v2/`:
     repositories/<name>/_uploads/<id>/...                        an upload (a pull-through mirror has none)
 and, in proxy mode, `<root>/scheduler-state.json`: when each cached repository entry expires.
 Blobs are sharded by the first two hex digits of their digest, so the listing runs one paginator per
-shard in parallel (boto3 clients are thread-safe); the repositories are listed beside them.
+shard in parallel (boto3 clients are thread-safe); repositories are found with delimiter listings and
+listed one per task beside them, because one listing of a whole tree is the slow path on S3 stores
+that keep folders (SeaweedFS's filer walks them). For buckets of tens of millions of objects,
+`inventory_from_report` reads an S3 Inventory report (CSV or Parquet) instead, with the same output.
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
+Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
 SHARDS = [f"{i:02x}" for i in range(256)]
 
 
@@ -43,6 +48,20 @@ class Inventory:
         """Blobs no repository links to: nothing can serve them, and deleting them reclaims their bytes."""
         blobs = self.blobs
         return blobs[~blobs["digest"].isin(self.referenced())].sort_values("size", ascending=False)
+
+    def untracked(self) -> pd.DataFrame:
+        """Cached layers and manifests the proxy scheduler has no entry for: they never expire. With
+        several mirror instances on one bucket, each rewrites scheduler-state.json from its own memory
+        and drops the others' entries (distribution issue 4594); this is how that shows in storage.
+        Empty when there is no scheduler state at all (no proxy TTL, or nothing saved yet)."""
+        columns = ["repository", "digest", "kind"]
+        if self.scheduler.empty:
+            return pd.DataFrame(columns=columns)
+        links = self.objects[self.objects["kind"].isin(["layer_link", "revision_link"])]
+        # Scheduler keys are `<repository>@<digest>`; EntryType 0 is a blob, 1 a manifest.
+        wanted = links["repository"] + "@" + links["digest"] + "/" + (links["kind"] == "revision_link").astype(int).astype(str)
+        known = set(self.scheduler["key"] + "/" + self.scheduler["entry_type"].astype("Int64").astype(str))
+        return links[~wanted.isin(known)][columns].reset_index(drop=True)
 
     def repositories(self) -> pd.DataFrame:
         """Per repository: logical bytes (every blob it links, as if stored alone) and tags."""
@@ -69,7 +88,7 @@ class Inventory:
             "dedupe_ratio": logical / physical if physical else 1.0,
             "unreferenced_blobs": len(unreferenced), "reclaimable_bytes": int(unreferenced["size"].sum()),
             "upload_objects": len(uploads), "upload_bytes": int(uploads["size"].sum()),
-            "scheduler_entries": len(self.scheduler),
+            "scheduler_entries": len(self.scheduler), "untracked_by_scheduler": len(self.untracked()),
         }])
 
     def ages(self, now: datetime | None = None) -> pd.DataFrame:
@@ -94,23 +113,52 @@ class Inventory:
         quota = (f" {room['used_share']:.0%} of the {quota_gb:g} GB quota is used." if quota_gb else "")
         cost = f" At {price_per_gb_month:g} per GB-month it costs {room['monthly_cost']:.2f} a month." \
             if price_per_gb_month else ""
-        n = {k: int(s[k]) for k in ("repositories", "objects", "unreferenced_blobs", "upload_objects")}
+        n = {k: int(s[k]) for k in ("repositories", "objects", "unreferenced_blobs", "upload_objects",
+                                    "untracked_by_scheduler")}
+        untracked = (f" {n['untracked_by_scheduler']} cached layer(s) or manifest(s) have no scheduler entry and "
+                     "will never expire: several mirror instances overwriting one scheduler state do this "
+                     "(distribution issue 4594)." if n["untracked_by_scheduler"] else "")
         return (f"The cache holds {n['repositories']} repositories in {n['objects']} objects, "
                 f"{s['bytes'] / 1e6:.1f} MB; shared layers make {s['logical_bytes'] / 1e6:.1f} MB of images take "
                 f"{s['physical_blob_bytes'] / 1e6:.1f} MB (dedupe {s['dedupe_ratio']:.2f}x). "
                 f"{n['unreferenced_blobs']} unreferenced blob(s), {s['reclaimable_bytes'] / 1e6:.1f} MB, could be "
-                f"reclaimed; {n['upload_objects']} leftover upload object(s).{quota}{cost}")
+                f"reclaimed; {n['upload_objects']} leftover upload object(s).{untracked}{quota}{cost}")
 
 
 # ------------------------------------------------------------------------------ reading the bucket
 
+def take_inventory(cache: "CacheLocation", *, report: str = "", progress: bool = True) -> Inventory:
+    """The cache's inventory: listed, or read from the S3 Inventory report whose manifest.json is at
+    `report` (`s3://bucket/key`, read with the cache's credentials, or a local copy of the destination
+    bucket, whose data files are found beside the manifest's folders)."""
+    if not report:
+        return inventory(cache.listing, cache.root, read=cache.read, folders=cache.folders, progress=progress)
+    if report.startswith("s3://"):
+        bucket, _, key = report[len("s3://"):].partition("/")
+        read = cache.reader_for(bucket)
+        manifest = read(key)
+    else:
+        path = Path(report)
+        if not path.is_file():
+            raise ValueError(f"inventory_report {report!r}: no such manifest.json")
+        manifest = path.read_bytes()
+        read = _local_report_reader(path)
+    return inventory_from_report(manifest, read, cache.root, read_state=cache.read, progress=progress)
+
+
 def inventory(listing: Listing, root: str = "", *, read: Callable[[str], bytes] | None = None,
-              workers: int = 16, progress: bool = True) -> Inventory:
-    """List the layout in parallel (one task per blob shard, one for the repositories) and classify."""
+              folders: Folders | None = None, workers: int = 64, progress: bool = True) -> Inventory:
+    """List the layout in parallel (one task per blob shard and, given `folders`, one per repository;
+    else one for all repositories) and classify every object."""
     base = _base(root)
-    prefixes = [f"{base}blobs/sha256/{shard}/" for shard in SHARDS] + [f"{base}repositories/"]
     rows: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        if folders is None:
+            repositories = [f"{base}repositories/"]
+        else:
+            loose, repositories = _find_repositories(pool, folders, f"{base}repositories/")
+            rows.extend(loose)
+        prefixes = [f"{base}blobs/sha256/{shard}/" for shard in SHARDS] + repositories
         results = pool.map(lambda prefix: list(listing(prefix)), prefixes)
         if progress:
             from tqdm.auto import tqdm
@@ -118,15 +166,59 @@ def inventory(listing: Listing, root: str = "", *, read: Callable[[str], bytes] 
             results = tqdm(results, total=len(prefixes), desc="listing the cache", unit="prefix")
         for objects in results:
             rows.extend(objects)
-    objects = classify(rows, base)
-    scheduler = _scheduler(read, root) if read is not None else pd.DataFrame(columns=["key", "expiry", "entry_type"])
-    return Inventory(objects, scheduler)
+    return Inventory(classify(rows, base), _scheduler(read, root))
+
+
+def inventory_from_report(manifest: bytes, read: Callable[[str], bytes], root: str = "", *,
+                          read_state: Callable[[str], bytes] | None = None, progress: bool = True) -> Inventory:
+    """The same inventory from an S3 Inventory report instead of a listing: `manifest` is the report's
+    manifest.json, `read` fetches one of its data files by key (from the destination bucket or a local
+    copy of it). CSV (gzipped, keys URL-encoded) and Parquet reports are read by DuckDB."""
+    import tempfile
+
+    import duckdb
+
+    spec = json.loads(manifest)
+    fmt = str(spec.get("fileFormat", "")).upper()
+    if fmt not in ("CSV", "PARQUET"):
+        raise ValueError(f"S3 Inventory report format {spec.get('fileFormat')!r} is not CSV or Parquet")
+    files = [f["key"] for f in spec.get("files", [])]
+    with tempfile.TemporaryDirectory(prefix="s3-inventory-") as tmp:
+        paths = []
+        for i, key in enumerate(_progress(files, progress, "reading the inventory report")):
+            path = f"{tmp}/{i}.{'csv.gz' if fmt == 'CSV' else 'parquet'}"
+            with open(path, "wb") as out:
+                out.write(read(key))
+            paths.append(path)
+        if not paths:
+            return Inventory(classify_frame(pd.DataFrame(columns=["key", "size", "last_modified"])),
+                             _scheduler(read_state, root))
+        if fmt == "CSV":
+            names = [n.strip() for n in str(spec["fileSchema"]).split(",")]
+            frame = duckdb.sql(
+                "SELECT url_decode(Key) AS key, CAST(Size AS BIGINT) AS size, LastModifiedDate AS last_modified "
+                "FROM read_csv($paths, header=false, names=$names, all_varchar=true, compression='gzip') "
+                "WHERE Size IS NOT NULL", params={"paths": paths, "names": names}).df()
+        else:
+            frame = duckdb.sql("SELECT key, size, last_modified_date AS last_modified FROM read_parquet($paths) "
+                               "WHERE size IS NOT NULL", params={"paths": paths}).df()
+    base = _base(root)
+    return Inventory(classify_frame(frame[frame["key"].str.startswith(base)].reset_index(drop=True), base),
+                     _scheduler(read_state, root))
 
 
 def classify(rows: Iterable[dict], base: str = "docker/registry/v2/") -> pd.DataFrame:
     """Each object's role in the layout, from its key alone."""
     frame = pd.DataFrame([{"key": r["Key"], "size": int(r["Size"]), "last_modified": r["LastModified"]}
                           for r in rows], columns=["key", "size", "last_modified"])
+    return classify_frame(frame, base)
+
+
+def classify_frame(frame: pd.DataFrame, base: str = "docker/registry/v2/") -> pd.DataFrame:
+    """`classify` for a frame of key, size, last_modified (vectorised: tens of millions of rows)."""
+    # Listings may carry timestamps as text (the fast parser keeps them so): one vectorised parse here.
+    frame = frame.assign(size=frame["size"].astype("int64"),
+                         last_modified=pd.to_datetime(frame["last_modified"], utc=True, format="ISO8601"))
     rel = frame["key"].str.slice(len(base))
     parts = rel.str.extract(
         r"^(?:blobs/sha256/[0-9a-f]{2}/(?P<blob>[0-9a-f]{64})/data"
@@ -155,6 +247,31 @@ def s3_listing(client, bucket: str) -> Listing:  # type: ignore[no-untyped-def]
     return listing
 
 
+def s3_folders(client, bucket: str) -> Folders:  # type: ignore[no-untyped-def]
+    """One level of a prefix: its objects and its sub-prefixes (a delimiter listing)."""
+    def folders(prefix: str) -> tuple[list[dict], list[str]]:
+        objects: list[dict] = []
+        subs: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            objects.extend(page.get("Contents", []))
+            subs.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return objects, subs
+    return folders
+
+
+def s3_client(**kwargs):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client that keeps LastModified as text: botocore's per-object dateutil parse was half
+    of a 100,000-object listing's time; classify_frame parses them all at once instead."""
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    session = botocore.session.get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+    config = Config(max_pool_connections=64, retries={"max_attempts": 3})
+    return boto3.Session(botocore_session=session).client("s3", config=config, **kwargs)
+
+
 def s3_reader(client, bucket: str) -> Callable[[str], bytes]:  # type: ignore[no-untyped-def]
     def read(key: str) -> bytes:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -166,14 +283,54 @@ def _base(root: str) -> str:
     return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
 
 
-def _scheduler(read: Callable[[str], bytes], root: str) -> pd.DataFrame:
+def _local_report_reader(manifest: Path) -> Callable[[str], bytes]:
+    """Data file keys are relative to the destination bucket: find the ancestor of the manifest that
+    is that bucket's copy (the manifest sits at <prefix>/<source bucket>/<config>/<time>/)."""
+    def read(key: str) -> bytes:
+        for folder in manifest.parents:
+            if (folder / key).is_file():
+                return (folder / key).read_bytes()
+        raise ValueError(f"inventory report data file {key!r} is not under any folder above {manifest}")
+    return read
+
+
+def _find_repositories(pool: ThreadPoolExecutor, folders: Folders, top: str) -> tuple[list[dict], list[str]]:
+    """Every repository prefix under `top` (a folder holding _manifests/, _layers/ or _uploads/; names
+    may nest, e.g. library/ubuntu), one delimiter listing per folder, each level in parallel."""
+    loose: list[dict] = []
+    repositories: list[str] = []
+    level = [top]
+    while level:
+        following: list[str] = []
+        for prefix, (objects, subs) in zip(level, pool.map(folders, level)):
+            loose.extend(objects)
+            if any(s[len(prefix):] in ("_manifests/", "_layers/", "_uploads/") for s in subs):
+                repositories.append(prefix)
+            else:
+                following.extend(subs)
+        level = following
+    return loose, repositories
+
+
+def _progress(items: list, enabled: bool, desc: str):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc)
+
+
+def _scheduler(read: Callable[[str], bytes] | None, root: str) -> pd.DataFrame:
     """The proxy scheduler's state: one entry per cached repository and blob, with its expiry."""
+    if read is None:
+        return pd.DataFrame(columns=["key", "expiry", "entry_type"])
     key = f"{root.strip('/')}/scheduler-state.json".lstrip("/")
     try:
         state = json.loads(read(key))
     except Exception:  # noqa: BLE001 - no state file yet (nothing expired or scheduled), or unreadable
         return pd.DataFrame(columns=["key", "expiry", "entry_type"])
-    return pd.DataFrame([{"key": k, "expiry": v.get("Expiry"), "entry_type": v.get("EntryType")}
+    # The registry writes the expiry as "ExpiryData" (registry/proxy/scheduler/scheduler.go, 3.0.0).
+    return pd.DataFrame([{"key": v.get("Key", k), "expiry": v.get("ExpiryData"), "entry_type": v.get("EntryType")}
                          for k, v in state.items()], columns=["key", "expiry", "entry_type"])
 
 
@@ -183,6 +340,8 @@ class CacheLocation:
     read: Callable[[str], bytes]
     bucket: str
     root: str
+    folders: Folders | None = None
+    reader_for: Callable[[str], Callable[[str], bytes]] = lambda bucket: _no_reader(bucket)
 
     def __repr__(self) -> str:
         return f"CacheLocation(bucket={self.bucket!r}, root={self.root!r})"  # no client, no keys
@@ -192,32 +351,32 @@ def open_cache(settings: object, *, bucket: str = "", endpoint: str = "") -> Cac
     """The mirror's bucket: on the local platform SeaweedFS with the stack's keys; elsewhere `bucket`
     (and `endpoint`) with credentials from the environment (boto3's chain: AWS_ACCESS_KEY_ID and
     AWS_SECRET_ACCESS_KEY, as the service key gives them). Keys are never shown."""
-    import boto3
-    from botocore.config import Config
-
     from ..credentials import LocalStackSecrets
     from ..errors import ParameterError
     from ..parameters import resolve_project_path
 
-    config = Config(max_pool_connections=32, retries={"max_attempts": 3})
     local = getattr(settings, "local", None)
     storage = getattr(settings, "storage", None)
     if local is not None and storage is not None and not bucket:
         secrets = LocalStackSecrets.load_or_create(resolve_project_path(local.state_dir) / "secrets" /
                                                    "stack-secrets.json", create=False)
-        client = boto3.client("s3", endpoint_url=endpoint or f"http://{local.address}:{local.s3_port}",
-                              aws_access_key_id=secrets.s3_access_key.reveal(),
-                              aws_secret_access_key=secrets.s3_secret_key.reveal(),
-                              region_name=storage.region, config=config)
+        client = s3_client(endpoint_url=endpoint or f"http://{local.address}:{local.s3_port}",
+                           aws_access_key_id=secrets.s3_access_key.reveal(),
+                           aws_secret_access_key=secrets.s3_secret_key.reveal(), region_name=storage.region)
         bucket, root = storage.bucket, storage.root_directory
     else:
         if not bucket:
             raise ParameterError("parameter 'bucket' is empty: outside the local platform name the cache's bucket "
                                  "(the S3 service key's `bucket`) and put its keys in AWS_ACCESS_KEY_ID and "
                                  "AWS_SECRET_ACCESS_KEY")
-        client = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+        client = s3_client(endpoint_url=endpoint or None)
         root = (storage.root_directory if storage is not None else "/")
-    return CacheLocation(s3_listing(client, bucket), s3_reader(client, bucket), bucket, root)
+    return CacheLocation(s3_listing(client, bucket), s3_reader(client, bucket), bucket, root,
+                         s3_folders(client, bucket), lambda other: s3_reader(client, other))
+
+
+def _no_reader(bucket: str) -> Callable[[str], bytes]:
+    raise ValueError(f"no S3 client to read bucket {bucket!r} with")
 
 
 def plot(inv: Inventory):  # type: ignore[no-untyped-def]
@@ -241,13 +400,11 @@ def plot(inv: Inventory):  # type: ignore[no-untyped-def]
 
 def write(inv: Inventory, folder, quota_gb: float = 0.0, price_per_gb_month: float = 0.0) -> list:  # type: ignore[no-untyped-def]
     """The tables as CSV, and the summary appended to history.csv for growth over time."""
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     tables = {"summary": inv.summary(), "repositories": inv.repositories(), "unreferenced": inv.unreferenced(),
-              "ages": inv.ages(), "scheduler": inv.scheduler, "headroom": inv.headroom(quota_gb, price_per_gb_month)}
+              "ages": inv.ages(), "scheduler": inv.scheduler, "untracked": inv.untracked(), "headroom": inv.headroom(quota_gb, price_per_gb_month)}
     for name, frame in tables.items():
         path = folder / f"cache_{name}.csv"
         frame.to_csv(path, index=False)

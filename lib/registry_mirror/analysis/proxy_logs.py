@@ -41,17 +41,10 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
     db = db or duckdb.connect()
     # Rows need no order, which lets DuckDB stream the scan instead of buffering it.
     db.execute("SET preserve_insertion_order = false")
-    files = _expand(sources)
+    files = expand_sources(sources)
     if not files:
         raise FileNotFoundError(f"no log files in {', '.join(map(str, sources))}")
-    # One VARCHAR column per line: a delimiter and quote that never occur, no type guessing.
-    # A view cannot take parameters: the file list goes in as a quoted literal.
-    listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-    db.execute(f"""
-        CREATE OR REPLACE TEMP VIEW lines AS
-        SELECT line FROM read_csv({listing}, columns={{'line': 'VARCHAR'}}, delim=chr(31), quote='', escape='',
-                                  header=false, auto_detect=false, null_padding=true, max_line_size=1048576)
-    """)
+    lines_view(db, files)
     # Split on the double quotes instead of one regex over the line (four times faster): both formats
     # give `prefix NginxLog | xff | | request | status bytes [client= rt= urt= ua=] | [instance | cache= t=]`.
     db.execute(f"""
@@ -97,7 +90,19 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
     return LogLoad(db, lines=lines, requests=parsed, skipped=lines - nginx, malformed=nginx - parsed)
 
 
-def _expand(sources: Sequence[str | Path]) -> list[str]:
+def lines_view(db: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """The view `lines`: every line of `files`, one VARCHAR column, streamed by DuckDB's CSV reader."""
+    # A delimiter and quote that never occur, no type guessing. A view cannot take parameters: the
+    # file list goes in as a quoted literal.
+    listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    db.execute(f"""
+        CREATE OR REPLACE TEMP VIEW lines AS
+        SELECT line FROM read_csv({listing}, columns={{'line': 'VARCHAR'}}, delim=chr(31), quote='', escape='',
+                                  header=false, auto_detect=false, null_padding=true, max_line_size=1048576)
+    """)
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[str]:
     files: list[str] = []
     for source in sources:
         text = str(source)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..security_rules import SecurityRules
+from .mirror_logs import UpstreamFetches
 from .proxy_logs import LogLoad, load_proxy_logs
 
 SERVED_BY_PROXY = ("HIT", "STALE", "UPDATING", "REVALIDATED")
@@ -30,18 +31,26 @@ class PullSavings:
     windows: pd.DataFrame  # per Docker Hub limit window: pulls served vs reaching upstream
     load: LogLoad
     limit: int | None  # Docker Hub pulls per window, from its headers or params
+    upstream: UpstreamFetches | None = None  # the mirrors' own count of what they fetched, when given
 
     def verdict(self) -> str:
         row = self.summary.iloc[0]
-        served, upstream = int(row["pulls_served"]), int(row["pulls_upstream_at_most"])
+        served = int(row["pulls_served"])
+        exact = self.upstream is not None
+        upstream = self.upstream.manifests if self.upstream is not None else int(row["pulls_upstream_at_most"])
         saved = served - upstream
+        column = "pulls_upstream" if exact and self.upstream.source == "mirror logs" else "pulls_upstream_at_most"
         over = int((self.windows["pulls_served"] > self.limit).sum()) if self.limit and len(self.windows) else 0
-        over_with = int((self.windows["pulls_upstream_at_most"] > self.limit).sum()) if self.limit and len(self.windows) else 0
+        over_with = int((self.windows[column] > self.limit).sum()) if self.limit and len(self.windows) else 0
         limit_text = (f" Against Docker Hub's {self.limit} pulls per window, {over} window(s) would have gone over "
                       f"without the mirror and {over_with} did with it." if self.limit else "")
-        return (f"The mirror served {served} pulls; at most {upstream} reached Docker Hub, so it saved at least "
-                f"{saved} ({row['saved_ratio']:.0%}). It refused {int(row['denied'])} request(s) from clients outside "
-                f"the allow-list and {int(row['writes_refused'])} write(s).{limit_text} {self.load.summary()}.")
+        reached = (f"{upstream} reached Docker Hub (the mirrors' {self.upstream.source.split()[-1]}), so it saved "
+                   f"{saved}" if self.upstream is not None else
+                   f"at most {upstream} reached Docker Hub, so it saved at least {saved}")
+        ratio = saved / served if served else 0.0
+        return (f"The mirror served {served} pulls; {reached} ({ratio:.0%}). It refused {int(row['denied'])} request(s) from clients outside "
+                f"the allow-list and {int(row['writes_refused'])} write(s).{limit_text} {self.load.summary()}."
+                + (f" {self.upstream.summary()}." if self.upstream is not None else ""))
 
     def write(self, folder: Path) -> list[Path]:
         """Every table as Parquet and CSV beside the executed notebook."""
@@ -63,7 +72,10 @@ def _quoted(path: Path) -> str:
 
 
 def pull_savings(sources: Sequence[str | Path], *, rules: SecurityRules | None = None, limit: int | None = None,
-                 window_hours: int = 6, raw_clients: bool = False) -> PullSavings:
+                 window_hours: int = 6, raw_clients: bool = False,
+                 upstream: UpstreamFetches | None = None) -> PullSavings:
+    """The savings from the proxy's logs; with `upstream` (the mirrors' logs or counters) the pulls
+    that reached Docker Hub are exact instead of an upper bound."""
     load = load_proxy_logs(sources, bucket_hours=window_hours)
     db = load.db
     db.execute(f"""
@@ -110,7 +122,18 @@ def pull_savings(sources: Sequence[str | Path], *, rules: SecurityRules | None =
                coalesce(sum(n) FILTER (WHERE is_pull AND reached_mirror), 0) AS pulls_upstream_at_most
         FROM pulls WHERE hour IS NOT NULL GROUP BY window_start ORDER BY window_start
     """).df()
-    return PullSavings(summary, images, clients, windows, load, limit)
+    if upstream is not None:
+        summary["pulls_upstream"] = upstream.manifests
+        summary["blobs_upstream"] = upstream.blobs
+        summary["saved_ratio"] = (served - upstream.manifests) / served if served else 0.0
+        if upstream.source == "mirror logs":
+            per_repo = upstream.repositories.set_index("repository")["manifests"]
+            images["pulls_upstream"] = images["repository"].map(per_repo).fillna(0).astype("int64")
+            exact = upstream.windows.rename(columns={"manifests": "pulls_upstream"})
+            windows = windows.merge(exact, on="window_start", how="outer").fillna(0).sort_values("window_start")
+            windows = windows.astype({c: "int64" for c in ("pulls_served", "pulls_upstream_at_most",
+                                                             "pulls_upstream")}).reset_index(drop=True)
+    return PullSavings(summary, images, clients, windows, load, limit, upstream)
 
 
 def _client(seen: str, rules: SecurityRules | None, raw: bool) -> str:
