@@ -38,6 +38,11 @@ class DeployReport:
     def changed(self) -> bool:
         return any(s.status == "done" for s in self.steps)
 
+    def changes(self) -> str:
+        """The steps that changed (or in a dry run would change) something, in one line."""
+        changed = [f"{s.component}: {s.action}" for s in self.steps if s.status in ("done", "planned")]
+        return "; ".join(changed) or "nothing to change"
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([vars(s) for s in self.steps],
                             columns=["component", "action", "status", "detail", "seconds"])

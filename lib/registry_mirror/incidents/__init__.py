@@ -1,0 +1,1 @@
+"""Incidents: diagnose the chain layer by layer (triage), remedy behind a gate, rehearse with faults."""

@@ -1,0 +1,92 @@
+"""What incident_triage.ipynb calls: start the walk for the platform the parameters name, apply the
+gated remedy, walk again, keep the evidence."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import ParameterError, VerificationError
+from ..parameters import Settings
+from .remedies import REMEDIES, RemedyResult
+from .triage import Diagnosis, Triage
+
+
+def start_triage(settings: Settings, *, probe_image: str = "library/hello:latest", slow_seconds: float = 2.0,
+                 recent_minutes: float = 15.0, stuck_minutes: float = 10.0, public_url: str = "",
+                 remedy: str = "") -> Triage:
+    """A walk over the stack the parameters name; checks `remedy` now, before anything is looked at."""
+    if remedy and remedy not in REMEDIES:
+        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {remedy!r}")
+    for name, value in (("slow_seconds", slow_seconds), ("recent_minutes", recent_minutes),
+                        ("stuck_minutes", stuck_minutes)):
+        if value < 0:
+            raise ParameterError(f"parameter {name!r} must not be negative, got {value}")
+    evidence = _evidence_factory(settings, probe_image=probe_image, recent_minutes=recent_minutes,
+                                 stuck_minutes=stuck_minutes, public_url=public_url)
+    return Triage(evidence, slow_seconds=slow_seconds)
+
+
+def check_again(triage: Triage, result: RemedyResult) -> Triage | None:
+    """The same walk again after an applied remedy; None when nothing was applied."""
+    if not result.applied:
+        return None
+    again = triage.again()
+    again.walk()
+    return again
+
+
+def final_verdict(diagnosis: Diagnosis, result: RemedyResult, again: Triage | None) -> str:
+    if again is None:
+        return diagnosis.verdict()
+    after = again.diagnose()
+    if after.healthy:
+        return f"FIXED by {result.remedy}: the same checks pass again. Before: {diagnosis.cause}."
+    return f"NOT FIXED by {result.remedy}: {after.verdict()}"
+
+
+def require_fixed(result: RemedyResult, again: Triage | None) -> None:
+    """A remedy that was applied and did not fix the chain fails the run (the pipeline sees it)."""
+    if again is not None and not again.diagnose().healthy:
+        raise VerificationError(f"remedy {result.remedy} was applied but the chain still fails: "
+                                f"{again.diagnose().verdict()}")
+
+
+def write_results(folder: Path, triage: Triage, diagnosis: Diagnosis, result: RemedyResult,
+                  again: Triage | None) -> list[Path]:
+    """The findings (CSV) and the diagnosis with the remedy's outcome (JSON), beside the notebook."""
+    folder.mkdir(parents=True, exist_ok=True)
+    findings = folder / "triage_findings.csv"
+    triage.to_frame().to_csv(findings, index=False)
+    written = [findings]
+    if again is not None:
+        after = folder / "triage_findings_after_remedy.csv"
+        again.to_frame().to_csv(after, index=False)
+        written.append(after)
+    summary = folder / "triage_diagnosis.json"
+    summary.write_text(json.dumps({
+        "diagnosis": asdict(diagnosis), "remedy": asdict(result),
+        "after": asdict(again.diagnose()) if again is not None else None,
+        "seconds": round(triage.seconds, 2)}, indent=2))
+    written.append(summary)
+    return written
+
+
+def _evidence_factory(settings: Settings, *, probe_image: str, recent_minutes: float, stuck_minutes: float,
+                      public_url: str) -> Callable[[], object]:
+    from ..platforms import platform_for
+
+    rules = settings.load_security_rules()
+    if settings.platform == "local":
+        if public_url:
+            raise ParameterError("parameter 'public_url' is for Cloud Foundry; the local platform knows its endpoint")
+        from .local_evidence import LocalEvidence
+
+        stack = platform_for(settings, rules)
+        return lambda: LocalEvidence(stack, probe_image=probe_image, recent_minutes=recent_minutes)  # type: ignore[arg-type]
+    from .cloudfoundry_evidence import CloudFoundryEvidence
+
+    target = platform_for(settings, rules)
+    return lambda: CloudFoundryEvidence(target, public_url=public_url, probe_image=probe_image,  # type: ignore[arg-type]
+                                        recent_minutes=recent_minutes, stuck_minutes=stuck_minutes)
