@@ -5,12 +5,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl goaccess chromium
+APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl goaccess chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt users venv tools demo test nbmake down status lab clean bench
+.PHONY: bootstrap apt users venv tools demo test nbmake down status lab lab-prepare clean bench
 
 bootstrap: apt users venv tools
 
@@ -65,8 +65,23 @@ status:
 down:
 	@$(BIN)/python -m registry_mirror down
 
-lab: bootstrap
-	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/
+# An operator's session: the runbook with a params file's values filled in (papermill --prepare-only:
+# parameters injected, nothing run), opened in JupyterLab on 127.0.0.1 to step through cell by cell.
+#   make lab                                   incident_triage.ipynb with params/local.yaml
+#   make lab LAB_NOTEBOOK=drill LAB_ARGS='-p fault mirror-dead'
+LAB_NOTEBOOK ?= incident_triage
+LAB_PARAMS ?= params/local.yaml
+LAB_DIR ?= $(OUT)/lab
+LAB_ARGS ?=
+lab-prepare: venv
+	@mkdir -p $(LAB_DIR)
+	@$(BIN)/papermill --prepare-only --log-level WARNING --no-progress-bar notebooks/$(LAB_NOTEBOOK).ipynb \
+	  $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb -f $(LAB_PARAMS) $(LAB_ARGS)
+	@echo "prepared $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb from $(LAB_PARAMS)"
+
+lab: bootstrap lab-prepare
+	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
+	  --ServerApp.root_dir=$(CURDIR) $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb
 
 clean: down
 	rm -rf .state $(OUT)

@@ -6,6 +6,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -14,7 +15,7 @@ from registry_mirror.http_clients import client_from
 
 from registry_mirror.local_platform import LocalPlatform, StackState
 from registry_mirror.parameters import Settings, load_params_file
-from registry_mirror.processes import ProcessRecord, free_port, gone
+from registry_mirror.processes import ProcessRecord, free_port, gone, wait_until
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -72,3 +73,76 @@ def private_stack(settings: Settings) -> Iterator[LocalPlatform]:
         platform.down()
         left = [f"{r.name} (pid {r.pid})" for r in [*seen.values(), *recorded().values()] if not gone(r)]
         assert not left, f"processes left running: {left}"
+
+
+@contextmanager
+def jupyterlab(root_dir: Path) -> Iterator[tuple[str, Any]]:
+    """A real JupyterLab serving `root_dir` on a free loopback port, and headless Chromium driven by
+    Selenium through Debian's chromedriver; both stopped (JupyterLab by its process group) after."""
+    import secrets
+    import subprocess
+    import sys
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    port, token = free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyterlab", "--ip", "127.0.0.1", f"--port={port}", "--no-browser",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    with open(root_dir / "jupyterlab.log", "wb") as log:
+        lab = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{url}/api/status", headers={"Authorization": f"token {token}"},
+                                    timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_until(up, timeout=60, what="JupyterLab", interval=0.2)
+        options = Options()
+        options.binary_location = "/usr/bin/chromium"
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", f"--user-data-dir={root_dir / 'chromium'}"):
+            options.add_argument(arg)
+        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        try:
+            browser.get(f"{url}/login?token={token}")
+            yield url, browser
+        finally:
+            browser.quit()
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(lab.pid, signal.SIGKILL)
+            lab.wait(10)
+
+
+def run_all_cells(browser: Any, notebook_url: str, *, until: str, timeout: float = 180) -> str:
+    """Open a notebook in JupyterLab, click Run > Run All Cells, and wait until `until` shows in the
+    notebook's outputs; returns the notebook's text as the page holds it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(notebook_url)
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"))
+    # The kernel must be up before Run All, or the run waits on it anyway; the status bar says so.
+    wait.until(lambda b: "Idle" in b.find_element(By.ID, "jp-main-statusbar").text)
+    run_menu = wait.until(lambda b: [e for e in b.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel")
+                                     if e.text == "Run"])
+    run_menu[0].click()
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']"))[0].click()
+
+    def text(b: Any) -> str:
+        # textContent: cells off screen are in the DOM but not painted, so `.text` would miss them.
+        return b.execute_script("return document.querySelector('.jp-Notebook').textContent") or ""
+    WebDriverWait(browser, timeout).until(lambda b: until in text(b) or "Traceback" in text(b))
+    return text(browser)

@@ -20,7 +20,9 @@ from registry_mirror.incidents import faults
 from registry_mirror.local_components import hub_seeder
 from registry_mirror.local_platform import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import client, local_test_settings, private_stack, settings_as_parameters
+from tests.support import (
+    client, jupyterlab, local_test_settings, private_stack, run_all_cells, settings_as_parameters,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +155,47 @@ def run_papermill(stack: LocalPlatform, folder: Path, **options: object) -> subp
 def _verdict(text: str) -> str:
     return next((line for line in text.splitlines() if line.startswith(("BROKEN LAYER", "HEALTHY", "FIXED",
                                                                           "NOT FIXED"))), text[-500:])
+
+
+def test_the_drill_notebook_injects_and_undoes_what_triage_then_finds(drill_stack: LocalPlatform,
+                                                                      tmp_path: Path) -> None:
+    def drill(**options: object) -> None:
+        params = tmp_path / "drill-params.yaml"
+        params.write_text(yaml.safe_dump({**settings_as_parameters(drill_stack.settings), **options}))
+        run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
+                              str(ROOT / "notebooks/drill.ipynb"), str(tmp_path / "drill.ipynb"), "-f", str(params)],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    drill(fault="proxy-denies-everyone")  # inject is off by default: nothing changes
+    assert faults.active_faults(drill_stack) == []
+    drill(fault="proxy-denies-everyone", inject=True)
+    try:
+        assert faults.active_faults(drill_stack) == ["proxy-denies-everyone"]
+        assert "BROKEN LAYER: security proxy." in run_triage(drill_stack, tmp_path / "found")
+    finally:
+        drill(undo=True)
+    assert faults.active_faults(drill_stack) == []
+    assert "HEALTHY" in run_triage(drill_stack, tmp_path / "healthy")
+
+
+def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_verdict(
+        drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    """`make lab`'s notebook (papermill --prepare-only), opened in JupyterLab in headless Chromium, run
+    with the Run menu's "Run All Cells", as an operator would; the page shows papermill's verdict."""
+    faults.inject(drill_stack, "mirror-dead")
+    try:
+        expected = _verdict(run_triage(drill_stack, tmp_path / "headless"))
+        assert expected.startswith("BROKEN LAYER: mirror instance")
+        params = tmp_path / "lab-params.yaml"
+        params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))
+        prepared = subprocess.run(["make", "-s", "lab-prepare", f"LAB_PARAMS={params}", f"LAB_DIR={tmp_path / 'lab'}",
+                                   f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}"], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=600)
+        assert prepared.returncode == 0, prepared.stderr[-2000:]
+        with jupyterlab(tmp_path / "lab") as (url, browser):
+            page = run_all_cells(browser, f"{url}/lab/tree/incident_triage.ipynb", until="triage_diagnosis.json")
+        assert expected in page
+        assert (tmp_path / "lab-out" / "triage_diagnosis.json").exists()
+    finally:
+        faults.undo(drill_stack)

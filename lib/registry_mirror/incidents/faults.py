@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import pandas as pd
 
 from ..credentials import LocalStackSecrets
 from ..local_components import daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, upstream_answers
@@ -53,8 +54,14 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 )}
 
 
-def inject(stack: LocalPlatform, name: str) -> str:
-    """Break the stack as fault `name` says; returns what was done. One fault at a time."""
+def catalogue() -> pd.DataFrame:
+    """The faults a drill can inject: name, the layer triage should find, what is done."""
+    return pd.DataFrame([f.__dict__ for f in FAULTS.values()], columns=["name", "layer", "what"])
+
+
+def inject(stack: LocalPlatform, name: str, *, dry_run: bool = False) -> str:
+    """Break the stack as fault `name` says; returns what was (or, in a dry run, would be) done.
+    One fault at a time."""
     fault = _known(name)
     active = _load(stack)
     if active:
@@ -62,16 +69,21 @@ def inject(stack: LocalPlatform, name: str) -> str:
     state = StackState.load(stack.paths.state_file)
     if not state.mirrors or not state.running("proxy"):
         raise ValueError("the local stack is not running: deploy it first (make demo)")
+    if dry_run:
+        return f"DRY RUN: {fault.name} would be injected: {fault.what}"
     record: dict[str, object] = {}
     detail = _INJECT[name](stack, state, record)
     _save(stack, {name: record})
     return f"{fault.name}: {detail}"
 
 
-def undo(stack: LocalPlatform, name: str | None = None) -> str:
+def undo(stack: LocalPlatform, name: str | None = None, *, dry_run: bool = False) -> str:
     """Take the injected fault (or `name`) away and deploy the stack back to what its parameters say."""
     active = _load(stack)
     names = [name] if name else list(active)
+    if dry_run:
+        return (f"DRY RUN: would undo {', '.join(names)} and deploy the stack again" if names
+                else "DRY RUN: no fault is injected; undo would only deploy the stack again")
     for each in names:
         _known(each)
         state = StackState.load(stack.paths.state_file)
@@ -171,7 +183,7 @@ def _mirror_slow(stack: LocalPlatform, state: StackState, record: dict) -> str:
     sock = stack.paths.mirror_socket(victim)
     target = sock.with_name(sock.name + ".behind-slow-relay")
     os.rename(sock, target)  # the registry keeps listening on the renamed socket
-    record.update(socket=str(sock), target=str(target))
+    record.update(socket=str(sock), target=str(target), instance=victim)
     relay = start_process(f"fault-slow-{victim}", [sys.executable, "-m", "registry_mirror.incidents.slow_relay",
                                                    str(sock), str(target), str(SLOW_SECONDS)],
                           log=stack.paths.logs / "fault-slow-relay.log", env=daemon_env(), umask=MIRROR_UMASK)
@@ -199,10 +211,14 @@ def _proxy_cannot_reach_mirror(stack: LocalPlatform, state: StackState, record: 
 
 def _undo_slow(stack: LocalPlatform, record: dict) -> None:
     sock, target = Path(str(record.get("socket", ""))), Path(str(record.get("target", "")))
-    if target.exists():
-        if sock.exists() or sock.is_symlink():
-            sock.unlink()
-        os.rename(target, sock)
+    if not target.exists():
+        return
+    if StackState.load(stack.paths.state_file).running(str(record.get("instance"))):
+        if sock.exists():
+            sock.unlink()  # the relay's
+        os.rename(target, sock)  # the instance listens where the proxy looks again
+    else:
+        target.unlink()  # the instance was replaced (a remedy): its renamed socket is left over
 
 
 _INJECT: dict[str, Callable[[LocalPlatform, StackState, dict], str]] = {

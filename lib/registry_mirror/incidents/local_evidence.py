@@ -64,9 +64,9 @@ class LocalEvidence:
         try:
             pulled = pull_over_api(url, session, self.repository, self.tag)
             facts.cached_pull = (f"ok: {self.repository}:{self.tag} pulled, {pulled.blobs} blob(s) ({pulled.bytes} bytes), "
-                                 f"digests verified, {time.monotonic() - started:.1f} s")
+                                 "digests verified")
             found.append(Finding("public endpoint", f"pull {self.repository}:{self.tag} (manifests and blobs)",
-                                 True, facts.cached_pull[4:]))
+                                 True, f"{facts.cached_pull[4:]}, {time.monotonic() - started:.1f} s"))
         except (PullFailed, requests.RequestException) as exc:
             facts.cached_pull = f"failed: {exc}"
             found.append(Finding("public endpoint", f"pull {self.repository}:{self.tag} (manifests and blobs)",
