@@ -93,3 +93,4 @@ bench: bootstrap
 	cd bench && ../$(BIN)/python resilience.py
 	cd bench && ../$(BIN)/python log_analysis.py
 	cd bench && ../$(BIN)/python cache_inventory.py
+	cd bench && ../$(BIN)/python triage.py

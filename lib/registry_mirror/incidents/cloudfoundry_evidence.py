@@ -81,17 +81,20 @@ class CloudFoundryEvidence:
             return [Finding("mirror instances", "app exists", False, f"no app {self.target.cf.mirror_app}")]
         process = self.target.web_process(mirror)
         stats = self.target.session.get(f"/v3/processes/{process['guid']}/stats").get("resources") or []
-        reason = self._crash_reason(mirror)
+        crashes = self._crashes(mirror, process)
         found = []
         for instance in stats:
-            state = instance.get("state", "UNKNOWN")
-            running = state == "RUNNING"
-            facts.mirrors.append({"name": f"{mirror['name']}/{instance.get('index')}", "running": running,
-                                  "status": 200 if running else None, "seconds": None,
-                                  "exit_reason": None if running else (reason or state), "errors": []})
-            found.append(Finding(f"mirror {mirror['name']}/{instance.get('index')}", "instance state", running,
-                                 f"{state}, up {instance.get('uptime', 0)} s" if running else
-                                 f"{state}" + (f": {reason}" if reason else "")))
+            state, index = instance.get("state", "UNKNOWN"), instance.get("index")
+            # A crash-looping instance shows RUNNING between crashes: its crashes say otherwise.
+            crashed = crashes.get(index)
+            healthy = state == "RUNNING" and crashed is None
+            reason = crashed or (self._crash_reason(mirror) if state == "CRASHED" else None)
+            facts.mirrors.append({"name": f"{mirror['name']}/{index}", "running": healthy,
+                                  "status": 200 if healthy else None, "seconds": None,
+                                  "exit_reason": None if healthy else (reason or state), "errors": []})
+            found.append(Finding(f"mirror {mirror['name']}/{index}", "instance state", healthy,
+                                 f"{state}, up {instance.get('uptime', 0)} s" if healthy else
+                                 f"{state}" + (f", crashing: {reason}" if reason else "")))
         return found or [Finding("mirror instances", "instances", False, "none reported")]
 
     def _s3(self, facts: Facts) -> list[Finding]:
@@ -155,6 +158,21 @@ class CloudFoundryEvidence:
         return [Finding(layer, f"{app['name']} instances ({process.get('instances')} desired)",
                         states.get("RUNNING", 0) == process.get("instances"),
                         text + (f"; last crash: {reason}" if reason else ""))], states
+
+    def _crashes(self, app: dict, process: dict) -> dict[int, str]:
+        """Instance index -> Diego's exit description, for crashes of the process version that runs now
+        within the recent window (an earlier version's crashes are history, not the present)."""
+        since = (datetime.now(timezone.utc) - timedelta(minutes=self.recent_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        events = self.target.session.get("/v3/audit_events", {
+            "types": CRASH_EVENT, "target_guids": app["guid"], "order_by": "-created_at", "per_page": "100"}
+        ).get("resources") or []
+        found: dict[int, str] = {}
+        for event in events:
+            data = event.get("data") or {}
+            if str(event.get("created_at", "")) < since or data.get("version") != process.get("version"):
+                continue
+            found.setdefault(data.get("index"), clip(str(data.get("exit_description") or data.get("reason"))))
+        return found
 
     def _crash_reason(self, app: dict) -> str | None:
         from ..cf_health import crash_reason

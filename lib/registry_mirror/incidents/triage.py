@@ -209,6 +209,11 @@ def diagnose(f: Facts, *, slow_seconds: float = 2.0) -> Diagnosis:
         return Diagnosis(False, f"mirror instance {names}",
                          f"not running: {dead[0].get('exit_reason') or 'exited'}; the others serve", works,
                          "replace-mirrors", "start new instances one at a time; in flight pulls are kept")
+    hung = [m for m in f.mirrors if m.get("running") and m.get("status") is None]
+    if hung:
+        return Diagnosis(False, f"mirror instance {hung[0]['name']}",
+                         f"runs but does not answer /v2/ ({hung[0].get('exit_reason')}): hung or overloaded", works,
+                         "replace-mirrors", "replace the instances one at a time")
     slow = [m for m in f.mirrors if m.get("seconds") is not None and m["seconds"] > slow_seconds]
     if slow:
         return Diagnosis(False, f"mirror instance {slow[0]['name']}",

@@ -1,0 +1,72 @@
+"""The triage rules on hand-made evidence: each cause named, the outermost broken layer first."""
+from __future__ import annotations
+
+import pytest
+
+from registry_mirror.incidents.remedies import apply_remedy
+from registry_mirror.incidents.triage import Facts, diagnose
+
+OK_MIRROR = {"name": "m-0", "running": True, "status": 200, "seconds": 0.01, "exit_reason": None, "errors": []}
+
+
+def healthy(**changes: object) -> Facts:
+    facts = Facts(endpoint_status=200, cached_pull="ok: library/hello:latest pulled", proxy_status=200,
+                  mirrors=[dict(OK_MIRROR), dict(OK_MIRROR, name="m-1")], s3_reachable=True, s3_credentials_ok=True,
+                  bucket_exists=True, s3_round_trip_ok=True, upstream_reachable=True, upstream_auth_ok=True,
+                  upstream_remaining=80, upstream_limit=100)
+    for key, value in changes.items():
+        setattr(facts, key, value)
+    return facts
+
+
+def dead(name: str, reason: str) -> dict:
+    return dict(OK_MIRROR, name=name, running=False, status=None, exit_reason=reason)
+
+
+@pytest.mark.parametrize(("facts", "layer", "cause", "remedy"), [
+    (healthy(), "", "", None),
+    (healthy(proxy_drift_lines=6, endpoint_status=403, cached_pull="failed: 403"), "security proxy",
+     "refuses allowed clients", "redeploy-proxy"),
+    (healthy(endpoint_status=502, proxy_connect_errors=4), "security proxy -> mirror", "cannot reach", "redeploy-proxy"),
+    (healthy(s3_reachable=False), "S3", "does not answer", "redeploy"),
+    (healthy(bucket_exists=False), "S3", "bucket does not exist", "redeploy"),
+    (healthy(mirrors=[dead("m-0", "panic: s3aws: SignatureDoesNotMatch"), dead("m-1", "panic: s3aws: "
+                                                                            "SignatureDoesNotMatch")]),
+     "mirror instances", "S3 rejects the credentials", "redeploy"),
+    (healthy(upstream_reachable=False, mirrors=[dead("m-0", "panic: dial tcp: connection refused")]),
+     "mirror instances", "Docker Hub is unreachable", None),
+    (healthy(mirrors=[OK_MIRROR, dead("m-1", "exited")]), "mirror instance m-1", "not running", "replace-mirrors"),
+    (healthy(mirrors=[OK_MIRROR, dict(OK_MIRROR, name="m-1", seconds=3.2)]), "mirror instance m-1", "answers slowly",
+     "replace-mirrors"),
+    (healthy(mirrors=[OK_MIRROR, dict(OK_MIRROR, name="m-1", status=None, seconds=10.0,
+                                      exit_reason="does not answer: TimeoutError")]),
+     "mirror instance m-1", "runs but does not answer", "replace-mirrors"),
+    (healthy(upstream_reachable=False), "upstream", "does not answer", None),
+    (healthy(upstream_remaining=0), "upstream", "pull limit is used up", None),
+    (healthy(upstream_auth_ok=False), "upstream", "refuses the mirror's credentials", None),
+    (healthy(stuck_deployments=["mirror: abc DEPLOYING for 12.0 min"]), "deployments", "stuck", "cancel-deployment"),
+])
+def test_each_cause_is_named_with_its_layer_and_remedy(facts: Facts, layer: str, cause: str,
+                                                         remedy: str | None) -> None:
+    d = diagnose(facts)
+    assert d.healthy == (layer == "")
+    assert d.layer == layer and cause in d.cause and d.remedy == remedy
+
+
+def test_the_outermost_cause_wins_when_several_layers_fail() -> None:
+    # S3 down makes the mirrors fail too: the store is the cause, not the instances.
+    both = healthy(s3_reachable=False, mirrors=[dead("m-0", "panic: s3aws: RequestError")])
+    assert diagnose(both).layer == "S3"
+    # Docker Hub down with serving mirrors: cached images still pull, and the verdict says what fails.
+    down = diagnose(healthy(upstream_reachable=False))
+    assert "cached images still pull" in down.still_works and "not yet cached fail" in down.still_works
+
+
+def test_a_remedy_never_runs_with_the_gate_closed_or_without_one() -> None:
+    broken = diagnose(healthy(s3_reachable=False))
+    closed = apply_remedy(object(), broken)  # a target it must not touch
+    assert not closed.applied and "gate is closed" in closed.detail
+    no_remedy = apply_remedy(object(), diagnose(healthy(upstream_remaining=0)), confirm=True)
+    assert not no_remedy.applied and "wait for the window" in no_remedy.detail
+    with pytest.raises(ValueError, match="parameter 'remedy' must be one of"):
+        apply_remedy(object(), broken, remedy="format-disk", confirm=True)
