@@ -73,6 +73,25 @@ def private_stack(settings: Settings) -> Iterator[LocalPlatform]:
         platform.down()
         left = [f"{r.name} (pid {r.pid})" for r in [*seen.values(), *recorded().values()] if not gone(r)]
         assert not left, f"processes left running: {left}"
+        # Also those the stack lost track of: anything still running from its folder.
+        strays = _running_from(platform.paths.root)
+        for pid in strays:
+            os.kill(pid, signal.SIGKILL)
+        assert not strays, f"processes the stack forgot, still running from {platform.paths.root}: {strays}"
+
+
+def _running_from(folder: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in argv and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
 
 
 @contextmanager

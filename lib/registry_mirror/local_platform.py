@@ -310,10 +310,14 @@ class LocalPlatform:
         new_names = [f"mirror-{generation}-{i}" for i in range(wanted)]
         if not steps.dry_run:
             state.generation = generation
-        # Instances whose process died are dropped from service straight away.
+        # Instances that died, or run but never turned healthy, leave service straight away; a running
+        # one is stopped, or it would go on holding its socket and memory, known to nobody.
         dead = [n for n in state.mirrors if n not in live]
         for name in dead:
-            steps.run(name, "drop dead instance", lambda name=name: self._forget(state, name))
+            if state.running(name):
+                steps.run(name, "stop unhealthy instance", lambda name=name: self._stop(state, name))
+            else:
+                steps.run(name, "drop dead instance", lambda name=name: self._forget(state, name))
 
         for i, name in enumerate(new_names):
             steps.run(name, "start and health-check", lambda name=name: self._start_mirror(state, name, secrets),
