@@ -383,6 +383,24 @@ class CloudFoundryPlatform:
             raise
         return report
 
+    def scale(self, *, component: Component, instances: int, dry_run: bool = False) -> DeployReport:
+        """Scale the app's web process in place (an incident's extra capacity) and wait until every
+        instance serves. The params file still says what the next deploy brings back."""
+        report = DeployReport(platform="cloudfoundry", dry_run=dry_run, endpoint=self.endpoint)
+        steps = StepRecorder(report)
+        self.session.dry_run = dry_run
+        app = self._app(component)
+        if app is None:
+            raise DeployError(f"{self._app_name(component)} does not exist in {self.cf.org}/{self.cf.space}")
+        process = self._web_process(app)
+
+        def scale() -> str:
+            self.session.send("POST", f"/v3/processes/{process}/actions/scale", json={"instances": instances})
+            return self._verify_serving(app)
+        steps.run(app["name"], f"scale to {instances} instance(s)", scale,
+                  detail=f"POST /v3/processes/{process}/actions/scale")
+        return report
+
     def _rollback_revision(self, app: dict, wanted: str | None) -> dict:
         revisions = sorted(self.session.list_all(f"/v3/apps/{app['guid']}/revisions"), key=lambda r: r["version"])
         if wanted:

@@ -88,3 +88,26 @@ def test_a_missing_network_policy_is_named_and_the_proxy_redeploy_restores_it(
     assert "POST /networking/v1/external/policies" in mutating(cf)
     assert "FIXED by redeploy-proxy" in text
     assert any(p["destination"]["id"] == mirror for p in cf.policies())
+
+
+def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(runner: CfRunner, cf: FakeCloudFoundry,
+                                                                          mirror_app: str) -> None:
+    params = runner.params("staging", deploy_timeout_seconds=2)
+    assert runner.run("deploy.ipynb", params).returncode == 0
+    cf.clear_requests()
+    code, text, _ = triage(runner, params, mirror_app, remedy="scale-mirrors", scale_to=3, apply_remedy=True)
+    assert code == 0, text[-2000:]
+    assert mutating(cf) == ["POST /v3/processes/:guid/actions/scale"]
+    assert "APPLIED scale-mirrors: the same checks pass again" in text
+    assert cf.app(MIRROR)["instances"] == 3
+
+    # CC refuses to scale while a deployment is in flight: the run fails with CC's words, nothing else moves.
+    cf.faults.deployment_never_healthy = True
+    params["registry"]["instances"] = 4
+    assert runner.run("deploy.ipynb", params, component="registry").returncode != 0
+    cf.clear_requests()
+    with public_route(runner.cf, mirror_app) as edge:
+        run = runner.run("incident_triage.ipynb", params, public_url=edge.public_url, remedy="scale-mirrors",
+                         scale_to=5, apply_remedy=True, output_dir=str(runner.tmp / "refused"))
+    assert run.returncode != 0 and "Cannot scale this process while a deployment is in flight" in run.stderr
+    assert mutating(cf) == []

@@ -906,6 +906,7 @@ class FakeCloudFoundry:
             ("GET", "/v3/routes", self._h_list_routes),
             ("GET", f"/v3/processes/{g}", self._h_get_process),
             ("GET", f"/v3/processes/{g}/stats", self._h_process_stats),
+            ("POST", f"/v3/processes/{g}/actions/scale", self._h_scale_process),
             ("GET", f"/v3/jobs/{g}", self._h_get_job),
             ("POST", "/v3/packages", self._h_create_package),
             ("GET", f"/v3/packages/{g}", self._h_get_package),
@@ -1417,6 +1418,24 @@ class FakeCloudFoundry:
 
     def _h_get_process(self, req: _Req, guid: str) -> _Resp:
         return _json_resp(200, self._present_process(self._process(guid)[1]))
+
+    def _h_scale_process(self, req: _Req, guid: str) -> _Resp:
+        """ProcessScale: instances (and memory/disk) at once, 202 with the process; refused while a
+        deployment of the app is in flight, and beyond the org's quota, as CC does."""
+        app, process = self._process(guid)
+        body = req.json_object()
+        self._check_fields(body, {"instances", "memory_in_mb", "disk_in_mb", "log_rate_limit_in_bytes_per_second"})
+        instances = body.get("instances", process.instances)
+        if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
+            raise _unprocessable("Instances must be greater than or equal to 0")
+        if any(d.app_guid == app.guid and d.state in _ACTIVE_STATES for d in self._deployments):
+            raise _CCError(422, 390016, "CF-ScaleDisabledDuringDeployment",
+                           "Cannot scale this process while a deployment is in flight.")
+        if app.state == "STARTED" and instances > process.instances:
+            self._check_quota(app, instances - process.instances, process.memory_in_mb)
+        process.instances = instances
+        process.updated_at = _now()
+        return _json_resp(202, self._present_process(process))
 
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
         app, process = self._process(guid)

@@ -57,7 +57,8 @@ CONTRACT_OPERATIONS = {
     ("GET", "/v3/apps/{guid}"), ("GET", "/v3/domains"), ("GET", "/v3/routes"),
     ("GET", "/v3/apps/{guid}/environment_variables"), ("PATCH", "/v3/apps/{guid}/environment_variables"),
     ("GET", "/v3/apps/{guid}/processes/{type}"), ("GET", "/v3/processes/{guid}"),
-    ("GET", "/v3/processes/{guid}/stats"), ("GET", "/v3/jobs/{guid}"), ("POST", "/v3/packages"),
+    ("GET", "/v3/processes/{guid}/stats"), ("POST", "/v3/processes/{guid}/actions/scale"),
+    ("GET", "/v3/jobs/{guid}"), ("POST", "/v3/packages"),
     ("GET", "/v3/packages/{guid}"), ("POST", "/v3/packages/{guid}/upload"), ("POST", "/v3/builds"),
     ("GET", "/v3/builds/{guid}"), ("GET", "/v3/droplets/{guid}"), ("POST", "/v3/deployments"),
     ("GET", "/v3/deployments"), ("GET", "/v3/deployments/{guid}"),
@@ -877,6 +878,16 @@ def test_process_stats_follow_the_app_state(api: Api) -> None:
     assert stats[0]["mem_quota"] == process["memory_in_mb"] * 1024 * 1024
 
 
+def test_scale_changes_the_instances_at_once(api: Api) -> None:
+    api.apply_manifest({"applications": [{"name": "mirror", "instances": 2, "docker": {"image": "x"}}]})
+    app_guid = api.app_guid("mirror")
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")
+    api.deploy(app_guid, api.stage_docker(app_guid, "registry:2"))
+    scaled = api.post(f"/v3/processes/{process['guid']}/actions/scale", {"instances": 3}, expect=202).json()
+    assert scaled["instances"] == 3
+    assert len(api.get(f"/v3/processes/{process['guid']}/stats")["resources"]) == 3
+
+
 def test_environment_variables_patch_merges_and_null_removes(api: Api) -> None:
     api.apply_manifest({"applications": [{"name": "mirror", "env": {"A": "1", "B": "2"}}]})
     path = f"/v3/apps/{api.app_guid('mirror')}/environment_variables"
@@ -1013,6 +1024,7 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     process = api.get(f"/v3/apps/{app_guid}/processes/web")
     api.get(f"/v3/processes/{process['guid']}")
     api.get(f"/v3/processes/{process['guid']}/stats")
+    api.post(f"/v3/processes/{process['guid']}/actions/scale", {"instances": 2}, expect=202)
     api.apply_manifest({"applications": [{"name": "site", "memory": "64M"}]})
     site = api.app_guid("site")
     package = api.post("/v3/packages", {"type": "bits", "relationships": {"app": {"data": {"guid": site}}}},

@@ -199,3 +199,14 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
         assert (tmp_path / "lab-out" / "triage_diagnosis.json").exists()
     finally:
         faults.undo(drill_stack)
+
+
+def test_scale_mirrors_runs_more_instances_until_the_next_deploy(drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    from registry_mirror.local_platform import StackState
+
+    text = run_triage(drill_stack, tmp_path / "scale", remedy="scale-mirrors", scale_to=3, apply_remedy=True)
+    assert "APPLIED scale-mirrors: the same checks pass again" in text
+    state = StackState.load(drill_stack.paths.state_file)
+    assert len(state.mirrors) == 3 and all(state.running(n) for n in state.mirrors)
+    drill_stack.deploy()  # the params say 2: the next deploy brings that back
+    assert len(StackState.load(drill_stack.paths.state_file).mirrors) == drill_stack.settings.registry.instances

@@ -70,3 +70,13 @@ def test_a_remedy_never_runs_with_the_gate_closed_or_without_one() -> None:
     assert not no_remedy.applied and "wait for the window" in no_remedy.detail
     with pytest.raises(ValueError, match="parameter 'remedy' must be one of"):
         apply_remedy(object(), broken, remedy="format-disk", confirm=True)
+
+
+def test_scaling_needs_a_count_and_it_is_checked_first() -> None:
+    from registry_mirror.incidents.remedies import check_remedy
+
+    with pytest.raises(ValueError, match="'scale_to' must be at least 1 for remedy scale-mirrors, got 0"):
+        check_remedy("scale-mirrors", 0)
+    with pytest.raises(ValueError, match="'scale_to' must not be negative"):
+        check_remedy("", -2)
+    check_remedy("scale-mirrors", 3)

@@ -7,8 +7,10 @@ from ..cf_platform import CloudFoundryPlatform
 from ..errors import ParameterError
 
 
-def cloudfoundry_runner(target: CloudFoundryPlatform, remedy: str) -> Callable[[bool], str]:
+def cloudfoundry_runner(target: CloudFoundryPlatform, remedy: str, scale_to: int = 0) -> Callable[[bool], str]:
     def run(dry_run: bool) -> str:
+        if remedy == "scale-mirrors":
+            return target.scale(component="registry", instances=scale_to, dry_run=dry_run).changes()
         if remedy == "cancel-deployment":
             done = []
             for component in ("registry", "proxy"):

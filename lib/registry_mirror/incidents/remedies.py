@@ -7,6 +7,8 @@ the same checks again (the notebook walks the chain a second time).
     replace-mirrors   new mirror instances, one at a time, each health-checked before an old one leaves
     cancel-deployment cancel the app's active deployment (Cloud Foundry)
     rollback          deploy the previous revision (Cloud Foundry)
+    scale-mirrors     run `scale_to` mirror instances now (extra capacity; the params still say what
+                      the next deploy brings back)
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import ParameterError
 from .triage import Diagnosis
 
-REMEDIES = ("redeploy", "redeploy-proxy", "replace-mirrors", "cancel-deployment", "rollback")
+REMEDIES = ("redeploy", "redeploy-proxy", "replace-mirrors", "cancel-deployment", "rollback", "scale-mirrors")
 
 
 @dataclass(frozen=True)
@@ -30,16 +32,26 @@ class RemedyResult:
         return f"{head}: {self.remedy or 'no remedy'}: {self.detail}"
 
 
+def check_remedy(remedy: str, scale_to: int = 0) -> None:
+    """Refuse an unknown remedy, or scaling without a count, before anything is looked at."""
+    if remedy and remedy not in REMEDIES:
+        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {remedy!r}")
+    if remedy == "scale-mirrors" and scale_to < 1:
+        raise ParameterError(f"parameter 'scale_to' must be at least 1 for remedy scale-mirrors, got {scale_to}")
+    if scale_to < 0:
+        raise ParameterError(f"parameter 'scale_to' must not be negative, got {scale_to}")
+
+
 def choose_remedy(diagnosis: Diagnosis, asked: str) -> str | None:
     """The remedy to apply: `asked` when given (it must be a known one), else the diagnosis's own."""
-    if asked and asked not in REMEDIES:
-        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {asked!r}")
+    check_remedy(asked, 1)
     return asked or diagnosis.remedy
 
 
 def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", confirm: bool = False,
-                 dry_run: bool = False) -> RemedyResult:
+                 dry_run: bool = False, scale_to: int = 0) -> RemedyResult:
     """Apply the remedy when `confirm` is set; `dry_run` shows what it would do; neither does nothing."""
+    check_remedy(remedy, scale_to)
     chosen = choose_remedy(diagnosis, remedy)
     if diagnosis.healthy and not remedy:
         return RemedyResult(None, False, dry_run, "the chain is healthy: nothing to remedy")
@@ -48,22 +60,27 @@ def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", conf
     if not confirm and not dry_run:
         return RemedyResult(chosen, False, False, "the gate is closed (apply_remedy=False): diagnosis only; "
                                                   "set dry_run=True to see what it would do")
-    run = _runner(target, chosen)
+    run = _runner(target, chosen, scale_to)
     detail = run(dry_run)
     return RemedyResult(chosen, not dry_run, dry_run, detail)
 
 
-def _runner(target: object, remedy: str):  # type: ignore[no-untyped-def]
+def _runner(target: object, remedy: str, scale_to: int):  # type: ignore[no-untyped-def]
     from ..local_platform import LocalPlatform
 
     if isinstance(target, LocalPlatform):
         def local(dry_run: bool) -> str:
             if remedy in ("cancel-deployment", "rollback"):
                 raise ParameterError(f"remedy {remedy!r} is for Cloud Foundry; the local platform has no deployments")
-            report = target.deploy(dry_run=dry_run, replace_mirrors=remedy == "replace-mirrors")
+            stack = target
+            if remedy == "scale-mirrors":
+                settings = target.settings
+                registry = settings.registry.model_copy(update={"instances": scale_to})
+                stack = LocalPlatform(settings.model_copy(update={"registry": registry}), target.rules)
+            report = stack.deploy(dry_run=dry_run, replace_mirrors=remedy == "replace-mirrors")
             return report.changes()
         return local
     from .cloudfoundry_remedies import cloudfoundry_runner
 
-    return cloudfoundry_runner(target, remedy)
+    return cloudfoundry_runner(target, remedy, scale_to)
 

@@ -9,16 +9,15 @@ from pathlib import Path
 
 from ..errors import ParameterError, VerificationError
 from ..parameters import Settings
-from .remedies import REMEDIES, RemedyResult
+from .remedies import RemedyResult, check_remedy
 from .triage import Diagnosis, Triage
 
 
 def start_triage(settings: Settings, *, probe_image: str = "library/hello:latest", slow_seconds: float = 2.0,
                  recent_minutes: float = 15.0, stuck_minutes: float = 10.0, public_url: str = "",
-                 remedy: str = "") -> Triage:
+                 remedy: str = "", scale_to: int = 0) -> Triage:
     """A walk over the stack the parameters name; checks `remedy` now, before anything is looked at."""
-    if remedy and remedy not in REMEDIES:
-        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {remedy!r}")
+    check_remedy(remedy, scale_to)
     for name, value in (("slow_seconds", slow_seconds), ("recent_minutes", recent_minutes),
                         ("stuck_minutes", stuck_minutes)):
         if value < 0:
@@ -41,6 +40,8 @@ def final_verdict(diagnosis: Diagnosis, result: RemedyResult, again: Triage | No
     if again is None:
         return diagnosis.verdict()
     after = again.diagnose()
+    if after.healthy and diagnosis.healthy:
+        return f"APPLIED {result.remedy}: the same checks pass again."
     if after.healthy:
         return f"FIXED by {result.remedy}: the same checks pass again. Before: {diagnosis.cause}."
     return f"NOT FIXED by {result.remedy}: {after.verdict()}"
