@@ -80,3 +80,13 @@ def test_scaling_needs_a_count_and_it_is_checked_first() -> None:
     with pytest.raises(ValueError, match="'scale_to' must not be negative"):
         check_remedy("", -2)
     check_remedy("scale-mirrors", 3)
+
+
+@pytest.mark.parametrize("image", ["../../etc/passwd", "library/hello:", "Library/Hello", "hello:latest?x=1",
+                                   "ghcr.io/x/y:1"])
+def test_a_probe_image_that_is_not_a_docker_hub_reference_is_refused(image: str) -> None:
+    from registry_mirror.incidents.runbook import start_triage
+    from registry_mirror.parameters import load_params_file
+
+    with pytest.raises(ValueError, match="parameter 'probe_image' must be a Docker Hub repository and tag"):
+        start_triage(load_params_file("params/local.yaml"), probe_image=image)

@@ -3,6 +3,7 @@ gated remedy, walk again, keep the evidence."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -12,12 +13,21 @@ from ..parameters import Settings
 from .remedies import RemedyResult, check_remedy
 from .triage import Diagnosis, Triage
 
+# distribution's reference grammar, for a repository on Docker Hub and a tag (no digest, no host)
+PROBE_IMAGE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+                         r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
+
 
 def start_triage(settings: Settings, *, probe_image: str = "library/hello:latest", slow_seconds: float = 2.0,
                  recent_minutes: float = 15.0, stuck_minutes: float = 10.0, public_url: str = "",
                  remedy: str = "", scale_to: int = 0) -> Triage:
     """A walk over the stack the parameters name; checks `remedy` now, before anything is looked at."""
     check_remedy(remedy, scale_to)
+    name = probe_image.removeprefix("docker.io/")
+    # A first component with a dot names another registry's host (docker's normalisation rule).
+    if not PROBE_IMAGE.fullmatch(name) or ("/" in name and "." in name.split("/")[0]):
+        raise ParameterError(f"parameter 'probe_image' must be a Docker Hub repository and tag such as "
+                             f"library/hello:latest, got {probe_image!r}")
     for name, value in (("slow_seconds", slow_seconds), ("recent_minutes", recent_minutes),
                         ("stuck_minutes", stuck_minutes)):
         if value < 0:
