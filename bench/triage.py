@@ -23,7 +23,7 @@ from registry_mirror.http_clients import client_from
 from registry_mirror.incidents import faults
 from registry_mirror.incidents.local_evidence import LocalEvidence
 from registry_mirror.incidents.triage import Triage
-from registry_mirror.local_platform import LocalPlatform
+from registry_mirror.platforms.local.stack import LocalPlatform
 
 LAYER_WORDS = {"upstream": "upstream", "s3": "S3", "mirror": "mirror instance", "proxy": "security proxy"}
 

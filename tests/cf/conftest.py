@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from registry_mirror.local_components import daemon_env, hub_seeder, mirror_registry_binary, start_hub_stand_in
+from registry_mirror.platforms.local.components import daemon_env, hub_seeder, mirror_registry_binary, start_hub_stand_in
 from registry_mirror.processes import (
     ProcessRecord, free_port, port_is_free, start_process, stop_process, wait_until,
 )

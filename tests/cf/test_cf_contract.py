@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry_mirror.cf_platform import CloudFoundryPlatform
-from registry_mirror.cf_session import CfCredentials, CfSession
+from registry_mirror.platforms.cloudfoundry.platform import CloudFoundryPlatform
+from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
 from registry_mirror.credentials import Secret
 from registry_mirror.parameters import validate_settings
 from tests.cf.conftest import CF_PASSWORD, CF_USER, CfRunner

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from registry_mirror.cf_session import CfCredentials, CfSession
+from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
 from registry_mirror.credentials import Secret
 from tests.cf.conftest import CF_PASSWORD, CF_USER, CfRunner, Hub, cc_session
 from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry

@@ -14,10 +14,10 @@ import pytest
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.errors import DeployError
-from registry_mirror.local_components import (
+from registry_mirror.platforms.local.components import (
     SEAWEEDFS_PARTS, daemon_env, mirror_registry_binary, start_mirror_instance,
 )
-from registry_mirror.local_platform import LocalPlatform, StackState
+from registry_mirror.platforms.local.stack import LocalPlatform, StackState
 from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
 from registry_mirror.registry_config import registry_config_yaml
 from tests.support import local_test_settings, private_stack

@@ -15,12 +15,12 @@ import pytest
 
 from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_log, upstream_manifest_gets
 from registry_mirror.client_pull import pull_with_skopeo
-from registry_mirror.local_components import hub_seeder
-from registry_mirror.local_platform import LocalPlatform
+from registry_mirror.platforms.local.components import hub_seeder
+from registry_mirror.platforms.local.stack import LocalPlatform
 from registry_mirror.processes import session_members, tcp_listeners
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
 from registry_mirror.unix_http import unix_request
-from registry_mirror.worker_access import WORKER_USER, worker_uids
+from registry_mirror.platforms.local.worker_access import WORKER_USER, worker_uids
 from tests.support import MANIFEST_TYPES, client, sha256
 
 pytestmark = pytest.mark.integration

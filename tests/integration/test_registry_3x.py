@@ -14,8 +14,8 @@ import yaml
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.local_components import daemon_env, mirror_healthy, mirror_registry_binary, start_mirror_instance
-from registry_mirror.local_platform import LocalPlatform, StackState
+from registry_mirror.platforms.local.components import daemon_env, mirror_healthy, mirror_registry_binary, start_mirror_instance
+from registry_mirror.platforms.local.stack import LocalPlatform, StackState
 from registry_mirror.parameters import load_params_file
 from registry_mirror.processes import ProcessRecord, free_port, start_process, stop_process, wait_until
 from registry_mirror.registry_build import built_registry

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.local_components import mirror_registry_binary, reload_nginx, start_mirror_instance
-from registry_mirror.local_platform import LocalPlatform, StackState
+from registry_mirror.platforms.local.components import mirror_registry_binary, reload_nginx, start_mirror_instance
+from registry_mirror.platforms.local.stack import LocalPlatform, StackState
 from registry_mirror.checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
 from registry_mirror.registry_config import registry_config_yaml
@@ -77,7 +77,7 @@ def _expose_extra_instance(stack: LocalPlatform) -> None:
     path.write_text(registry_config_yaml(config))
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
     from registry_mirror.processes import start_process
-    from registry_mirror.local_components import daemon_env
+    from registry_mirror.platforms.local.components import daemon_env
 
     state.processes[name] = start_process(name, [_registry(stack), "serve", str(path)], log=stack.paths.logs / f"{name}.log",
                                           env=daemon_env(stack.mirror_secret_env(secrets)))
@@ -105,7 +105,7 @@ def _run_unpackaged_binary(stack: LocalPlatform) -> None:
     env = {k.decode(): v.decode() for k, v in environ.items()}
     stop_process(rec)
     from registry_mirror.processes import start_process, wait_until
-    from registry_mirror.local_components import mirror_healthy
+    from registry_mirror.platforms.local.components import mirror_healthy
 
     state.processes[name] = start_process(name, [str(copy), "serve", str(stack.paths.config / f"{name}.yml")],
                                           log=stack.paths.logs / f"{name}.log", env=env)

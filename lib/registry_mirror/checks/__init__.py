@@ -12,8 +12,8 @@ name the role of an address ("an allowed client", "a denied client"), not the ad
 """
 from __future__ import annotations
 
-from ..cf_platform import CloudFoundryPlatform
-from ..local_platform import LocalPlatform
+from ..platforms.cloudfoundry.platform import CloudFoundryPlatform
+from ..platforms.local.stack import LocalPlatform
 from .cloudfoundry import cf_checks
 from .local import local_checks
 from .report import PolicyCheck, PolicyReport, run_checks

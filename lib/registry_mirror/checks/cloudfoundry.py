@@ -12,7 +12,7 @@ import zipfile
 
 import requests
 
-from ..cf_platform import MIRROR_PORT, CloudFoundryPlatform
+from ..platforms.cloudfoundry.platform import MIRROR_PORT, CloudFoundryPlatform
 from ..image_refs import ImageRef
 from ..registry_config import SECRET_ENV, S3Location
 from ..rendering import render_cf_manifests

@@ -14,12 +14,12 @@ import requests
 
 from ..client_pull import pull_with_skopeo
 from ..http_clients import client_from
-from ..local_platform import LocalPlatform, StackState
+from ..platforms.local.stack import LocalPlatform, StackState
 from ..processes import session_members, tcp_listeners
 from ..registry_build import MODULE, built_registry, file_sha256, uses_debian_package
 from ..registry_config import registry_config_yaml
 from ..unix_http import unix_request
-from ..worker_access import worker_uids
+from ..platforms.local.worker_access import worker_uids
 from . import client
 from .addresses import sample_addresses
 from .catalogue import CHECK_IMAGE, WRITES

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 
 import requests
 
-from ..cf_health import CRASH_EVENT
-from ..cf_platform import MIRROR_PORT, CloudFoundryPlatform
+from ..platforms.cloudfoundry.health import CRASH_EVENT
+from ..platforms.cloudfoundry.platform import MIRROR_PORT, CloudFoundryPlatform
 from .triage import Facts, Finding
 from .upstream_probe import PROBE_TIMEOUT, clip, upstream_findings
 
@@ -175,7 +175,7 @@ class CloudFoundryEvidence:
         return found
 
     def _crash_reason(self, app: dict) -> str | None:
-        from ..cf_health import crash_reason
+        from ..platforms.cloudfoundry.health import crash_reason
 
         return crash_reason(self.target.session, app)
 

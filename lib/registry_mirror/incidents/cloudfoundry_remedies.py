@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..cf_platform import CloudFoundryPlatform
+from ..platforms.cloudfoundry.platform import CloudFoundryPlatform
 from ..errors import ParameterError
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..errors import ParameterError
-from ..local_platform import LocalPlatform
+from ..platforms.local.stack import LocalPlatform
 from ..parameters import Settings
 from . import faults
 

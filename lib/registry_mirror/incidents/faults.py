@@ -21,10 +21,10 @@ import boto3
 import pandas as pd
 
 from ..credentials import LocalStackSecrets
-from ..local_components import daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, upstream_answers
-from ..local_platform import LocalPlatform, StackState
+from ..platforms.local.components import daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, upstream_answers
+from ..platforms.local.stack import LocalPlatform, StackState
 from ..processes import ProcessRecord, free_port, gone, start_process, stop_process, wait_until
-from ..worker_access import MIRROR_UMASK
+from ..platforms.local.worker_access import MIRROR_UMASK
 
 SLOW_SECONDS = 3.0  # what the slow-mirror fault adds to every request
 

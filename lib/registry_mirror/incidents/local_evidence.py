@@ -16,8 +16,8 @@ from ..checks.addresses import sample_addresses
 from ..checks.client import PullFailed, pull_over_api
 from ..credentials import LocalStackSecrets
 from ..http_clients import client_from
-from ..local_components import s3_client
-from ..local_platform import LocalPlatform, StackState
+from ..platforms.local.components import s3_client
+from ..platforms.local.stack import LocalPlatform, StackState
 from ..unix_http import unix_request
 from .triage import S3_AUTH, Facts, Finding
 from .upstream_probe import clip as _clip

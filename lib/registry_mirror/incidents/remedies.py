@@ -66,7 +66,7 @@ def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", conf
 
 
 def _runner(target: object, remedy: str, scale_to: int):  # type: ignore[no-untyped-def]
-    from ..local_platform import LocalPlatform
+    from ..platforms.local.stack import LocalPlatform
 
     if isinstance(target, LocalPlatform):
         def local(dry_run: bool) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cf_session import CfApiError, CfSession
-from .parameters import CloudFoundrySettings, Settings
-from .preflight import Check
+from .session import CfApiError, CfSession
+from ...parameters import CloudFoundrySettings, Settings
+from ...preflight import Check
 
 # CC takes `options.max_in_flight` on deployments from API 3.173.0 on (cloud_controller_ng PR #3907,
 # mid-2024); an older CC answers 422 "Unknown field(s): 'options'", and replaces one instance at a time.

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cf_session import CfSession
-from .errors import DeployError
+from .session import CfSession
+from ...errors import DeployError
 
 CRASH_EVENT = "audit.app.process.crash"
 

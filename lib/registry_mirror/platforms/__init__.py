@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pandas as pd
 
-from .cf_platform import CloudFoundryPlatform
-from .client_pull import PullResult, pull_with_skopeo
-from .deploy_report import DeployReport, DeployStep
-from .errors import ParameterError, VerificationError
-from .local_platform import LocalPlatform
-from .parameters import Settings
-from .security_rules import SecurityRules
+from .cloudfoundry.platform import CloudFoundryPlatform
+from ..client_pull import PullResult, pull_with_skopeo
+from ..deploy_report import DeployReport, DeployStep
+from ..errors import ParameterError, VerificationError
+from .local.stack import LocalPlatform
+from ..parameters import Settings
+from ..security_rules import SecurityRules
 
 COMPONENTS = ("all", "registry", "proxy")
 

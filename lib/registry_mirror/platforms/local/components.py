@@ -21,13 +21,13 @@ import yaml
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from .errors import ComponentNotReady
+from ...errors import ComponentNotReady
 from .seaweedfs_security import ensure_security_config
-from .processes import (
+from ...processes import (
     PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, stop_process,
     wait_until,
 )
-from .unix_http import unix_request
+from ...unix_http import unix_request
 from .worker_access import MIRROR_UMASK
 
 # Variables that must not reach the daemons: the 2.8.2 registry panics at start when AWS_CA_BUNDLE is
@@ -54,7 +54,7 @@ def binary(name: str) -> str | None:
 
 def mirror_registry_binary(version: str) -> str | None:
     """The registry executable for `version`: Debian's package for 2.8.2, bootstrap's build for 3.x."""
-    from .registry_build import built_registry, uses_debian_package
+    from ...registry_build import built_registry, uses_debian_package
 
     if uses_debian_package(version):
         return binary("docker-registry")
@@ -241,7 +241,7 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
                                push_users=(seeder,))
     token_conf = config_dir / "hub-token.json"
     token_conf.write_text(json.dumps(token.__dict__, default=list))
-    token_rec = start_process("hub-token", [sys.executable, "-m", "registry_mirror.hub_token_service",
+    token_rec = start_process("hub-token", [sys.executable, "-m", "registry_mirror.platforms.local.hub_token_service",
                                             str(token_conf)], log=logs / "hub-token.stderr.log", env=daemon_env())
     if register is not None:
         register(token_rec)
@@ -280,7 +280,7 @@ def hub_seeder(config_dir: Path) -> tuple[str, str]:
 def upstream_authenticates(url: str, username: str, password: str, *, timeout: float = 5) -> bool:
     """What a mirror does first: GET /v2/, answer the Bearer challenge with a token fetched with the
     configured credentials, and get 200."""
-    from .registry_auth import RegistryAuth
+    from ...registry_auth import RegistryAuth
 
     try:
         return requests.get(f"{url}/v2/", auth=RegistryAuth(username or None, password),

@@ -2,7 +2,7 @@
 
 Each app goes: apply manifest -> package (docker image pinned by digest for the mirror; the rendered
 nginx.conf as bits for the proxy) -> build -> rolling deployment polled to FINALIZED -> every
-instance RUNNING through a settle window (cf_health). Only then is the fingerprint of the inputs
+instance RUNNING through a settle window (health.py). Only then is the fingerprint of the inputs
 recorded, as an annotation: metadata makes no revision, where an env change after a deployment
 would make every restart a new one. A deploy whose inputs match the fingerprint is skipped only
 while its instances serve. Failures follow the environment's policy: `stop` leaves everything for
@@ -25,17 +25,17 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from .cf_capabilities import capabilities, capability_checks
-from .cf_health import InstancesUnhealthy, crash_reason, wait_serving
-from .cf_session import CfApiError, CfCredentials, CfSession
-from .credentials import Secret, secret_from_env, upstream_password
-from .deploy_report import DeployReport, StepRecorder, Unchanged
-from .errors import DeployError, PreflightError, RunbookError
-from .parameters import CloudFoundrySettings, Settings
-from .preflight import Check, PreflightReport
-from .registry_config import SECRET_ENV, Listener, S3Location, registry_config, registry_config_yaml
-from .rendering import ClientConfigs, render_cf_manifests, render_client_configs
-from .security_rules import SecurityRules
+from .capabilities import capabilities, capability_checks
+from .health import InstancesUnhealthy, crash_reason, wait_serving
+from .session import CfApiError, CfCredentials, CfSession
+from ...credentials import Secret, secret_from_env, upstream_password
+from ...deploy_report import DeployReport, StepRecorder, Unchanged
+from ...errors import DeployError, PreflightError, RunbookError
+from ...parameters import CloudFoundrySettings, Settings
+from ...preflight import Check, PreflightReport
+from ...registry_config import SECRET_ENV, Listener, S3Location, registry_config, registry_config_yaml
+from ...rendering import ClientConfigs, render_cf_manifests, render_client_configs
+from ...security_rules import SecurityRules
 
 Component = Literal["registry", "proxy"]
 FINGERPRINT = "registry-mirror.cloud.gov/fingerprint"  # annotation: the inputs the running app was deployed from
@@ -143,7 +143,7 @@ class CloudFoundryPlatform:
     def _image_checks(self) -> list[Check]:
         # The registry panics at start when it cannot reach its upstream (distribution #4038), and a
         # digest that does not resolve would fail the build: check both from here first.
-        from .image_refs import resolve_digest
+        from ...image_refs import resolve_digest
 
         image = self.settings.registry.image or ""
         try:

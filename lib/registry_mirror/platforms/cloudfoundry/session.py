@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .credentials import Secret, secret_from_env
-from .errors import DeployError, PreflightError, SecretMissingError
+from ...credentials import Secret, secret_from_env
+from ...errors import DeployError, PreflightError, SecretMissingError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 CF_CLI_CLIENT = ("cf", "")  # UAA's public client for users, as the cf CLI logs in

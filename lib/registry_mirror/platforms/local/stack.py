@@ -18,23 +18,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from .credentials import LocalStackSecrets, upstream_password
-from .deploy_report import DeployReport, StepRecorder, Unchanged
-from .errors import ComponentNotReady, DeployError, ParameterError
-from .local_components import (
+from ...credentials import LocalStackSecrets, upstream_password
+from ...deploy_report import DeployReport, StepRecorder, Unchanged
+from ...errors import ComponentNotReady, DeployError, ParameterError
+from .components import (
     SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy,
     mirror_registry_binary, nginx_answers, nginx_argv, reload_nginx, registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
     upstream_answers,
 )
-from .parameters import LocalSettings, Settings, resolve_project_path
-from .preflight import Check, PreflightReport
-from .processes import (
+from ...parameters import LocalSettings, Settings, resolve_project_path
+from ...preflight import Check, PreflightReport
+from ...processes import (
     ProcessRecord, gone, port_is_free, reap_session, session_members, stop_process, wait_until,
 )
-from .registry_config import Listener, S3Location, registry_config, registry_config_yaml
-from .rendering import BlobCache, ClientConfigs, ManifestCache, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
-from .sample_images import SAMPLE_IMAGES, seed_registry
-from .security_rules import SecurityRules
+from ...registry_config import Listener, S3Location, registry_config, registry_config_yaml
+from ...rendering import BlobCache, ClientConfigs, ManifestCache, NginxTarget, render_client_configs, render_nginx_conf, render_router_conf
+from ...sample_images import SAMPLE_IMAGES, seed_registry
+from ...security_rules import SecurityRules
 from .worker_access import WorkerAccess, WorkerUserMissing, worker_access
 
 # Clients' side first, storage last; SeaweedFS's parts in the reverse of their start order.

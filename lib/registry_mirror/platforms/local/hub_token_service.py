@@ -5,7 +5,7 @@ or with basic credentials, and retry. The 2.8 registry's proxy only sends its co
 to a Bearer realm (it never answers a Basic challenge), so a faithful stand-in must speak this flow.
 The docker-registry in front of the stand-in's storage verifies our tokens against `cert.pem`.
 
-Run as a daemon: `python -m registry_mirror.hub_token_service CONFIG.json`. It logs one JSON line per
+Run as a daemon: `python -m registry_mirror.platforms.local.hub_token_service CONFIG.json`. It logs one JSON line per
 token request (user or anonymous, scope, outcome), which the savings analysis reads.
 """
 from __future__ import annotations

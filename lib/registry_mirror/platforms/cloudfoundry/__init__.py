@@ -1,0 +1,1 @@
+"""Cloud Foundry through the CC v3 API: deploy, health, capabilities, the session."""

@@ -1,0 +1,1 @@
+"""The local platform: the whole topology on loopback, every process real software."""
