@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import pandas as pd
 
 from ..credentials import LocalStackSecrets
-from ..platforms.local.components import daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, upstream_answers
+from ..platforms.local.components import (
+    daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, s3_client, upstream_answers,
+)
 from ..platforms.local.stack import LocalPlatform, StackState
 from ..processes import ProcessRecord, free_port, gone, start_process, stop_process, wait_until
 from ..platforms.local.worker_access import MIRROR_UMASK
@@ -150,9 +151,8 @@ def _s3_wrong_credentials(stack: LocalPlatform, state: StackState, record: dict)
 def _bucket_deleted(stack: LocalPlatform, state: StackState, record: dict) -> str:
     assert stack.settings.local is not None and stack.settings.storage is not None
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
-    s3 = boto3.client("s3", endpoint_url=f"http://{stack.settings.local.address}:{stack.settings.local.s3_port}",
-                      aws_access_key_id=secrets.s3_access_key.reveal(),
-                      aws_secret_access_key=secrets.s3_secret_key.reveal(), region_name=stack.settings.storage.region)
+    s3 = s3_client(f"http://{stack.settings.local.address}:{stack.settings.local.s3_port}",
+                   secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
     bucket = stack.settings.storage.bucket
     deleted = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):

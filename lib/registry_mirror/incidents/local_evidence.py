@@ -91,10 +91,11 @@ class LocalEvidence:
         if conf.exists():
             wanted = self.target.rendered_configs()["security proxy nginx.conf"].splitlines()
             running = conf.read_text().splitlines()
-            changed = [i + 1 for i, line in enumerate(running) if i >= len(wanted) or line != wanted[i]]
-            changed += [] if len(running) >= len(wanted) else list(range(len(running) + 1, len(wanted) + 1))
-            facts.proxy_drift_lines = len([d for d in difflib.unified_diff(wanted, running, lineterm="", n=0)
-                                           if d[:1] in "+-" and d[:3] not in ("+++", "---")])
+            # One diff gives both: how many lines differ, and where in the running config they are.
+            edits = [op for op in difflib.SequenceMatcher(a=wanted, b=running, autojunk=False).get_opcodes()
+                     if op[0] != "equal"]
+            changed = [j + 1 for _, _, _, j1, j2 in edits for j in range(j1, max(j2, j1 + 1))]
+            facts.proxy_drift_lines = sum((i2 - i1) + (j2 - j1) for _, i1, i2, j1, j2 in edits)
             # Line numbers only: the config holds the allow-list.
             found.append(Finding("security proxy", "running config = what the parameters render",
                                  not facts.proxy_drift_lines,

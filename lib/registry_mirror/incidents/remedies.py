@@ -42,17 +42,11 @@ def check_remedy(remedy: str, scale_to: int = 0) -> None:
         raise ParameterError(f"parameter 'scale_to' must not be negative, got {scale_to}")
 
 
-def choose_remedy(diagnosis: Diagnosis, asked: str) -> str | None:
-    """The remedy to apply: `asked` when given (it must be a known one), else the diagnosis's own."""
-    check_remedy(asked, 1)
-    return asked or diagnosis.remedy
-
-
 def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", confirm: bool = False,
                  dry_run: bool = False, scale_to: int = 0) -> RemedyResult:
     """Apply the remedy when `confirm` is set; `dry_run` shows what it would do; neither does nothing."""
     check_remedy(remedy, scale_to)
-    chosen = choose_remedy(diagnosis, remedy)
+    chosen = remedy or diagnosis.remedy  # the operator's choice, else the diagnosis's own
     if diagnosis.healthy and not remedy:
         return RemedyResult(None, False, dry_run, "the chain is healthy: nothing to remedy")
     if chosen is None:
