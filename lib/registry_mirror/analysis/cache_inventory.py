@@ -259,19 +259,6 @@ def s3_folders(client, bucket: str) -> Folders:  # type: ignore[no-untyped-def]
     return folders
 
 
-def s3_client(**kwargs):  # type: ignore[no-untyped-def]
-    """A boto3 S3 client that keeps LastModified as text: botocore's per-object dateutil parse was half
-    of a 100,000-object listing's time; classify_frame parses them all at once instead."""
-    import boto3
-    import botocore.session
-    from botocore.config import Config
-
-    session = botocore.session.get_session()
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-    config = Config(max_pool_connections=64, retries={"max_attempts": 3})
-    return boto3.Session(botocore_session=session).client("s3", config=config, **kwargs)
-
-
 def s3_reader(client, bucket: str) -> Callable[[str], bytes]:  # type: ignore[no-untyped-def]
     def read(key: str) -> bytes:
         return client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -354,22 +341,23 @@ def open_cache(settings: object, *, bucket: str = "", endpoint: str = "") -> Cac
     from ..credentials import LocalStackSecrets
     from ..errors import ParameterError
     from ..parameters import resolve_project_path
+    from ..s3_clients import s3_client
 
     local = getattr(settings, "local", None)
     storage = getattr(settings, "storage", None)
     if local is not None and storage is not None and not bucket:
         secrets = LocalStackSecrets.load_or_create(resolve_project_path(local.state_dir) / "secrets" /
                                                    "stack-secrets.json", create=False)
-        client = s3_client(endpoint_url=endpoint or f"http://{local.address}:{local.s3_port}",
-                           aws_access_key_id=secrets.s3_access_key.reveal(),
-                           aws_secret_access_key=secrets.s3_secret_key.reveal(), region_name=storage.region)
+        client = s3_client(endpoint=endpoint or f"http://{local.address}:{local.s3_port}",
+                           access_key=secrets.s3_access_key.reveal(), secret_key=secrets.s3_secret_key.reveal(),
+                           region=storage.region, purpose="inventory")
         bucket, root = storage.bucket, storage.root_directory
     else:
         if not bucket:
             raise ParameterError("parameter 'bucket' is empty: outside the local platform name the cache's bucket "
                                  "(the S3 service key's `bucket`) and put its keys in AWS_ACCESS_KEY_ID and "
                                  "AWS_SECRET_ACCESS_KEY")
-        client = s3_client(endpoint_url=endpoint or None)
+        client = s3_client(endpoint=endpoint or None, region=None, purpose="inventory")
         root = (storage.root_directory if storage is not None else "/")
     return CacheLocation(s3_listing(client, bucket), s3_reader(client, bucket), bucket, root,
                          s3_folders(client, bucket), lambda other: s3_reader(client, other))
