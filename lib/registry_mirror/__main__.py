@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             status = platform.status()
             print(status if hasattr(status, "condition") else status.to_string(index=False))
         elif args.command == "endpoint":
-            print(usage_text(platform.endpoint, platform.paths.client_dir))
+            # Until the local platform offers usage() too (the Platform protocol asks every platform for it).
+            usage = getattr(platform, "usage", None)
+            print(usage() if usage else usage_text(platform.endpoint, platform.paths.client_dir))  # type: ignore[union-attr]
         else:
             print(platform.down())
     except RunbookError as exc:

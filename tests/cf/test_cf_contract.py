@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_mirror.platforms.cloudfoundry.platform import CloudFoundryPlatform
+from registry_mirror.platforms.cloudfoundry import CloudFoundryPlatform
 from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
 from registry_mirror.credentials import Secret
 from registry_mirror.parameters import validate_settings
@@ -38,14 +38,14 @@ def test_deploy_and_rollback_requests_follow_the_contract(runner: CfRunner, cf: 
     platform = CloudFoundryPlatform(settings, settings.load_security_rules(), session=session)
     assert platform.preflight().ok
     platform.deploy(component="all")
-    mirror = platform.app_named("registry")
+    mirror = platform.space.app("registry")
     assert mirror is not None
     session.send("POST", f"/v3/apps/{mirror['guid']}/actions/stop")  # `cf stop`, then the runbook starts it
     session.send("POST", f"/v3/apps/{mirror['guid']}/actions/start")
     params["registry"]["instances"] = 5
     CloudFoundryPlatform(validate_settings(params, source="test"), settings.load_security_rules(),
                          session=session).deploy(component="registry")
-    platform.rollback(component="registry")
+    platform.rollback(component="registry", dry_run=False)
     covered = {op for op in contract.validated}
     # The operations a deploy and a rollback use that the contract describes were all checked.
     assert {("POST", "/v3/packages"), ("POST", "/v3/builds"), ("POST", "/v3/deployments"),

@@ -8,18 +8,22 @@ name the role of an address ("an allowed client", "a denied client"), not the ad
     catalogue, report      what the checks are; results as data
     client                 what a client sees through the public endpoint (every platform)
     upstream, addresses    the upstream's view; which addresses play which user
-    local, cloudfoundry    the checks of each platform
+    local                  the local platform's checks (each platform's own live in its folder)
 """
 from __future__ import annotations
 
-from ..platforms.cloudfoundry.platform import CloudFoundryPlatform
+from typing import TYPE_CHECKING
+
 from ..platforms.local.stack import LocalPlatform
-from .cloudfoundry import cf_checks
 from .local import local_checks
 from .report import PolicyCheck, PolicyReport, run_checks
 
 
-def verify_policies(target: LocalPlatform | CloudFoundryPlatform, *, public_url: str | None = None,
+if TYPE_CHECKING:
+    from ..platforms.base import Platform
+
+
+def verify_policies(target: Platform, *, public_url: str | None = None,
                     image: str | None = None) -> PolicyReport:
     """Run every check against the target's platform.
 
@@ -30,7 +34,7 @@ def verify_policies(target: LocalPlatform | CloudFoundryPlatform, *, public_url:
         if public_url is not None:
             raise ValueError("public_url is for Cloud Foundry; the local platform knows its endpoint")
         return run_checks("local", local_checks(target, image=image))
-    return run_checks("cloudfoundry", cf_checks(target, public_url=public_url, image=image))
+    return run_checks(target.name, target.policy_checks(public_url=public_url or "", image=image or ""))
 
 
 __all__ = ["PolicyCheck", "PolicyReport", "verify_policies"]

@@ -74,7 +74,5 @@ def _runner(target: object, remedy: str, scale_to: int):  # type: ignore[no-unty
             report = stack.deploy(dry_run=dry_run, replace_mirrors=remedy == "replace-mirrors")
             return report.changes()
         return local
-    from .cloudfoundry_remedies import cloudfoundry_runner
-
-    return cloudfoundry_runner(target, remedy, scale_to)
+    return lambda dry_run: target.remedy(remedy, scale_to=scale_to, dry_run=dry_run)  # type: ignore[attr-defined]
 

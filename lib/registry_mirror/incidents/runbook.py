@@ -96,8 +96,6 @@ def _evidence_factory(settings: Settings, *, probe_image: str, recent_minutes: f
 
         stack = platform_for(settings, rules)
         return lambda: LocalEvidence(stack, probe_image=probe_image, recent_minutes=recent_minutes)  # type: ignore[arg-type]
-    from .cloudfoundry_evidence import CloudFoundryEvidence
-
     target = platform_for(settings, rules)
-    return lambda: CloudFoundryEvidence(target, public_url=public_url, probe_image=probe_image,  # type: ignore[arg-type]
-                                        recent_minutes=recent_minutes, stuck_minutes=stuck_minutes)
+    return lambda: target.triage_evidence(probe_image=probe_image, recent_minutes=recent_minutes,  # type: ignore[union-attr]
+                                          stuck_minutes=stuck_minutes, public_url=public_url)

@@ -5,8 +5,8 @@
 
 Each layer's step records what it saw (`Finding`s: evidence that never holds a secret) and a one-line
 verdict; `diagnose` then names the most likely broken layer, its cause, what still works and the
-remedy (see `remedies`). The platform-specific evidence lives in `local_evidence` and
-`cloudfoundry_evidence`; the rules that read it are here, the same for both.
+remedy (see `remedies`). The platform-specific evidence comes from each platform (`triage_evidence`);
+the rules that read it are here, the same for every platform.
 """
 from __future__ import annotations
 
@@ -106,8 +106,7 @@ class Triage:
 
     def __init__(self, new_evidence: Callable[[], object], *, slow_seconds: float = 2.0) -> None:
         self._new_evidence = new_evidence
-        # local_evidence.LocalEvidence or cloudfoundry_evidence.CloudFoundryEvidence: `check(layer, facts)`
-        # and `target` (the platform a remedy acts on).
+        # A platform's evidence gatherer: `check(layer, facts)` and `target` (the platform a remedy acts on).
         self.evidence = new_evidence()
         self.target = self.evidence.target  # type: ignore[attr-defined]
         self.slow_seconds = slow_seconds

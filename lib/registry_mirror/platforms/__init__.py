@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from .cloudfoundry.platform import CloudFoundryPlatform
+from .cloudfoundry import CloudFoundryPlatform
 from ..client_pull import PullResult, pull_with_skopeo
 from ..deploy_report import DeployReport, DeployStep
 from ..errors import ParameterError, VerificationError
@@ -76,10 +76,8 @@ def deploy_summary(platform: Platform, report: DeployReport, pull: PullResult | 
              "value": pull.verdict() if pull else ("not run (dry run)" if local else "by the pipeline's integration job")}]
     if not report.dry_run:
         status = platform.status()
-        if local:
-            rows.append({"item": "stack", "value": status.condition})
-            status = status.processes
-        for _, row in status.iterrows():
+        rows.append({"item": "stack", "value": status.condition})
+        for _, row in status.processes.iterrows():
             details = ", ".join(f"{k}={v}" for k, v in row.items() if k != "component" and k != "log")
             rows.append({"item": row["component"], "value": details})
     if local:
@@ -96,11 +94,11 @@ def rollback(platform: Platform, *, component: str, revision: str = "", dry_run:
         report.steps.append(DeployStep(component, "rollback", "skipped",
                                        "the local platform keeps no revisions; redeploy the previous parameters"))
         return report
-    return platform.rollback(component=component, revision=revision or None, dry_run=dry_run)  # type: ignore[arg-type]
+    return platform.rollback(component=component, revision=revision, dry_run=dry_run)
 
 
 def calls_table(platform: Platform) -> pd.DataFrame:
     """CF calls of this run with their request ids (empty on the local platform)."""
-    if isinstance(platform, LocalPlatform) or platform._session is None:
+    if isinstance(platform, LocalPlatform):
         return pd.DataFrame(columns=["method", "path", "status", "request_id", "sent"])
-    return pd.DataFrame([vars(c) for c in platform.session.calls])
+    return platform.api_calls()

@@ -1,1 +1,4 @@
-"""Cloud Foundry through the CC v3 API: deploy, health, capabilities, the session."""
+"""Cloud Foundry through the CC v3 API, organised as the cf CLI organises its actor (see platform.py)."""
+from .platform import CloudFoundryPlatform
+
+__all__ = ["CloudFoundryPlatform"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .resources import CloudController, Resource
+from .services import S3_OFFERING
 from .session import CfApiError, CfSession
 from ...parameters import CloudFoundrySettings, Settings
 from ...preflight import Check
@@ -35,16 +37,15 @@ def capabilities(session: CfSession) -> Capabilities:
     return Capabilities(session.cc_version)
 
 
-def capability_checks(session: CfSession, settings: Settings, space: dict, *,
+def capability_checks(cc: CloudController, settings: Settings, space: Resource, *,
                       first_deploy: bool, service_exists: bool) -> list[Check]:
     """Read-only checks; each failure is one sentence naming what is missing and where."""
     cf = settings.cloudfoundry
     assert cf is not None
-    checks = [_max_in_flight(session, cf), _space_developer(session, cf, space), *_network(session),
-              _docker_flag(session, cf)]
+    checks = [_max_in_flight(cc.session, cf), _space_developer(cc, cf, space), *_network(cc), _docker_flag(cc, cf)]
     if not service_exists:
-        checks.append(_service_plan(session, cf))
-    checks += [_internal_domain(session), _quota(session, settings, first_deploy=first_deploy)]
+        checks.append(_service_plan(cc, cf))
+    checks += [_internal_domain(cc), _quota(cc, settings, first_deploy=first_deploy)]
     return checks
 
 
@@ -60,51 +61,50 @@ def _max_in_flight(session: CfSession, cf: CloudFoundrySettings) -> Check:
                                       f"{cf.max_in_flight}) or deploy to a newer foundation")
 
 
-def _space_developer(session: CfSession, cf: CloudFoundrySettings, space: dict) -> Check:
+def _space_developer(cc: CloudController, cf: CloudFoundrySettings, space: Resource) -> Check:
+    session = cc.session
     if ADMIN_SCOPE in session.claims.get("scope", []):
         return Check("space developer", True, f"{session.credentials.name} is a CF admin")
-    roles = session.list_all("/v3/roles", {"user_guids": session.user_guid, "space_guids": space["guid"],
-                                           "types": "space_developer"})
+    roles = cc.space_developer_roles(session.user_guid, space)
     return Check("space developer", bool(roles),
                  f"{session.credentials.name} is a space developer in {cf.org}/{cf.space}" if roles else
                  f"{session.credentials.name} is not a space developer in {cf.org}/{cf.space}, which a deploy needs")
 
 
-def _network(session: CfSession) -> list[Check]:
+def _network(cc: CloudController) -> list[Check]:
+    session = cc.session
     scopes = set(session.claims.get("scope", []))
     if not scopes & NETWORK_SCOPES:
         return [Check("network.write scope", False, f"the token of {session.credentials.name} lacks network.write, "
                                                     "which the proxy -> mirror network policy needs")]
     try:
-        session.get("/networking/v1/external/policies", {"id": "preflight"})
+        cc.policies("preflight")  # the policy server's own answer to a read the policy step makes
     except CfApiError as exc:
         return [Check("network policy API", False, f"the policy server refuses the policy step: {exc}")]
     return [Check("network.write scope", True, "in the token; the policy server answers")]
 
 
-def _docker_flag(session: CfSession, cf: CloudFoundrySettings) -> Check:
-    flag = session.get("/v3/feature_flags/diego_docker")
-    return Check("diego_docker", bool(flag.get("enabled")),
-                 "enabled: the mirror runs as a docker image" if flag.get("enabled") else
+def _docker_flag(cc: CloudController, cf: CloudFoundrySettings) -> Check:
+    enabled = cc.feature_flag("diego_docker")
+    return Check("diego_docker", enabled, "enabled: the mirror runs as a docker image" if enabled else
                  f"the diego_docker feature flag is off on {cf.api}, so the mirror's docker image cannot run")
 
 
-def _service_plan(session: CfSession, cf: CloudFoundrySettings) -> Check:
-    plans = session.list_all("/v3/service_plans", {"names": cf.s3_service_plan, "service_offering_names": "s3"})
-    return Check("S3 service plan", bool(plans),
-                 f"s3/{cf.s3_service_plan} is offered" if plans else
+def _service_plan(cc: CloudController, cf: CloudFoundrySettings) -> Check:
+    plan = cc.service_plan(S3_OFFERING, cf.s3_service_plan)
+    return Check("S3 service plan", plan is not None,
+                 f"s3/{cf.s3_service_plan} is offered" if plan else
                  f"the service plan s3/{cf.s3_service_plan} is not offered to {cf.org}/{cf.space}")
 
 
-def _internal_domain(session: CfSession) -> Check:
-    domains = session.list_all("/v3/domains", {"names": "apps.internal"})
-    internal = bool(domains) and bool(domains[0].get("internal"))
+def _internal_domain(cc: CloudController) -> Check:
+    internal = cc.internal_domain() is not None
     return Check("apps.internal domain", internal, "internal, for the mirror's route" if internal else
                  "the foundation has no internal apps.internal domain, which keeps the mirror off the public "
                  "routers")
 
 
-def _quota(session: CfSession, settings: Settings, *, first_deploy: bool) -> Check:
+def _quota(cc: CloudController, settings: Settings, *, first_deploy: bool) -> Check:
     """Room in the org's quota for what a deploy starts: every instance of both apps on a first
     deploy, else max_in_flight extra instances of the larger app while a rolling deployment runs."""
     cf = settings.cloudfoundry
@@ -115,9 +115,9 @@ def _quota(session: CfSession, settings: Settings, *, first_deploy: bool) -> Che
         need_instances, need_mb = sum(n for n, _ in apps), sum(n * mb for n, mb in apps)
     else:
         need_instances, need_mb = cf.max_in_flight, max(cf.max_in_flight * mb for _, mb in apps)
-    org = session.list_all("/v3/organizations", {"names": cf.org})[0]
-    quota = session.get(f"/v3/organization_quotas/{org['relationships']['quota']['data']['guid']}")["apps"]
-    usage = session.get(f"/v3/organizations/{org['guid']}/usage_summary")["usage_summary"]
+    org = cc.organization(cf.org)
+    assert org is not None  # the space was found in it
+    quota, usage = cc.organization_quota(org), cc.organization_usage(org)
     problems = []
     if quota.get("total_memory_in_mb") is not None and usage["memory_in_mb"] + need_mb > quota["total_memory_in_mb"]:
         problems.append(f"{need_mb} MB more memory (in use {usage['memory_in_mb']} of {quota['total_memory_in_mb']})")

@@ -2,7 +2,7 @@
 
 Plain requests, not `cloudfoundry-client`: that library sends token requests without a timeout or a
 retry, raises a bare OAuth error when a refresh fails, and drops the headers of an error answer, so
-a `Retry-After` could not be honoured (FACTS 6). Here every call, token requests included, has a
+a `Retry-After` could not be honoured. Here every call, token requests included, has a
 timeout and retries with backoff on 429/5xx and connection errors, honouring `Retry-After`; an
 expired token is refreshed, and a refresh UAA refuses leads to a fresh login. Every failure carries
 CF's request id; a dry run sends no mutating call. `sleep` and `clock` are injectable, so tests
@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -25,6 +25,8 @@ from ...credentials import Secret, secret_from_env
 from ...errors import DeployError, PreflightError, SecretMissingError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+JOB_TIMEOUT_SECONDS = 300.0  # the cf CLI's default for polling a job
+T = TypeVar("T")
 CF_CLI_CLIENT = ("cf", "")  # UAA's public client for users, as the cf CLI logs in
 
 
@@ -70,6 +72,14 @@ class CfApiError(DeployError):
                          f"(CF request id {request_id or 'none'})")
 
 
+class PollTimeout(TimeoutError):
+    """A wait ran past its deadline; `last` is what the last read saw, for a message that says where it stood."""
+
+    def __init__(self, what: str, timeout: float, last: Any) -> None:
+        self.last = last
+        super().__init__(f"{what} not finished after {timeout:.0f} s")
+
+
 @dataclass
 class Token:
     access: str
@@ -88,6 +98,7 @@ class CfSession:
     retries: int = 5
     backoff: float = 0.5
     dry_run: bool = False
+    poll_interval: float = 2.0  # seconds between two reads of something CC is still working on
     calls: list[CfCall] = field(default_factory=list)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -169,6 +180,32 @@ class CfSession:
             self.calls.append(CfCall(method, path, "planned", sent=False))
             return None
         return self._call(method, path, json=json, data=data, headers=headers, files=files)
+
+    # ------------------------------------------------------------------ waiting
+
+    def poll(self, read: Callable[[], T], done: Callable[[T], bool], *, timeout: float, what: str) -> T:
+        """`read()` until `done` holds, `poll_interval` apart; PollTimeout after `timeout` seconds on the
+        session's clock. `done` may raise to end the wait early (a crash seen while waiting)."""
+        deadline = self.clock() + timeout
+        while True:
+            value = read()
+            if done(value):
+                return value
+            if self.clock() >= deadline:
+                raise PollTimeout(what, timeout, value)
+            self.sleep(self.poll_interval)
+
+    def wait_job(self, response: requests.Response, *, timeout: float = JOB_TIMEOUT_SECONDS) -> dict[str, Any]:
+        """Follow the job a 202 names in its `Location` until COMPLETE; DeployError with CC's errors if FAILED."""
+        path = "/v3/jobs/" + response.headers.get("Location", "").rstrip("/").rsplit("/", 1)[-1]
+        job = self.poll(lambda: self.get(path), lambda j: j["state"] in ("COMPLETE", "FAILED"), timeout=timeout,
+                        what=f"job {path}")
+        if job["state"] == "FAILED":
+            detail = "; ".join(e.get("detail", "") for e in job.get("errors", []))
+            raise DeployError(f"job {job['guid']} ({job.get('operation')}) failed: {detail}")
+        return job
+
+    # ------------------------------------------------------------------ what happened
 
     def failed_calls(self) -> list[CfCall]:
         """Calls that got an error status or no answer at all (a connection error names its class)."""

@@ -6,44 +6,47 @@ the runbook runs, so they say so (n/a) and the local platform proves them with r
 """
 from __future__ import annotations
 
-import difflib
 import io
 import zipfile
 
 import requests
 
-from ..platforms.cloudfoundry.platform import MIRROR_PORT, CloudFoundryPlatform
-from ..image_refs import ImageRef
-from ..registry_config import SECRET_ENV, S3Location
-from ..rendering import render_cf_manifests
-from . import client
-from .addresses import denied_example
-from .catalogue import CHECK_IMAGE
-from .report import CheckFn, PolicyCheck, judged, not_applicable
-from .upstream import rate_limit_check, upstream_scope_check
+from .network import allows_proxy_to_mirror
+from .push.routes import public_routes
+from .resources import Resource
+from .space import Component, Space
+from ...checks import client
+from ...checks.addresses import denied_example
+from ...checks.catalogue import CHECK_IMAGE
+from ...checks.report import CheckFn, PolicyCheck, judged, not_applicable
+from ...checks.upstream import rate_limit_check, upstream_scope_check
+from ...config_drift import config_drift
+from ...image_refs import ImageRef
+from ...registry_config import SECRET_ENV, S3Location
+from ...rendering import MIRROR_PORT, render_cf_manifests
+from ...security_rules import SecurityRules
 
 NEEDS_REFUSED_CLIENT = ("needs a client the allow-list refuses; the runbook runs on an allowed worker "
                         "(the local platform proves this one with real clients)")
 
 
-def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
-              image: str | None = None) -> dict[str, CheckFn]:
+def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image: str = "") -> dict[str, CheckFn]:
     """Every check; `public_url` is how this machine reaches the proxy's public route (default https://route)."""
-    cf = target.cf
+    cc, cf, settings = space.cc, space.cf, space.settings
     url = (public_url or f"https://{cf.proxy_route}").rstrip("/")
     image = image or CHECK_IMAGE["cloudfoundry"]
     session = requests.Session()  # the worker's own network settings (proxies, CA bundle) apply
-    mirror = target.app_named("registry")
-    proxy = target.app_named("proxy")
+    apps = {component: space.app(component) for component in ("registry", "proxy")}
     pulled: list[client.Pulled] = []
 
-    def need(app: dict | None, name: str) -> dict:
+    def need(component: Component) -> Resource:
+        app = apps[component]
         if app is None:
-            raise LookupError(f"app {name} does not exist in {cf.org}/{cf.space}")
+            raise LookupError(f"app {space.app_name(component)} does not exist in {space.where}")
         return app
 
     def env() -> dict[str, str]:
-        return target.app_env(need(mirror, cf.mirror_app))
+        return cc.app_env(need("registry"))
 
     def allowed_pull() -> PolicyCheck:
         result, api = client.pull_by_tag_and_digest(url, session, image)
@@ -56,17 +59,16 @@ def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
                       "set (proxy mode refuses pushes with 405 UNSUPPORTED)", remote or "not set", bool(remote))
 
     def not_exposed() -> PolicyCheck:
-        urls = target.route_urls(need(mirror, cf.mirror_app))
-        public = [u for u in urls if not u.split("/")[0].endswith(".apps.internal")]
+        urls = cc.route_urls(need("registry"))
+        public = public_routes(urls)
         return judged("mirror-not-exposed", f"routes of {cf.mirror_app}", "only routes on apps.internal",
                       f"public route(s): {public}" if public else f"{len(urls)} route(s), all on apps.internal",
                       not public and bool(urls))
 
     def network_policy() -> PolicyCheck:
-        app = need(mirror, cf.mirror_app)
-        policies = [p for p in target.policies_for(app) if p.get("destination", {}).get("id") == app["guid"]]
-        good = [p for p in policies if proxy is not None and p["source"]["id"] == proxy["guid"]
-                and p["destination"].get("protocol") == "tcp"
+        mirror, proxy = need("registry"), apps["proxy"]
+        policies = [p for p in cc.policies(mirror) if p.get("destination", {}).get("id") == mirror["guid"]]
+        good = [p for p in policies if proxy is not None and allows_proxy_to_mirror(p, proxy, mirror)
                 and p["destination"].get("ports", {}).get("start") == MIRROR_PORT]
         others = [p for p in policies if p not in good]
         observed = (f"{len(good)} proxy -> mirror tcp {MIRROR_PORT}" + (f"; {len(others)} other policy(ies) "
@@ -87,8 +89,9 @@ def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
                       "; ".join(problems) or "true; bytes, digest verified", not problems)
 
     def pinned() -> PolicyCheck:
-        running = target.droplet_image(need(mirror, cf.mirror_app)) or ""
-        want = target.settings.registry.image or ""
+        droplet = cc.current_droplet(need("registry"))
+        running = (droplet or {}).get("image") or ""
+        want = settings.registry.image or ""
         return judged("image-pinned", "image of the mirror's current droplet", f"{want} (pinned by digest, as tested)",
                       running or "no droplet", ImageRef.parse(running).digest is not None and running == want)
 
@@ -105,16 +108,15 @@ def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
     def config_matches() -> PolicyCheck:
         values = env()
         s3 = S3Location(values.get("REGISTRY_STORAGE_S3_BUCKET", ""), values.get("REGISTRY_STORAGE_S3_REGION", ""))
-        manifests = render_cf_manifests(target.settings, target.rules, s3=s3)
+        manifests = render_cf_manifests(settings, rules, s3=s3)
         secret_names = set(SECRET_ENV.values())
         drift = [k for k, v in manifests.mirror_env.items() if values.get(k) != v]
         extra = [k for k in values if k.startswith("REGISTRY_") and k not in manifests.mirror_env
                  and k not in secret_names]
-        process = target.web_process(need(mirror, cf.mirror_app))
-        if process.get("instances") != target.settings.registry.instances:
-            drift.append(f"instances {process.get('instances')} (params {target.settings.registry.instances})")
-        drift += _nginx_conf_drift(target.current_package_bits(need(proxy, cf.proxy_app)),
-                                   manifests.proxy_nginx_conf)
+        instances = cc.web_process(need("registry")).get("instances")
+        if instances != settings.registry.instances:
+            drift.append(f"instances {instances} (params {settings.registry.instances})")
+        drift += nginx_conf_drift(cc.current_package_bits(need("proxy")), manifests.proxy_nginx_conf)
         observed = "; ".join([f"differs: {', '.join(drift)}"] if drift else []
                              + ([f"not rendered: {', '.join(extra)}"] if extra else [])) or "identical"
         return judged("config-matches", "the mirror's REGISTRY_* env and instance count, and the nginx.conf in the "
@@ -126,18 +128,17 @@ def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
         "allowed-pull": allowed_pull,
         "denied-listed": lambda: not_applicable("denied-listed", NEEDS_REFUSED_CLIENT),
         "denied-by-default": lambda: not_applicable("denied-by-default", NEEDS_REFUSED_CLIENT),
-        "forged-xff": lambda: client.forged_xff_from_allowed(url, session, denied_example(target.rules)),
+        "forged-xff": lambda: client.forged_xff_from_allowed(url, session, denied_example(rules)),
         "push-refused-proxy": lambda: client.writes_refused(url, session),
         "push-refused-mirror": push_refused_mirror,
-        "catalog-refused": lambda: client.catalog_refused(url, session,
-                                                          opened=target.settings.proxy.expose_catalog),
+        "catalog-refused": lambda: client.catalog_refused(url, session, opened=settings.proxy.expose_catalog),
         "mirror-not-exposed": not_exposed,
         "network-policy": network_policy,
         "no-s3-redirect": no_redirect,
         "image-pinned": pinned,
         "upstream-credentials": upstream_credentials,
-        "upstream-pull-only": lambda: upstream_scope_check(target.settings),
-        "ratelimit-headers": lambda: rate_limit_check(target.settings),
+        "upstream-pull-only": lambda: upstream_scope_check(settings),
+        "ratelimit-headers": lambda: rate_limit_check(settings),
         "cache-not-exposed": lambda: not_applicable(
             "cache-not-exposed", "the cache is a brokered S3 service: only its service key reaches the bucket, and "
             "the key never leaves the mirror's environment"),
@@ -145,7 +146,7 @@ def cf_checks(target: CloudFoundryPlatform, *, public_url: str | None = None,
     }
 
 
-def _nginx_conf_drift(bits: bytes | None, rendered: str) -> list[str]:
+def nginx_conf_drift(bits: bytes | None, rendered: str) -> list[str]:
     """How the deployed nginx.conf differs from the rendering, in line numbers only: it holds the allow-list."""
     if bits is None:
         return ["the proxy has no current package to compare"]
@@ -153,10 +154,5 @@ def _nginx_conf_drift(bits: bytes | None, rendered: str) -> list[str]:
         if "nginx.conf" not in package.namelist():
             return ["the proxy's package has no nginx.conf"]
         deployed = package.read("nginx.conf").decode(errors="replace")
-    if deployed == rendered:
-        return []
-    changed = [n for n, line in enumerate(difflib.ndiff(rendered.splitlines(), deployed.splitlines()), 1)
-               if line.startswith(("- ", "+ "))]
-    first = next(i for i, (a, b) in enumerate(zip(rendered.splitlines() + [""], deployed.splitlines() + [""]), 1)
-                 if a != b)
-    return [f"the proxy's nginx.conf ({len(changed)} changed line(s), the first at line {first})"]
+    drift = config_drift("the proxy's nginx.conf", rendered, deployed)
+    return [] if drift.identical else [drift.describe()]

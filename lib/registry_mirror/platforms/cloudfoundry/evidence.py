@@ -7,28 +7,33 @@ shows in the mirror's crash reasons (a wrong key panics the registry at start), 
 """
 from __future__ import annotations
 
-
 from datetime import datetime, timedelta, timezone
 
 import requests
 
-from ..platforms.cloudfoundry.health import CRASH_EVENT
-from ..platforms.cloudfoundry.platform import MIRROR_PORT, CloudFoundryPlatform
-from .triage import Facts, Finding
-from .upstream_probe import PROBE_TIMEOUT, clip, upstream_findings
+from .health import crash_reason
+from .network import allows_proxy_to_mirror
+from .resources import Resource
+from .space import APPS, Component, Space
+from ..base import Platform
+from ...incidents.triage import Facts, Finding
+from ...incidents.upstream_probe import PROBE_TIMEOUT, clip, upstream_findings
+from ...rendering import MIRROR_PORT
 
 
 class CloudFoundryEvidence:
     platform = "cloudfoundry"
 
-    def __init__(self, target: CloudFoundryPlatform, *, public_url: str = "", probe_image: str = "library/hello:latest",
-                 recent_minutes: float = 15, stuck_minutes: float = 10) -> None:
-        self.target = target
+    def __init__(self, target: Platform, space: Space, *, public_url: str = "",
+                 probe_image: str = "library/hello:latest", recent_minutes: float = 15,
+                 stuck_minutes: float = 10) -> None:
+        self.target = target  # what a remedy acts on
+        self.space, self.cc = space, space.cc
         self.public_url = (public_url or f"https://{target.endpoint}").rstrip("/")
         repository, _, tag = probe_image.removeprefix("docker.io/").partition(":")
         self.repository, self.tag = repository, tag or "latest"
         self.recent_minutes, self.stuck_minutes = recent_minutes, stuck_minutes
-        self._apps: dict[str, dict | None] = {}
+        self._apps: dict[Component, Resource | None] = {}
 
     def check(self, layer: str, facts: Facts) -> list[Finding]:
         return {
@@ -37,9 +42,9 @@ class CloudFoundryEvidence:
             "recent errors": self._errors,
         }[layer](facts)
 
-    def _app(self, component: str) -> dict | None:
+    def _app(self, component: Component) -> Resource | None:
         if component not in self._apps:
-            self._apps[component] = self.target.app_named(component)  # type: ignore[arg-type]
+            self._apps[component] = self.space.app(component)
         return self._apps[component]
 
     # ------------------------------------------------------------------ layers
@@ -62,13 +67,11 @@ class CloudFoundryEvidence:
         proxy, mirror = self._app("proxy"), self._app("registry")
         if proxy is None:
             facts.proxy_running = False
-            return [Finding("security proxy", "app exists", False, f"no app {self.target.cf.proxy_app}")]
+            return [Finding("security proxy", "app exists", False, f"no app {self.space.cf.proxy_app}")]
         found, states = self._instances("security proxy", proxy)
         facts.proxy_running = states.get("RUNNING", 0) > 0
         if mirror is not None:
-            policies = self.target.policies_for(proxy)
-            ok = any(p.get("destination", {}).get("id") == mirror["guid"]
-                     and (p["destination"].get("ports") or {}).get("start") == MIRROR_PORT for p in policies)
+            ok = any(allows_proxy_to_mirror(p, proxy, mirror) for p in self.cc.policies(proxy))
             facts.network_policy_missing = not ok
             found.append(Finding("security proxy", f"network policy proxy -> mirror tcp {MIRROR_PORT}", ok,
                                  "present" if ok else "missing: the proxy cannot connect to the mirror"))
@@ -78,17 +81,16 @@ class CloudFoundryEvidence:
         mirror = self._app("registry")
         facts.mirrors = []
         if mirror is None:
-            return [Finding("mirror instances", "app exists", False, f"no app {self.target.cf.mirror_app}")]
-        process = self.target.web_process(mirror)
-        stats = self.target.session.get(f"/v3/processes/{process['guid']}/stats").get("resources") or []
+            return [Finding("mirror instances", "app exists", False, f"no app {self.space.cf.mirror_app}")]
+        process = self.cc.web_process(mirror)
         crashes = self._crashes(mirror, process)
         found = []
-        for instance in stats:
+        for instance in self.cc.process_stats(process):
             state, index = instance.get("state", "UNKNOWN"), instance.get("index")
             # A crash-looping instance shows RUNNING between crashes: its crashes say otherwise.
             crashed = crashes.get(index)
             healthy = state == "RUNNING" and crashed is None
-            reason = crashed or (self._crash_reason(mirror) if state == "CRASHED" else None)
+            reason = crashed or (crash_reason(self.cc, mirror) if state == "CRASHED" else None)
             facts.mirrors.append({"name": f"{mirror['name']}/{index}", "running": healthy,
                                   "status": 200 if healthy else None, "seconds": None,
                                   "exit_reason": None if healthy else (reason or state), "errors": []})
@@ -102,18 +104,17 @@ class CloudFoundryEvidence:
                         "brokered service, reachable only from the mirror: see the mirror's crash reasons")]
 
     def _upstream(self, facts: Facts) -> list[Finding]:
-        return upstream_findings(self.target.settings, facts, self.repository, self.tag)
+        return upstream_findings(self.space.settings, facts, self.repository, self.tag)
 
     def _deployments(self, facts: Facts) -> list[Finding]:
         found = []
         facts.stuck_deployments = []
         now = datetime.now(timezone.utc)
-        for component in ("registry", "proxy"):
+        for component in APPS:
             app = self._app(component)
             if app is None:
                 continue
-            active = self.target.session.list_all("/v3/deployments", {"app_guids": app["guid"],
-                                                                      "status_values": "ACTIVE"})
+            active = self.cc.active_deployments(app)
             for deployment in active:
                 age = now - _time(deployment.get("created_at"))
                 stuck = age >= timedelta(minutes=self.stuck_minutes)
@@ -127,16 +128,13 @@ class CloudFoundryEvidence:
         return found
 
     def _errors(self, facts: Facts) -> list[Finding]:
-        since = (datetime.now(timezone.utc) - timedelta(minutes=self.recent_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = self._recent()
         found = []
         for component in ("proxy", "registry"):
-            app = self._app(component)
+            app = self._app(component)  # type: ignore[arg-type]
             if app is None:
                 continue
-            events = self.target.session.get("/v3/audit_events", {
-                "types": CRASH_EVENT, "target_guids": app["guid"], "order_by": "-created_at", "per_page": "50"}
-            ).get("resources") or []
-            recent = [e for e in events if str(e.get("created_at", "")) >= since]
+            recent = [e for e in self.cc.crash_events(app, limit=50) if str(e.get("created_at", "")) >= since]
             if recent:
                 facts.crashing_apps.append(app["name"])
             last = (recent[0].get("data") or {}) if recent else {}
@@ -147,37 +145,32 @@ class CloudFoundryEvidence:
 
     # ------------------------------------------------------------------ helpers
 
-    def _instances(self, layer: str, app: dict) -> tuple[list[Finding], dict[str, int]]:
-        process = self.target.web_process(app)
-        stats = self.target.session.get(f"/v3/processes/{process['guid']}/stats").get("resources") or []
+    def _instances(self, layer: str, app: Resource) -> tuple[list[Finding], dict[str, int]]:
+        process = self.cc.web_process(app)
         states: dict[str, int] = {}
-        for instance in stats:
+        for instance in self.cc.process_stats(process):
             states[instance.get("state", "UNKNOWN")] = states.get(instance.get("state", "UNKNOWN"), 0) + 1
         text = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no instances"
-        reason = self._crash_reason(app) if states.get("CRASHED") else None
+        reason = crash_reason(self.cc, app) if states.get("CRASHED") else None
         return [Finding(layer, f"{app['name']} instances ({process.get('instances')} desired)",
                         states.get("RUNNING", 0) == process.get("instances"),
                         text + (f"; last crash: {reason}" if reason else ""))], states
 
-    def _crashes(self, app: dict, process: dict) -> dict[int, str]:
+    def _crashes(self, app: Resource, process: Resource) -> dict[int, str]:
         """Instance index -> Diego's exit description, for crashes of the process version that runs now
         within the recent window (an earlier version's crashes are history, not the present)."""
-        since = (datetime.now(timezone.utc) - timedelta(minutes=self.recent_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        events = self.target.session.get("/v3/audit_events", {
-            "types": CRASH_EVENT, "target_guids": app["guid"], "order_by": "-created_at", "per_page": "100"}
-        ).get("resources") or []
+        since = self._recent()
         found: dict[int, str] = {}
-        for event in events:
+        for event in self.cc.crash_events(app, limit=100):
             data = event.get("data") or {}
             if str(event.get("created_at", "")) < since or data.get("version") != process.get("version"):
                 continue
             found.setdefault(data.get("index"), clip(str(data.get("exit_description") or data.get("reason"))))
         return found
 
-    def _crash_reason(self, app: dict) -> str | None:
-        from ..platforms.cloudfoundry.health import crash_reason
-
-        return crash_reason(self.target.session, app)
+    def _recent(self) -> str:
+        """The start of the recent window, as CC writes times (ISO, UTC, so they compare as text)."""
+        return (datetime.now(timezone.utc) - timedelta(minutes=self.recent_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _time(value: object) -> datetime:
@@ -185,6 +178,3 @@ def _time(value: object) -> datetime:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return datetime.now(timezone.utc)
-
-
-
