@@ -15,7 +15,7 @@ Covered:
     with upload and download through a pre-signed blobstore URL), builds, droplets, deployments
     (rolling, canary with continue, cancel with CC's empty answer, supersede, stopped-app shortcut),
     revisions and their environment, jobs, space apply_manifest, service offerings/plans/instances and
-    service credential bindings (key) with their details, audit events (process crashes), feature
+    service credential bindings (key) with their details, audit events (process crashes, app stops), feature
     flags, space developer roles (others get CC's 403 NotAuthorized on every change), the org quota
     and its usage summary (deployments beyond it get CC's 422).
   * Instances: they start with the env and image of their deployment or start; ``Faults.crash_when``
@@ -1246,9 +1246,22 @@ class FakeCloudFoundry:
         return _json_resp(200, self._present_app(app))
 
     def _h_stop_app(self, req: _Req, guid: str) -> _Resp:
+        """AppStop.stop (app/actions/app_stop.rb): the app and each of its processes desired STOPPED and an
+        audit.app.stop event (AppEventRepository#record_app_stop), every time, stopped already or not;
+        200 with the app (AppsV3Controller#stop). Droplets, revisions, routes and deployments stay."""
         app = self._get(self._apps, guid, "App")
         app.state, app.updated_at = "STOPPED", _now()
+        for process in app.processes:
+            process.updated_at = app.updated_at
+        self._record_app_event("audit.app.stop", app, req.user)
         return _json_resp(200, self._present_app(app))
+
+    def _record_app_event(self, event_type: str, app: _App, who: str) -> None:
+        """An audit event a user's action on an app leaves (create_app_audit_event): the user as actor."""
+        space = self._space_of(app)
+        actor = {"guid": _user_guid(who) if who in self.users else who, "type": "user", "name": who}
+        self._events.append(_AuditEvent(event_type, actor, {"guid": app.guid, "type": "app", "name": app.name}, {},
+                                        space.guid, space.org_guid))
 
     def _start_instances(self, app: _App) -> None:
         """The app's instances start now, with today's environment and the current droplet's image."""

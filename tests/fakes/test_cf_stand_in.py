@@ -878,6 +878,21 @@ def test_process_stats_follow_the_app_state(api: Api) -> None:
     assert stats[0]["mem_quota"] == process["memory_in_mb"] * 1024 * 1024
 
 
+def test_stop_keeps_the_app_its_droplet_and_revisions_and_records_who_stopped_it(api: Api, cf: FakeCloudFoundry) -> None:
+    app_guid, droplet = api.started_docker_app(instances=2)
+    revisions = api.get(f"/v3/apps/{app_guid}/revisions")["resources"]
+    for _ in range(2):  # CC stops a stopped app again without complaint, and records the stop again
+        assert api.post(f"/v3/apps/{app_guid}/actions/stop", expect=200).json()["state"] == "STOPPED"
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")
+    assert {s["state"] for s in api.get(f"/v3/processes/{process['guid']}/stats")["resources"]} == {"DOWN"}
+    assert api.get(f"/v3/apps/{app_guid}/droplets/current")["guid"] == droplet
+    assert api.get(f"/v3/apps/{app_guid}/revisions")["resources"] == revisions
+    events = api.get(f"/v3/audit_events?types=audit.app.stop&target_guids={app_guid}")["resources"]
+    assert [(e["actor"]["type"], e["actor"]["name"], e["target"]["guid"]) for e in events] == \
+        [("user", "deployer", app_guid)] * 2
+    assert cf.app("mirror")["state"] == "STOPPED"
+
+
 def test_scale_changes_the_instances_at_once(api: Api) -> None:
     api.apply_manifest({"applications": [{"name": "mirror", "instances": 2, "docker": {"image": "x"}}]})
     app_guid = api.app_guid("mirror")
