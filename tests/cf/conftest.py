@@ -1,5 +1,9 @@
 """Cloud Foundry runbooks against the CF API stand-in (tests/fakes/cf_api.py) and a real Docker Hub
-stand-in (token service + docker-registry) that holds the registry image the params pin."""
+stand-in (token service + docker-registry) that holds the registry image the params pin.
+
+Most tests drive the runbooks in-process (`Foundation`, and the cell-by-cell helpers of
+tests/cf/runbooks.py) through `CloudFoundryPlatform` on a fake clock; one papermill run per runbook
+(`CfRunner`) proves the notebook itself: its exit code and that no secret reaches it."""
 from __future__ import annotations
 
 import io
@@ -19,6 +23,10 @@ import pytest
 import requests
 import yaml
 
+from registry_mirror.credentials import Secret
+from registry_mirror.parameters import validate_settings
+from registry_mirror.platforms.cloudfoundry import CloudFoundryPlatform
+from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
 from registry_mirror.platforms.local.components import daemon_env, hub_seeder, mirror_registry_binary, start_hub_stand_in
 from registry_mirror.processes import (
     ProcessRecord, free_port, port_is_free, start_process, stop_process, wait_until,
@@ -37,6 +45,8 @@ REGISTRY_IMAGE = SampleImage("library/registry", "3.0.0")
 RULES = {"allow": ["10.10.0.0/16", "127.0.0.1/32"], "deny": ["10.10.66.0/24", "127.0.0.66/32"],
          "trusted_routers": ["10.0.0.0/24", "127.0.0.4/32"]}
 CHECK_IMAGE = "docker.io/library/hello:latest"  # seeded in the hub stand-in; Docker Hub's would be hello-world
+# What must never reach a notebook, a log, an error or a report.
+SECRETS = (CF_PASSWORD, HUB_TOKEN, "fake-s3-secret-DO-NOT-LEAK", "AKIAFAKESTANDIN")
 
 
 @dataclass
@@ -128,11 +138,90 @@ def cf() -> Iterator[FakeCloudFoundry]:
         yield fake
 
 
+def staged_params(tmp: Path, hub: Hub, cf: FakeCloudFoundry, environment: str = "staging",
+                  **cf_overrides: Any) -> dict[str, Any]:
+    """params/<environment>.yaml pointed at the stand-ins, with the test's rules file and short waits."""
+    data = yaml.safe_load((ROOT / f"params/{environment}.yaml").read_text())
+    rules = tmp / "security-rules.yaml"
+    rules.write_text(yaml.safe_dump(RULES))
+    data["registry"]["image"] = f"registry:3.0.0@{hub.digest}"
+    data["upstream"].update(url=hub.url, username=HUB_USER, password_env="TEST_DOCKERHUB_TOKEN")
+    data["proxy"]["security_rules_file"] = str(rules)
+    data["cloudfoundry"].update({"api": cf.url, "poll_interval_seconds": 0.02, "health_settle_seconds": 0.1,
+                                 "deploy_timeout_seconds": 20, "org": "cloud-gov", **cf_overrides})
+    return data
+
+
+class FakeClock:
+    """Time that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def session_on(cf: FakeCloudFoundry, clock: FakeClock, *, password: str = CF_PASSWORD) -> CfSession:
+    """A CF session as the deployer, whose waits run on `clock`."""
+    return CfSession(cf.url, CfCredentials("password", CF_USER, Secret("CF_PASSWORD", password)),
+                     sleep=clock.sleep, clock=clock.clock)
+
+
+@dataclass
+class Foundation:
+    """The stand-ins, for runbooks driven in-process: `platform(params)` is what `platform_for` gives a
+    notebook, with a session on a fake clock, so waits and retries take no time."""
+
+    tmp: Path
+    hub: Hub
+    cf: FakeCloudFoundry
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    def params(self, environment: str = "staging", **cf_overrides: Any) -> dict[str, Any]:
+        return staged_params(self.tmp, self.hub, self.cf, environment, **cf_overrides)
+
+    def platform(self, params: dict[str, Any], *, password: str = CF_PASSWORD) -> CloudFoundryPlatform:
+        settings = validate_settings(params, source="test params")
+        return CloudFoundryPlatform(settings, settings.load_security_rules(),
+                                    session=session_on(self.cf, self.clock, password=password))
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pipeline job puts in the environment: CF and upstream credentials."""
+    for name in ("CF_CLIENT_ID", "CF_CLIENT_SECRET", "TEST_IMAGE_PULL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CF_USERNAME", CF_USER)
+    monkeypatch.setenv("CF_PASSWORD", CF_PASSWORD)
+    monkeypatch.setenv("TEST_DOCKERHUB_TOKEN", HUB_TOKEN)
+
+
+@pytest.fixture
+def foundation(tmp_path: Path, docker_hub: Hub, cf: FakeCloudFoundry, credentials: None) -> Foundation:
+    return Foundation(tmp_path, docker_hub, cf)
+
+
+def assert_no_secret(*texts: str) -> None:
+    for secret in SECRETS:
+        for text in texts:
+            assert secret not in text
+
+
 @dataclass
 class Run:
     returncode: int
     stderr: str
     notebook: Path
+
+    def assert_no_secret(self) -> None:
+        """Nothing secret in the executed notebook (outputs, parameters, metadata) or in the log."""
+        assert_no_secret(self.notebook.read_text(), self.stderr)
 
     def outputs(self) -> str:
         nb = nbformat.read(self.notebook, as_version=4)
@@ -155,15 +244,7 @@ class CfRunner:
     count: int = 0
 
     def params(self, environment: str = "staging", **cf_overrides: Any) -> dict[str, Any]:
-        data = yaml.safe_load((ROOT / f"params/{environment}.yaml").read_text())
-        rules = self.tmp / "security-rules.yaml"
-        rules.write_text(yaml.safe_dump(RULES))
-        data["registry"]["image"] = f"registry:3.0.0@{self.hub.digest}"
-        data["upstream"].update(url=self.hub.url, username=HUB_USER, password_env="TEST_DOCKERHUB_TOKEN")
-        data["proxy"]["security_rules_file"] = str(rules)
-        data["cloudfoundry"].update({"api": self.cf.url, "poll_interval_seconds": 0.02, "health_settle_seconds": 0.1,
-                                     "deploy_timeout_seconds": 20, "org": "cloud-gov", **cf_overrides})
-        return data
+        return staged_params(self.tmp, self.hub, self.cf, environment, **cf_overrides)
 
     def run(self, notebook: str, params: dict[str, Any], **options: Any) -> Run:
         self.count += 1
