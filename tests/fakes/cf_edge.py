@@ -54,11 +54,17 @@ class EnvoyTcpProxy:
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
-        self._server.close()
-        for conn in list(self._open):
-            _close(conn)
+        # shutdown() wakes the threads blocked in accept() or recv() at once; close() alone leaves them
+        # blocked, and every join below would wait its whole timeout.
+        for sock in (self._server, *list(self._open)):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            _close(sock)
         for thread in self._threads:
             thread.join(timeout=5)
+        assert not any(t.is_alive() for t in self._threads), "the Envoy stand-in left a thread running"
 
     def _accept(self) -> None:
         while not self._stopping.is_set():
