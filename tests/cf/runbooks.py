@@ -25,21 +25,23 @@ class Deployed:
     report: DeployReport
     pull: PullResult | None
     summary: pd.DataFrame
-
-    @property
-    def text(self) -> str:
-        """What the notebook would show of the deploy and its summary."""
-        return repr(self.report) + "\n" + self.summary.to_string()
+    text: str  # everything the notebook shows, cell by cell
 
 
 def deploy_runbook(platform: CloudFoundryPlatform, *, dry_run: bool = False, component: str = "all") -> Deployed:
     """deploy.ipynb: configs, preflight (stops before any change), deploy, verification pull, summary."""
     check_component(component, platform.settings)
-    config_overview(platform.rendered_configs(), platform.rules)
-    platform.preflight().raise_for_failures()
+    configs = platform.rendered_configs()
+    shown = [repr(platform.rules.summary()), configs["registry config (per instance)"],
+             config_overview(configs, platform.rules).to_string()]
+    preflight = platform.preflight()
+    shown.append(repr(preflight))
+    preflight.raise_for_failures()
     report = platform.deploy(dry_run=dry_run, component=component)
     pull = verify_pull(platform, dry_run=dry_run)
-    return Deployed(report, pull, deploy_summary(platform, report, pull))
+    summary = deploy_summary(platform, report, pull)
+    shown += [repr(report), pull.verdict() if pull else "dry run: no pull", summary.to_string()]
+    return Deployed(report, pull, summary, "\n".join(shown))
 
 
 def rollback_runbook(platform: CloudFoundryPlatform, *, component: str = "registry", revision: str = "",

@@ -1,6 +1,7 @@
 """On Cloud Foundry "deployed" means "serving", rollback keeps today's credentials, preflight reads what
-the foundation allows, and the session honours Retry-After. Papermill scenarios on the CF stand-in,
-each asserting the exit code, the calls the stand-in recorded and the state it holds."""
+the foundation allows, and the session honours Retry-After. The runbooks run in-process on the CF
+stand-in and a fake clock; each test asserts the outcome, the calls the stand-in recorded and the
+state it holds."""
 from __future__ import annotations
 
 import re
@@ -9,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
-from registry_mirror.credentials import Secret
-from tests.cf.conftest import CF_PASSWORD, CF_USER, CfRunner, Hub, cc_session
+from registry_mirror.errors import DeployError, PreflightError
+from tests.cf.conftest import CF_PASSWORD, CF_USER, FakeClock, Foundation, Hub, assert_no_secret, cc_session, session_on
+from tests.cf.runbooks import deploy_runbook, rollback_runbook
 from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -45,12 +46,12 @@ def annotation(cf: FakeCloudFoundry, app: str) -> str | None:
 # ------------------------------------------------------------------------------ deployed means serving
 
 def test_first_deploy_whose_instances_crash_fails_with_the_reason_and_production_stops_it(
-        runner: CfRunner, cf: FakeCloudFoundry) -> None:
+        foundation: Foundation, cf: FakeCloudFoundry) -> None:
     cf.faults.crash_when = mirror_crashes
-    params = runner.params("production")
-    run = runner.run("deploy.ipynb", params, component="registry")
-    assert run.returncode != 0
-    assert "InvalidAccessKeyId" in run.stderr and "first deploy" in run.stderr
+    params = foundation.params("production")
+    with pytest.raises(DeployError) as failed:
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert "InvalidAccessKeyId" in str(failed.value) and "first deploy" in str(failed.value)
     # CC finalized the deployment at once (the app was stopped): DEPLOYED, yet nothing serves.
     assert [(d["status_value"], d["status_reason"]) for d in cf.deployments(MIRROR)] == [("FINALIZED", "DEPLOYED")]
     assert "POST /v3/apps/:guid/actions/stop" in mutating(cf)
@@ -58,34 +59,34 @@ def test_first_deploy_whose_instances_crash_fails_with_the_reason_and_production
 
     cf.faults.crash_when = None
     cf.clear_requests()
-    again = runner.run("deploy.ipynb", params, component="registry")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "UNCHANGED" not in again.outputs() and "POST /v3/deployments" in mutating(cf)
+    again = deploy_runbook(foundation.platform(params), component="registry")
+    assert "UNCHANGED" not in again.text and "POST /v3/deployments" in mutating(cf)
     assert cf.app(MIRROR)["state"] == "STARTED" and annotation(cf, MIRROR)
 
 
-def test_a_crash_looping_app_is_never_unchanged(runner: CfRunner, cf: FakeCloudFoundry) -> None:
-    params = runner.params("staging")
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+def test_a_crash_looping_app_is_never_unchanged(foundation: Foundation, cf: FakeCloudFoundry) -> None:
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params), component="registry")
     cf.faults.crash_when = mirror_crashes
     stop_then_start(cf)  # the same inputs, but now every instance crashes after a moment of RUNNING
     cf.clear_requests()
-    run = runner.run("deploy.ipynb", params, component="registry")
-    assert run.returncode != 0
-    assert "UNCHANGED" not in run.outputs() and "InvalidAccessKeyId" in run.stderr
-    assert "on_failure: stop" in run.stderr  # staging leaves it for debugging
+    platform = foundation.platform(params)
+    with pytest.raises(DeployError) as failed:
+        deploy_runbook(platform, component="registry")
+    assert "InvalidAccessKeyId" in str(failed.value)
+    assert "on_failure: stop" in str(failed.value)  # staging leaves it for debugging
     assert "POST /v3/deployments" in mutating(cf)
+    assert platform.status().condition.startswith("DEGRADED")
 
 
-def test_deploy_then_stop_then_redeploy_checks_health_instead_of_assuming_it(runner: CfRunner,
+def test_deploy_then_stop_then_redeploy_checks_health_instead_of_assuming_it(foundation: Foundation,
                                                                             cf: FakeCloudFoundry) -> None:
-    params = runner.params("staging")
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params), component="registry")
     cc_session(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
     cf.clear_requests()
-    run = runner.run("deploy.ipynb", params, component="registry")
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "UNCHANGED" not in run.outputs()
+    run = deploy_runbook(foundation.platform(params), component="registry")
+    assert "UNCHANGED" not in run.text
     paths = [f"{r.method} {GUID.sub(':guid', r.path)}" for r in cf.requests]
     deployed = len(paths) - paths[::-1].index("POST /v3/deployments")
     assert "GET /v3/processes/:guid/stats" in paths[deployed:], "no instance health read after the deployment"
@@ -94,19 +95,21 @@ def test_deploy_then_stop_then_redeploy_checks_health_instead_of_assuming_it(run
     # The same, with instances that crash once started: the deployment is DEPLOYED, the deploy is not.
     cc_session(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/stop", timeout=10)
     cf.faults.crash_when = mirror_crashes
-    failed = runner.run("deploy.ipynb", params, component="registry")
-    assert failed.returncode != 0 and "crashed" in failed.stderr and "InvalidAccessKeyId" in failed.stderr
+    with pytest.raises(DeployError) as failed:
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert "crashed" in str(failed.value) and "InvalidAccessKeyId" in str(failed.value)
     assert cf.deployments(MIRROR)[-1]["status_reason"] == "DEPLOYED"
 
 
-def test_the_fingerprint_lives_in_metadata_and_the_http_secret_stays(runner: CfRunner, cf: FakeCloudFoundry) -> None:
-    params = runner.params("staging")
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+def test_the_fingerprint_lives_in_metadata_and_the_http_secret_stays(foundation: Foundation,
+                                                                      cf: FakeCloudFoundry) -> None:
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params), component="registry")
     env = cf.app(MIRROR)["env"]
     assert "MIRROR_RUNBOOK_DIGEST" not in env and annotation(cf, MIRROR)
     secret = env["REGISTRY_HTTP_SECRET"]
     params["registry"]["instances"] = 3
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+    deploy_runbook(foundation.platform(params), component="registry")
     assert cf.app(MIRROR)["env"]["REGISTRY_HTTP_SECRET"] == secret
     # Recording the fingerprint made no revision: the env the last deployment ran with is the env now.
     assert cf.revisions(MIRROR)[-1]["env"] == cf.app(MIRROR)["env"]
@@ -114,27 +117,30 @@ def test_the_fingerprint_lives_in_metadata_and_the_http_secret_stays(runner: CfR
 
 # ------------------------------------------------------------------------------ rollback and credentials
 
-def test_rollback_after_a_key_rotation_keeps_the_current_key_and_serves(runner: CfRunner,
+def test_rollback_after_a_key_rotation_keeps_the_current_key_and_serves(foundation: Foundation,
                                                                         cf: FakeCloudFoundry) -> None:
     cf.faults.crash_when = stale_key_crashes(cf)
-    params = runner.params("production")
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
     first = cf.app(MIRROR)["droplet_guid"]
     # The broker rotates the key: the old one stops working at once.
     cf.s3_credentials = {**DEFAULT_S3_CREDENTIALS, "access_key_id": "AKIAROTATEDSTANDIN",
                          "secret_access_key": "rotated-s3-secret-DO-NOT-LEAK"}
     params["registry"]["log_level"] = "warn"  # and a config change ships with the new key
-    assert runner.run("deploy.ipynb", params, component="registry").returncode == 0
+    deploy_runbook(foundation.platform(params), component="registry")
     assert cf.app(MIRROR)["env"]["REGISTRY_STORAGE_S3_ACCESSKEY"] == "AKIAROTATEDSTANDIN"
 
-    run = runner.run("rollback.ipynb", params, component="registry", confirm_rollback=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run, calls = rollback_runbook(foundation.platform(params), component="registry", confirm=True)
+    assert run.ok, run
     mirror = cf.app(MIRROR)
     assert mirror["droplet_guid"] == first
     assert mirror["env"]["REGISTRY_STORAGE_S3_ACCESSKEY"] == "AKIAROTATEDSTANDIN"  # not the revision's key
     assert mirror["env"]["REGISTRY_LOG_LEVEL"] == "info"  # the revision's configuration is back
-    assert mirror["state"] == "STARTED" and "serves" in run.outputs()
+    assert mirror["state"] == "STARTED" and "serves" in repr(run)
     assert annotation(cf, MIRROR) is None  # the next deploy applies the params again
+    shown = repr(run) + calls.to_string()
+    assert_no_secret(shown)
+    assert "rotated-s3-secret-DO-NOT-LEAK" not in shown
 
 
 # ------------------------------------------------------------------------------ preflight capabilities
@@ -152,72 +158,51 @@ def fake(**kwargs: Any) -> FakeCloudFoundry:
     ("no quota left", {"org_quota": {"total_memory_in_mb": 512}}, {}, "has no room for"),
 ])
 def test_preflight_refuses_what_the_foundation_cannot_do_before_any_change(
-        docker_hub: Hub, tmp_path: Path, cf_env: dict[str, str], name: str, foundation: dict,
+        docker_hub: Hub, tmp_path: Path, credentials: None, name: str, foundation: dict,
         cf_params: dict, says: str) -> None:
     with fake(**foundation) as cf:
-        runner = CfRunner(tmp_path, docker_hub, cf, cf_env)
-        run = runner.run("deploy.ipynb", runner.params("production", **cf_params))
-        assert run.returncode != 0, name
-        assert says in run.stderr, run.stderr[-2000:]
-        assert "preflight failed, nothing was changed" in run.stderr
+        here = Foundation(tmp_path, docker_hub, cf)
+        with pytest.raises(PreflightError) as failed:
+            deploy_runbook(here.platform(here.params("production", **cf_params)))
+        assert says in str(failed.value), name
+        assert "preflight failed, nothing was changed" in str(failed.value)
         assert [r for r in cf.requests if r.mutating] == []
 
 
 def test_an_old_cc_deploys_without_options_when_one_at_a_time_is_asked(docker_hub: Hub, tmp_path: Path,
-                                                                      cf_env: dict[str, str]) -> None:
+                                                                      credentials: None) -> None:
     with fake(cc_version="3.150.0") as cf:
-        runner = CfRunner(tmp_path, docker_hub, cf, cf_env)
-        run = runner.run("deploy.ipynb", runner.params("production", max_in_flight=1), component="registry")
-        assert run.returncode == 0, run.stderr[-2000:]
+        here = Foundation(tmp_path, docker_hub, cf)
+        deploy_runbook(here.platform(here.params("production", max_in_flight=1)), component="registry")
         [deployment] = [r for r in cf.requests if r.method == "POST" and r.path == "/v3/deployments"]
         assert "options" not in deployment.body
 
 
 # ------------------------------------------------------------------------------ the mirror image's own pull
 
-def test_the_registry_image_is_pulled_with_the_accounts_credentials(runner: CfRunner, cf: FakeCloudFoundry) -> None:
-    params = runner.params("staging")
+def test_the_registry_image_is_pulled_with_the_accounts_credentials(foundation: Foundation, cf: FakeCloudFoundry,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    params = foundation.params("staging")
     params["registry"] |= {"image_pull_username": "cloudgovpull", "image_pull_password_env": "TEST_IMAGE_PULL_TOKEN"}
-    missing = runner.run("deploy.ipynb", params, component="registry")
-    assert missing.returncode != 0 and "TEST_IMAGE_PULL_TOKEN" in missing.stderr
+    with pytest.raises(PreflightError, match="TEST_IMAGE_PULL_TOKEN"):
+        deploy_runbook(foundation.platform(params), component="registry")
     assert [r for r in cf.requests if r.mutating] == []
-    runner.env["TEST_IMAGE_PULL_TOKEN"] = "image-pull-token-DO-NOT-LEAK"
-    run = runner.run("deploy.ipynb", params, component="registry")
-    assert run.returncode == 0, run.stderr[-2000:]
+    monkeypatch.setenv("TEST_IMAGE_PULL_TOKEN", "image-pull-token-DO-NOT-LEAK")
+    run = deploy_runbook(foundation.platform(params), component="registry")
     [package] = [r.body for r in cf.requests if r.method == "POST" and r.path == "/v3/packages"]
     assert package["data"]["username"] == "cloudgovpull"
-    assert "image-pull-token-DO-NOT-LEAK" not in run.notebook.read_text() + run.stderr
+    assert package["data"]["password"] == "image-pull-token-DO-NOT-LEAK"  # to CC, and nowhere else
+    assert "image-pull-token-DO-NOT-LEAK" not in run.text
 
 
-def test_a_failed_package_stops_the_deploy_with_cfs_error(runner: CfRunner, cf: FakeCloudFoundry) -> None:
+def test_a_failed_package_stops_the_deploy_with_cfs_error(foundation: Foundation, cf: FakeCloudFoundry) -> None:
     cf.faults.package_processing_fails = True
-    run = runner.run("deploy.ipynb", runner.params("staging"), component="proxy")
-    assert run.returncode != 0
-    assert "FAILED: Package upload failed" in run.stderr
+    with pytest.raises(DeployError, match="FAILED: Package upload failed"):
+        deploy_runbook(foundation.platform(foundation.params("staging")), component="proxy")
     assert "POST /v3/builds" not in mutating(cf)
 
 
 # ------------------------------------------------------------------------------ calls
-
-class FakeClock:
-    """Time that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
-
-
-def session_on(cf: FakeCloudFoundry, clock: FakeClock) -> CfSession:
-    return CfSession(cf.url, CfCredentials("password", CF_USER, Secret("CF_PASSWORD", CF_PASSWORD)),
-                     sleep=clock.sleep, clock=clock.clock)
-
 
 def test_retry_after_on_429_is_honoured_on_a_fake_clock(cf: FakeCloudFoundry) -> None:
     clock = FakeClock()

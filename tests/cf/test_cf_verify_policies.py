@@ -1,6 +1,7 @@
-"""verify_policies.ipynb on Cloud Foundry (the stand-ins): after a good deploy every check a worker on
-the allow-list can make passes, through the public route (the CF edge stand-ins in front of the
-nginx.conf the deploy uploaded) and through the API; each drift fails the check that proves it."""
+"""verify_policies on Cloud Foundry (the stand-ins): after a good deploy every check a worker on the
+allow-list can make passes, through the public route (the CF edge stand-ins in front of the
+nginx.conf the deploy uploaded) and through the API; each drift fails the check that proves it.
+The checks run in-process; one papermill run of verify_policies.ipynb proves the notebook."""
 from __future__ import annotations
 
 import io
@@ -12,7 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cf.conftest import CHECK_IMAGE, ROOT, RULES, CfRunner, cc_session, public_route
+from registry_mirror.checks import PolicyReport
+from tests.cf.conftest import CHECK_IMAGE, ROOT, RULES, CfRunner, Foundation, assert_no_secret, cc_session, public_route
+from tests.cf.runbooks import deploy_runbook, verify_runbook
 from tests.fakes.cf_api import FakeCloudFoundry
 
 # Before this suite grew client checks, six of fourteen were n/a on CF; now three of seventeen are.
@@ -43,12 +46,21 @@ class Cc:
         raise TimeoutError(path)
 
 
-def run_checks(runner: CfRunner, params: dict, mirror_app: str) -> tuple[int, dict, str]:
-    results = runner.tmp / "results.json"
-    with public_route(runner.cf, mirror_app) as edge:
-        run = runner.run("verify_policies.ipynb", params, results_json=str(results), public_url=edge.public_url,
-                         check_image=CHECK_IMAGE)
-    return run.returncode, json.loads(results.read_text()), run.notebook.read_text()
+def run_checks(foundation: Foundation, params: dict, mirror_app: str) -> tuple[PolicyReport, str]:
+    """The checks as the notebook runs them; the report and all it shows (table, verdict, JSON)."""
+    results = foundation.tmp / "results.json"
+    with public_route(foundation.cf, mirror_app) as edge:
+        report = verify_runbook(foundation.platform(params), public_url=edge.public_url, image=CHECK_IMAGE,
+                                results=results)
+    return report, "\n".join([repr(report), report._repr_html_(), report.verdict(), results.read_text()])
+
+
+def private_ranges() -> list[str]:
+    """The test's rules that are not also the local platform's defaults in the notebook's parameters cell."""
+    defaults = (ROOT / "notebooks/verify_policies.ipynb").read_text()
+    private = [c for c in RULES["allow"] + RULES["deny"] + RULES["trusted_routers"] if c not in defaults]
+    assert len(private) >= 4
+    return private
 
 
 def drift_public_route(cc: Cc, cf: FakeCloudFoundry) -> None:
@@ -137,31 +149,48 @@ DRIFTS = {
 }
 
 
-def test_every_check_a_worker_can_make_passes_after_a_good_deploy(runner: CfRunner, cf: FakeCloudFoundry,
+def test_every_check_a_worker_can_make_passes_after_a_good_deploy(foundation: Foundation, cf: FakeCloudFoundry,
                                                                   mirror_app: str) -> None:
-    params = runner.params("staging")
-    assert runner.run("deploy.ipynb", params).returncode == 0
-    code, results, notebook = run_checks(runner, params, mirror_app)
-    assert code == 0, results
-    statuses = {c["id"]: c["status"] for c in results["checks"]}
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params))
+    report, shown = run_checks(foundation, params, mirror_app)
+    assert report.ok, report
+    statuses = {c.id: c.status for c in report.checks}
     assert {k for k, v in statuses.items() if v == "n/a"} == NOT_APPLICABLE | NO_DOCKER_HUB
     assert {k for k, v in statuses.items() if v != "n/a"} == {k for k, v in statuses.items() if v == "pass"}
     assert len(statuses) == 17
-    # The loopback ranges are also the local platform's defaults in the parameters cell.
-    defaults = (ROOT / "notebooks/verify_policies.ipynb").read_text()
-    private = [c for c in RULES["allow"] + RULES["deny"] + RULES["trusted_routers"] if c not in defaults]
-    assert len(private) >= 4
-    for cidr in private:
-        assert cidr not in notebook, "a private range reached the executed notebook"
+    for cidr in private_ranges():
+        assert cidr not in shown, "a private range reached what the notebook shows"
+    assert_no_secret(shown)
 
 
 @pytest.mark.parametrize("name", list(DRIFTS))
-def test_each_drift_fails_the_check_that_proves_it(runner: CfRunner, cf: FakeCloudFoundry, mirror_app: str,
+def test_each_drift_fails_the_check_that_proves_it(foundation: Foundation, cf: FakeCloudFoundry, mirror_app: str,
                                                    name: str) -> None:
-    params = runner.params("staging")
-    assert runner.run("deploy.ipynb", params).returncode == 0
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params))
     drift, expected = DRIFTS[name]
     drift(Cc(cf), cf)
-    code, results, _ = run_checks(runner, params, mirror_app)
-    assert code != 0
-    assert set(results["failed"]) == expected
+    report, _ = run_checks(foundation, params, mirror_app)
+    assert not report.ok
+    assert set(report.failed) == expected
+
+
+def test_the_notebook_fails_non_zero_on_a_drift_and_shows_no_private_range(
+        foundation: Foundation, runner: CfRunner, cf: FakeCloudFoundry, mirror_app: str) -> None:
+    """The one papermill run of verify_policies.ipynb on CF: every check runs and is shown, the failed one
+    makes the run exit non-zero, and neither a private range nor a secret reaches the notebook."""
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params))
+    drift, expected = DRIFTS["redirect-enabled"]
+    drift(Cc(cf), cf)
+    results = runner.tmp / "results.json"
+    with public_route(cf, mirror_app) as edge:
+        run = runner.run("verify_policies.ipynb", params, results_json=str(results), public_url=edge.public_url,
+                         check_image=CHECK_IMAGE)
+    assert run.returncode != 0
+    assert set(json.loads(results.read_text())["failed"]) == expected
+    notebook = run.notebook.read_text()
+    for cidr in private_ranges():
+        assert cidr not in notebook, "a private range reached the executed notebook"
+    run.assert_no_secret()
