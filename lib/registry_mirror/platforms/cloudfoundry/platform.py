@@ -8,7 +8,7 @@
     network       the network policy proxy -> mirror
     rollback      cancel a deployment in flight, or deploy an earlier revision again
     health        are the instances serving (what "deployed" means)
-    capabilities  what the foundation lets this user do (preflight)
+    preflight     before any change; capabilities: what the foundation lets this user do
     status, checks, evidence, remedies   what the runbooks read: status, policy checks, triage
 
 Each app goes: apply manifest -> package (docker image pinned by digest for the mirror; the rendered
@@ -21,27 +21,25 @@ from collections.abc import Callable, Mapping
 
 import pandas as pd
 
-from .capabilities import capability_checks
 from .checks import cf_checks
 from .evidence import CloudFoundryEvidence
 from .network import ensure_network_policy
+from .preflight import cf_preflight
 from .push import push_app
-from .push.package import image_pull_password
 from .push.routes import verify_routes
 from .remedies import run_remedy
 from .resources import CloudController
 from .rollback import cancel_active, roll_back
 from .services import ensure_s3
-from .session import CfApiError, CfCredentials, CfSession
+from .session import CfCredentials, CfSession
 from .space import APPS, Component, Space
 from .status import platform_status
 from ..base import COMPONENTS, CheckFn, FaultLibrary, PlatformStatus
 from ...client_pull import PullResult
-from ...credentials import upstream_password
 from ...deploy_report import DeployReport, StepRecorder
-from ...errors import DeployError, ParameterError, PreflightError, RunbookError
+from ...errors import DeployError, ParameterError
 from ...parameters import CloudFoundrySettings, Settings
-from ...preflight import Check, PreflightReport
+from ...preflight import PreflightReport
 from ...registry_config import Listener, S3Location, registry_config, registry_config_yaml
 from ...rendering import MIRROR_PORT, ClientConfigs, render_cf_manifests, render_client_configs
 from ...security_rules import SecurityRules
@@ -117,62 +115,7 @@ class CloudFoundryPlatform:
 
     def preflight(self) -> PreflightReport:
         """Read-only checks; any failure stops the runbook before a change."""
-        checks: list[Check] = []
-        try:
-            if self._session is None:
-                CfCredentials.from_env()
-            checks.append(Check("CF credentials", True, "present in the environment" if self._session is None
-                                else f"given with the session ({self._session.credentials.name})"))
-        except RunbookError as exc:  # SecretMissingError: which variables to set
-            return PreflightReport([Check("CF credentials", False, str(exc))])
-        try:
-            self.session.login()
-            checks.append(Check("CF login", True, f"{self.cf.api} as {self.session.credentials.name}"))
-            checks += self._space_checks()
-        except (PreflightError, CfApiError) as exc:
-            checks.append(Check("CF API", False, str(exc)))
-        try:
-            upstream_password(self.settings)
-            checks.append(Check("upstream credentials", True,
-                                "configured" if self.settings.upstream.username else "anonymous (lower rate limit)"))
-        except Exception as exc:  # noqa: BLE001
-            checks.append(Check("upstream credentials", False, str(exc)))
-        if self.settings.registry.image_pull_password_env:
-            try:
-                image_pull_password(self.settings)
-                checks.append(Check("registry image pull credentials", True,
-                                    f"{self.settings.registry.image_pull_username}, password from the environment"))
-            except RunbookError as exc:
-                checks.append(Check("registry image pull credentials", False, str(exc)))
-        checks.extend(self._image_checks())
-        return PreflightReport(checks)
-
-    def _space_checks(self) -> list[Check]:
-        space = self.space.find()
-        checks = [Check("org and space", space is not None, self.space.where + ("" if space else " not found"))]
-        if space is None:
-            return checks
-        apps = {component: self.space.app(component) for component in APPS}
-        for component, app in apps.items():
-            active = self.space.cc.active_deployments(app) if app else []
-            checks.append(Check(f"no deployment active ({self.space.app_name(component)})", not active,
-                                f"active: {active[0]['guid']}" if active else "none"))
-        service = self.space.cc.service_instance(space["guid"], self.cf.s3_service_instance)
-        return checks + capability_checks(self.space.cc, self.settings, space, first_deploy=not any(apps.values()),
-                                          service_exists=service is not None)
-
-    def _image_checks(self) -> list[Check]:
-        # The registry panics at start when it cannot reach its upstream (distribution #4038), and a
-        # digest that does not resolve would fail the build: check both from here first.
-        from ...image_refs import resolve_digest
-
-        image = self.settings.registry.image or ""
-        try:
-            found = resolve_digest(self.settings.upstream.url, image)
-            return [Check("upstream reachable", True, self.settings.upstream.url),
-                    Check("registry image digest resolves", found, image if found else f"{image} not found")]
-        except Exception as exc:  # noqa: BLE001 - an unreachable upstream is a failed check
-            return [Check("upstream reachable", False, f"{self.settings.upstream.url}: {exc}")]
+        return cf_preflight(self.settings, given=self._session, space=lambda: self.space)
 
     # ------------------------------------------------------------------ changes
 
