@@ -18,6 +18,7 @@ instance RUNNING through a settle window. Only then is the fingerprint of the in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import pandas as pd
 
@@ -45,6 +46,7 @@ from ...rendering import MIRROR_PORT, ClientConfigs, render_cf_manifests, render
 from ...security_rules import SecurityRules
 
 CALL_COLUMNS = ["method", "path", "status", "request_id", "sent"]
+STOP_ORDER: tuple[Component, ...] = ("proxy", "registry")  # the public face first: nothing reaches the mirror then
 
 
 class CloudFoundryPlatform:
@@ -165,12 +167,11 @@ class CloudFoundryPlatform:
         return self._change(run, dry_run=dry_run)
 
     def down(self, *, dry_run: bool = False) -> DeployReport:
-        """Stop both apps through CC (proxy first, so clients see a refusal, not a broken mirror); the
-        apps, their droplets and revisions stay, and a deploy or a rollback starts them again."""
+        """Stop both apps through CC; the apps, their droplets and revisions stay, and a deploy or a
+        rollback starts them again."""
         def run(steps: StepRecorder) -> None:
-            for component in ("proxy", "registry"):
-                app = self.space.app(component)  # type: ignore[arg-type]
-                name = self.space.app_name(component)  # type: ignore[arg-type]
+            for component in STOP_ORDER:
+                app, name = self.space.app(component), self.space.app_name(component)
                 if app is None:
                     steps.unchanged(name, "stop", f"does not exist in {self.space.where}")
                 elif app["state"] == "STOPPED":
@@ -180,11 +181,10 @@ class CloudFoundryPlatform:
                               "stopped; the app, its droplet and revisions stay")
         return self._change(run, dry_run=dry_run, action="down")
 
-    def _change(self, run: Callable[[StepRecorder], None], *, dry_run: bool, action: str = "deploy",
-                with_request_ids: bool = False) -> DeployReport:
+    def _change(self, run: Callable[[StepRecorder], None], *, dry_run: bool,
+                action: Literal["deploy", "down"] = "deploy", with_request_ids: bool = False) -> DeployReport:
         """One report for a change: planned in a dry run, failed with the error (and CF's request ids)."""
-        report = DeployReport(platform=self.name, dry_run=dry_run, endpoint=self.endpoint,
-                              action=action)  # type: ignore[arg-type]
+        report = DeployReport(platform=self.name, dry_run=dry_run, endpoint=self.endpoint, action=action)
         self.session.dry_run = dry_run
         try:
             run(StepRecorder(report))
