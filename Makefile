@@ -63,7 +63,7 @@ status:
 	@$(BIN)/python -m registry_mirror status
 
 down:
-	@$(BIN)/python -m registry_mirror down
+	@$(BIN)/python -m registry_mirror down --confirm
 
 # An operator's session: the runbook with a params file's values filled in (papermill --prepare-only:
 # parameters injected, nothing run), opened in JupyterLab on 127.0.0.1 to step through cell by cell.

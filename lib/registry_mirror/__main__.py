@@ -1,69 +1,110 @@
-"""Small command line for the Makefile:
-`python -m registry_mirror {status,down,endpoint,build-registry} [--params FILE ...]`, and for the
-pipeline's tasks `task-params --params FILE --out FILE [--security-rules FILE] [--image-digest-file FILE]`."""
+"""The command line the Makefile and the pipeline's tasks use; each subcommand takes only its own flags.
+
+    python -m registry_mirror status         [--params FILE]     one line of state, then each process or app
+    python -m registry_mirror endpoint       [--params FILE]     where the mirror answers and how to point clients
+    python -m registry_mirror down           [--params FILE] [--confirm]   stop everything, keep data
+    python -m registry_mirror build-registry  --params FILE ...  build each registry version the files pin
+    python -m registry_mirror task-params     --params FILE --out FILE [--security-rules FILE]
+                                              [--image-digest-file FILE]
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import ParameterError, RunbookError
 from .parameters import load_params_file
 from .pipeline_params import write_task_params
-from .platforms import platform_for
+from .platforms.registry import platform_for
 from .registry_build import build_registry, uses_debian_package
+
+DEFAULT_PARAMS = "params/local.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m registry_mirror")
-    parser.add_argument("command", choices=["status", "down", "endpoint", "build-registry", "task-params"])
-    parser.add_argument("--params", action="append", help="params file (build-registry takes several)")
-    parser.add_argument("--out", type=Path, help="task-params: where to write the derived params file")
-    parser.add_argument("--security-rules", type=Path, help="task-params: the private rules file")
-    parser.add_argument("--image-digest-file", type=Path, help="task-params: the registry-image resource's digest")
-    args = parser.parse_args(argv)
-    files = args.params or ["params/local.yaml"]
     try:
-        if args.command == "task-params":
-            if args.out is None:
-                raise ParameterError("task-params needs --out")
-            print(write_task_params(Path(files[0]), args.out, security_rules=args.security_rules,
-                                    image_digest_file=args.image_digest_file))
-            return 0
-        if args.command == "build-registry":
-            # Every registry version a params file names, so the pin lives in params alone.
-            for version in sorted({load_params_file(f).registry.version for f in files}):
-                if not uses_debian_package(version):
-                    build = build_registry(version)
-                    print(f"registry {version}: {build.binary} (sha256 {build.sha256[:16]}...)")
-            return 0
-        settings = load_params_file(files[0])
-        platform = platform_for(settings, settings.load_security_rules())
-        if args.command == "status":
-            status = platform.status()
-            print(status if hasattr(status, "condition") else status.to_string(index=False))
-        elif args.command == "endpoint":
-            # Until the local platform offers usage() too (the Platform protocol asks every platform for it).
-            usage = getattr(platform, "usage", None)
-            print(usage() if usage else usage_text(platform.endpoint, platform.paths.client_dir))  # type: ignore[union-attr]
-        else:
-            print(platform.down())
+        args = _parser().parse_args(argv)
+        print(args.run(args))
     except RunbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def usage_text(endpoint: str, client_dir: object) -> str:
-    return f"""
-The mirror answers at http://{endpoint} (plain HTTP, loopback only).
-  skopeo: skopeo --registries-conf {client_dir}/registries.conf inspect docker://docker.io/library/hello:latest
-  podman: CONTAINERS_REGISTRIES_CONF={client_dir}/registries.conf podman pull docker.io/library/hello:latest
-  docker: add {{"registry-mirrors": ["http://{endpoint}"], "insecure-registries": ["{endpoint}"]}}
-          to /etc/docker/daemon.json (a Docker engine is needed; none runs on this machine)
-  sample images: library/hello:latest, library/multiarch:latest (amd64+arm64), library/alpine-sample:3.20
-  stop everything: make down
-"""
+def status(args: argparse.Namespace) -> str:
+    return repr(_platform(args).status())
+
+
+def endpoint(args: argparse.Namespace) -> str:
+    return _platform(args).usage()
+
+
+def down(args: argparse.Namespace) -> str:
+    report = _platform(args).down(dry_run=not args.confirm)
+    if args.confirm:
+        return repr(report)
+    return f"{report!r}\nnothing was stopped: this was the plan; add --confirm to stop it"
+
+
+def build_registries(args: argparse.Namespace) -> str:
+    # Every registry version a params file names, so the pin lives in params alone.
+    lines = []
+    for version in sorted({load_params_file(f).registry.version for f in args.params}):
+        if not uses_debian_package(version):
+            build = build_registry(version)
+            lines.append(f"registry {version}: {build.binary} (sha256 {build.sha256[:16]}...)")
+    return "\n".join(lines) or "every params file runs Debian's registry package: nothing to build"
+
+
+def task_params(args: argparse.Namespace) -> str:
+    return str(write_task_params(Path(args.params), args.out, security_rules=args.security_rules,
+                                 image_digest_file=args.image_digest_file))
+
+
+def _platform(args: argparse.Namespace) -> Any:
+    settings = load_params_file(args.params)
+    return platform_for(settings, settings.load_security_rules())
+
+
+class _Once(argparse.Action):
+    """A flag that may be given once: a second --params would otherwise silently win or be ignored."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) not in (None, self.default):
+            raise ParameterError(f"{option_string} was given twice; this command takes one params file")
+        setattr(namespace, self.dest, values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m registry_mirror",
+                                     description="Operate the registry mirror from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Any, help: str, *, params: str = "one") -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        if params == "one":
+            sub.add_argument("--params", action=_Once, default=DEFAULT_PARAMS,
+                             help=f"params file (default {DEFAULT_PARAMS})")
+        else:
+            sub.add_argument("--params", action="append", required=True, help="params file; give several")
+        return sub
+
+    command("status", status, "the deployment's state in one line, then each process or app")
+    command("endpoint", endpoint, "where the mirror answers and how to point skopeo, podman or docker at it")
+    down_cmd = command("down", down, "stop every part of the deployment; data and cache are kept")
+    down_cmd.add_argument("--confirm", action="store_true", help="really stop it (without: show the plan)")
+    command("build-registry", build_registries, "build each registry version the params files pin",
+            params="several")
+    task = command("task-params", task_params, "the params file a pipeline task runs the runbook with")
+    task.add_argument("--out", type=Path, required=True, help="where to write the derived params file")
+    task.add_argument("--security-rules", type=Path, help="the private rules file")
+    task.add_argument("--image-digest-file", type=Path, help="the registry-image resource's digest file")
+    return parser
 
 
 if __name__ == "__main__":

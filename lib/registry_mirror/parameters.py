@@ -153,7 +153,8 @@ class _Model(BaseModel):
 
 
 class RegistrySettings(_Model):
-    version: Version  # distribution version the config is rendered for (2.8.2 locally, 3.x on CF)
+    # distribution version the config is rendered for: 3.x as production pins; "2.8.2" runs Debian's package
+    version: Version
     image: PinnedImage | None = None  # CF only: the registry image, pinned by digest
     instances: int = Field(ge=1, le=64)
     memory: Size

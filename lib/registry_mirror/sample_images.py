@@ -1,7 +1,7 @@
 """Deterministic sample images, built in memory and pushed over the Registry HTTP API v2.
 
-The local Docker Hub stand-in (docker-registry 2.8.2, filesystem storage, htpasswd
-auth) needs content to serve, and there is no Docker engine to build or push any.
+The local Docker Hub stand-in (Debian's docker-registry on filesystem storage, behind a
+token service as auth.docker.io) needs content to serve, and there is no Docker engine to build or push any.
 Every byte of a sample image is derived from its repository, tag, platform and layer
 index, so the same SampleImage always has the same digests: callers and tests can
 know what the registry must hold without asking it, and seeding twice pushes nothing.

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import registry_mirror.platforms as platforms
+from registry_mirror.platforms import registry as platform_registry
 from registry_mirror.errors import ParameterError
 from registry_mirror.parameters import (
     PROJECT_ROOT,
@@ -388,7 +389,7 @@ def test_a_bad_file_starts_nothing(tmp_path: Path, monkeypatch, mutate) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             constructed.append(args)
 
-    monkeypatch.setattr(platforms, "LocalPlatform", RecordingPlatform)
+    monkeypatch.setitem(platform_registry._FACTORIES, "local", RecordingPlatform)
     data = _load("local")
     state_dir = tmp_path / "state"
     data["local"]["state_dir"] = str(state_dir)
@@ -409,7 +410,7 @@ def test_a_bad_file_starts_nothing(tmp_path: Path, monkeypatch, mutate) -> None:
 def test_the_platform_seam_is_real(tmp_path: Path, monkeypatch) -> None:
     """Control for the test above: with a valid file the (recording) platform is constructed."""
     constructed = []
-    monkeypatch.setattr(platforms, "LocalPlatform", lambda *a: constructed.append(a) or "platform")
+    monkeypatch.setitem(platform_registry._FACTORIES, "local", lambda *a: constructed.append(a) or "platform")
     settings = load_params_file(PARAMS / "local.yaml")
     assert platforms.platform_for(settings, settings.load_security_rules()) == "platform"
     assert len(constructed) == 1

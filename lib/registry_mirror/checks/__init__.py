@@ -8,32 +8,27 @@ name the role of an address ("an allowed client", "a denied client"), not the ad
     catalogue, report      what the checks are; results as data
     client                 what a client sees through the public endpoint (every platform)
     upstream, addresses    the upstream's view; which addresses play which user
-    local                  the local platform's checks (each platform's own live in its folder)
+
+Each platform's own checks live in its folder (platforms/<name>/checks.py) and reach this package
+through `Platform.policy_checks`; nothing here imports a platform.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..platforms.local.stack import LocalPlatform
-from .local import local_checks
 from .report import PolicyCheck, PolicyReport, run_checks
-
 
 if TYPE_CHECKING:
     from ..platforms.base import Platform
 
 
-def verify_policies(target: Platform, *, public_url: str | None = None,
-                    image: str | None = None) -> PolicyReport:
-    """Run every check against the target's platform.
+def verify_policies(target: Platform, *, public_url: str | None = None, image: str | None = None) -> PolicyReport:
+    """Run every check against the platform.
 
-    `public_url` (CF only): how this machine reaches the proxy's public route, when not https://route.
+    `public_url`: how this machine reaches the proxy's public route, where that is not the endpoint
+    itself (Cloud Foundry); a platform that knows its endpoint refuses it.
     `image`: the docker.io image the pull checks fetch (default: a tiny one every upstream serves).
     """
-    if isinstance(target, LocalPlatform):
-        if public_url is not None:
-            raise ValueError("public_url is for Cloud Foundry; the local platform knows its endpoint")
-        return run_checks("local", local_checks(target, image=image))
     return run_checks(target.name, target.policy_checks(public_url=public_url or "", image=image or ""))
 
 

@@ -15,7 +15,7 @@ from .report import PolicyCheck, Status, judged, not_applicable
 
 
 def docker_hub_rate_limit(username: str | None, password: str | None, *, timeout: float = 15) -> dict[str, str]:
-    """Docker Hub's pull allowance as its headers state it (FACTS 7); a HEAD is not a counted pull."""
+    """Docker Hub's pull allowance as its ratelimit-* headers state it; a HEAD is not a counted pull."""
     auth = (username, password) if username and password else None
     token = requests.get("https://auth.docker.io/token", params={
         "service": "registry.docker.io", "scope": "repository:ratelimitpreview/test:pull"},

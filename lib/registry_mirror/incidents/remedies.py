@@ -13,9 +13,13 @@ the same checks again (the notebook walks the chain a second time).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ParameterError
 from .triage import Diagnosis
+
+if TYPE_CHECKING:
+    from ..platforms.base import Platform
 
 REMEDIES = ("redeploy", "redeploy-proxy", "replace-mirrors", "cancel-deployment", "rollback", "scale-mirrors")
 
@@ -42,7 +46,7 @@ def check_remedy(remedy: str, scale_to: int = 0) -> None:
         raise ParameterError(f"parameter 'scale_to' must not be negative, got {scale_to}")
 
 
-def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", confirm: bool = False,
+def apply_remedy(target: Platform, diagnosis: Diagnosis, *, remedy: str = "", confirm: bool = False,
                  dry_run: bool = False, scale_to: int = 0) -> RemedyResult:
     """Apply the remedy when `confirm` is set; `dry_run` shows what it would do; neither does nothing."""
     check_remedy(remedy, scale_to)
@@ -54,25 +58,5 @@ def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", conf
     if not confirm and not dry_run:
         return RemedyResult(chosen, False, False, "the gate is closed (apply_remedy=False): diagnosis only; "
                                                   "set dry_run=True to see what it would do")
-    run = _runner(target, chosen, scale_to)
-    detail = run(dry_run)
+    detail = target.remedy(chosen, scale_to=scale_to, dry_run=dry_run)
     return RemedyResult(chosen, not dry_run, dry_run, detail)
-
-
-def _runner(target: object, remedy: str, scale_to: int):  # type: ignore[no-untyped-def]
-    from ..platforms.local.stack import LocalPlatform
-
-    if isinstance(target, LocalPlatform):
-        def local(dry_run: bool) -> str:
-            if remedy in ("cancel-deployment", "rollback"):
-                raise ParameterError(f"remedy {remedy!r} is for Cloud Foundry; the local platform has no deployments")
-            stack = target
-            if remedy == "scale-mirrors":
-                settings = target.settings
-                registry = settings.registry.model_copy(update={"instances": scale_to})
-                stack = LocalPlatform(settings.model_copy(update={"registry": registry}), target.rules)
-            report = stack.deploy(dry_run=dry_run, replace_mirrors=remedy == "replace-mirrors")
-            return report.changes()
-        return local
-    return lambda dry_run: target.remedy(remedy, scale_to=scale_to, dry_run=dry_run)  # type: ignore[attr-defined]
-

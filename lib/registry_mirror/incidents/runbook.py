@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ParameterError, VerificationError
 from ..parameters import Settings
+from ..platforms.registry import platform_for
 from .remedies import RemedyResult, check_remedy
 from .triage import Diagnosis, Triage
+
+if TYPE_CHECKING:
+    from ..platforms.base import TriageEvidence
 
 # distribution's reference grammar, for a repository on Docker Hub and a tag (no digest, no host)
 PROBE_IMAGE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
@@ -32,9 +36,15 @@ def start_triage(settings: Settings, *, probe_image: str = "library/hello:latest
                         ("stuck_minutes", stuck_minutes)):
         if value < 0:
             raise ParameterError(f"parameter {name!r} must not be negative, got {value}")
-    evidence = _evidence_factory(settings, probe_image=probe_image, recent_minutes=recent_minutes,
-                                 stuck_minutes=stuck_minutes, public_url=public_url)
-    return Triage(evidence, slow_seconds=slow_seconds)
+    platform = platform_for(settings, settings.load_security_rules())
+
+    def evidence() -> TriageEvidence:
+        # A platform refuses what it cannot use (public_url where it knows its endpoint) right here,
+        # when Triage opens the first walk's evidence, before anything is looked at.
+        return platform.triage_evidence(probe_image=probe_image, recent_minutes=recent_minutes,
+                                        stuck_minutes=stuck_minutes, public_url=public_url)
+
+    return Triage(platform, evidence, slow_seconds=slow_seconds)
 
 
 def check_again(triage: Triage, result: RemedyResult) -> Triage | None:
@@ -82,20 +92,3 @@ def write_results(folder: Path, triage: Triage, diagnosis: Diagnosis, result: Re
         "seconds": round(triage.seconds, 2)}, indent=2))
     written.append(summary)
     return written
-
-
-def _evidence_factory(settings: Settings, *, probe_image: str, recent_minutes: float, stuck_minutes: float,
-                      public_url: str) -> Callable[[], object]:
-    from ..platforms import platform_for
-
-    rules = settings.load_security_rules()
-    if settings.platform == "local":
-        if public_url:
-            raise ParameterError("parameter 'public_url' is for Cloud Foundry; the local platform knows its endpoint")
-        from .local_evidence import LocalEvidence
-
-        stack = platform_for(settings, rules)
-        return lambda: LocalEvidence(stack, probe_image=probe_image, recent_minutes=recent_minutes)  # type: ignore[arg-type]
-    target = platform_for(settings, rules)
-    return lambda: target.triage_evidence(probe_image=probe_image, recent_minutes=recent_minutes,  # type: ignore[union-attr]
-                                          stuck_minutes=stuck_minutes, public_url=public_url)

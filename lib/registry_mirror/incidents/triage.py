@@ -5,16 +5,20 @@
 
 Each layer's step records what it saw (`Finding`s: evidence that never holds a secret) and a one-line
 verdict; `diagnose` then names the most likely broken layer, its cause, what still works and the
-remedy (see `remedies`). The platform-specific evidence comes from each platform (`triage_evidence`);
-the rules that read it are here, the same for every platform.
+remedy (see `remedies`). Each platform gathers its own evidence (platforms/<name>/evidence.py,
+through `Platform.triage_evidence`); the rules that read it are here, the same for every platform.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ..platforms.base import Platform, TriageEvidence
 
 
 @dataclass(frozen=True)
@@ -98,19 +102,21 @@ class Facts:
     upstream_limit: int | None = None
     stuck_deployments: list[str] = field(default_factory=list)  # "app: guid, N min DEPLOYING"
     crashing_apps: list[str] = field(default_factory=list)
-    platform: str = "local"
+    # What the platform's evidence says of itself, so the rules never ask which platform it is:
+    s3_brokered: bool = False  # the store is a brokered service: nothing here can restart or recreate it
+    network_policies: bool = False  # the proxy reaches the mirror only where a network policy lets it
 
 
 class Triage:
     """The walk, one layer per call, so a notebook shows each step's evidence as it goes."""
 
-    def __init__(self, new_evidence: Callable[[], object], *, slow_seconds: float = 2.0) -> None:
+    def __init__(self, target: Platform, new_evidence: Callable[[], TriageEvidence], *,
+                 slow_seconds: float = 2.0) -> None:
+        self.target = target  # the platform a remedy acts on
         self._new_evidence = new_evidence
-        # A platform's evidence gatherer: `check(layer, facts)` and `target` (the platform a remedy acts on).
         self.evidence = new_evidence()
-        self.target = self.evidence.target  # type: ignore[attr-defined]
         self.slow_seconds = slow_seconds
-        self.facts = Facts(platform=getattr(self.evidence, "platform", "local"))
+        self.facts = self.evidence.new_facts()
         self.layers: list[LayerResult] = []
         self.started = time.monotonic()
 
@@ -118,7 +124,7 @@ class Triage:
         """Run one layer's checks: "public endpoint", "security proxy", "mirror instances", "S3",
         "upstream", "deployments", "recent errors"."""
         started = time.monotonic()
-        findings = self.evidence.check(layer, self.facts)  # type: ignore[attr-defined]
+        findings = self.evidence.check(layer, self.facts)
         result = LayerResult(layer, tuple(findings), time.monotonic() - started)
         self.layers = [r for r in self.layers if r.layer != layer] + [result]
         return result
@@ -128,7 +134,7 @@ class Triage:
 
     def again(self) -> Triage:
         """A new walk over the same stack with fresh evidence (after a remedy), not yet run."""
-        return Triage(self._new_evidence, slow_seconds=self.slow_seconds)
+        return Triage(self.target, self._new_evidence, slow_seconds=self.slow_seconds)
 
     def diagnose(self) -> Diagnosis:
         return diagnose(self.facts, slow_seconds=self.slow_seconds)
@@ -154,7 +160,7 @@ def diagnose(f: Facts, *, slow_seconds: float = 2.0) -> Diagnosis:
     healthy_mirrors = [m for m in f.mirrors if m.get("status") == 200]
     dead = [m for m in f.mirrors if not m.get("running")]
     reasons = " ".join(str(m.get("exit_reason") or "") + " " + " ".join(m.get("errors") or []) for m in f.mirrors)
-    cf = f.platform == "cloudfoundry"
+    brokered = f.s3_brokered
 
     if f.stuck_deployments:
         return Diagnosis(False, "deployments", f"a deployment is stuck in progress: {'; '.join(f.stuck_deployments)}",
@@ -169,25 +175,25 @@ def diagnose(f: Facts, *, slow_seconds: float = 2.0) -> Diagnosis:
                          "re-render the proxy config from the parameters and reload it")
     if f.network_policy_missing or (
             f.endpoint_status in (502, 504) and (f.proxy_connect_errors or f.proxy_drift_lines) and healthy_mirrors):
-        where = "the network policy proxy -> mirror is missing or the mirror's route changed" if cf else \
+        where = "the network policy proxy -> mirror is missing or the mirror's route changed" if f.network_policies else \
             "its config names mirror sockets no instance listens on"
         return Diagnosis(False, "security proxy -> mirror",
                          f"the proxy cannot reach the mirror instances, which are healthy ({where}; "
                          f"{f.proxy_connect_errors} connect error(s) in its log)" if not f.network_policy_missing else
                          "the proxy cannot reach the mirror: no network policy lets it (proxy -> mirror, tcp 5000)",
                          works, "redeploy-proxy",
-                         "re-render and redeploy the proxy" + (" and its network policy" if cf else ""))
+                         "re-render and redeploy the proxy" + (" and its network policy" if f.network_policies else ""))
     if f.s3_reachable is False:
-        return Diagnosis(False, "S3", "the S3 API does not answer", works, None if cf else "redeploy",
-                         "the store is a brokered service: open a ticket with its provider" if cf else
+        return Diagnosis(False, "S3", "the S3 API does not answer", works, None if brokered else "redeploy",
+                         "the store is a brokered service: open a ticket with its provider" if brokered else
                          "redeploy: starts SeaweedFS again on its kept data")
     if f.bucket_exists is False:
-        return Diagnosis(False, "S3", "the cache's bucket does not exist", works, None if cf else "redeploy",
-                         "recreate the service instance and bind it again" if cf else
+        return Diagnosis(False, "S3", "the cache's bucket does not exist", works, None if brokered else "redeploy",
+                         "recreate the service instance and bind it again" if brokered else
                          "redeploy: creates the bucket (empty; the cache refills from Docker Hub)")
     if f.s3_credentials_ok is False:
-        return Diagnosis(False, "S3", "S3 refuses the cache's credentials", works, None if cf else "redeploy",
-                         "rotate the service key and redeploy" if cf else "redeploy with the stack's keys")
+        return Diagnosis(False, "S3", "S3 refuses the cache's credentials", works, None if brokered else "redeploy",
+                         "rotate the service key and redeploy" if brokered else "redeploy with the stack's keys")
     if f.mirrors and not healthy_mirrors:
         if any(word in reasons for word in S3_AUTH):
             return Diagnosis(False, "mirror instances",

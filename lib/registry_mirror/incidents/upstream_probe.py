@@ -17,7 +17,7 @@ PROBE_TIMEOUT = 10.0
 def upstream_findings(settings: Settings, facts: Facts, repository: str, tag: str) -> list[Finding]:
     up = settings.upstream
     url = up.url.rstrip("/")
-    if url == DOCKER_HUB:  # FACTS 7: Docker Hub's own probe for the allowance
+    if url == DOCKER_HUB:  # the repository Docker Hub documents for reading the allowance
         repository, tag = "ratelimitpreview/test", "latest"
     try:
         status = requests.get(f"{url}/v2/", timeout=PROBE_TIMEOUT).status_code

@@ -50,6 +50,9 @@ class PlatformStatus:
 class TriageEvidence(Protocol):
     """One walk's evidence gatherer: the findings of one layer of the chain, given what is known so far."""
 
+    def new_facts(self) -> Facts:
+        """Empty facts that already say what this platform is like (a brokered S3, network policies)."""
+
     def check(self, layer: str, facts: Facts) -> list[Finding]: ...
 
 

@@ -15,25 +15,26 @@ from .health import crash_reason
 from .network import allows_proxy_to_mirror
 from .resources import Resource
 from .space import APPS, Component, Space
-from ..base import Platform
 from ...incidents.triage import Facts, Finding
 from ...incidents.upstream_probe import PROBE_TIMEOUT, clip, upstream_findings
 from ...rendering import MIRROR_PORT
 
 
 class CloudFoundryEvidence:
-    platform = "cloudfoundry"
+    """One walk's evidence; `public_url` is how this machine reaches the proxy's public route."""
 
-    def __init__(self, target: Platform, space: Space, *, public_url: str = "",
-                 probe_image: str = "library/hello:latest", recent_minutes: float = 15,
-                 stuck_minutes: float = 10) -> None:
-        self.target = target  # what a remedy acts on
+    def __init__(self, space: Space, *, public_url: str, probe_image: str = "library/hello:latest",
+                 recent_minutes: float = 15, stuck_minutes: float = 10) -> None:
         self.space, self.cc = space, space.cc
-        self.public_url = (public_url or f"https://{target.endpoint}").rstrip("/")
+        self.public_url = public_url.rstrip("/")
         repository, _, tag = probe_image.removeprefix("docker.io/").partition(":")
         self.repository, self.tag = repository, tag or "latest"
         self.recent_minutes, self.stuck_minutes = recent_minutes, stuck_minutes
         self._apps: dict[Component, Resource | None] = {}
+
+    def new_facts(self) -> Facts:
+        # The S3 store is a brokered service, and only a network policy lets the proxy reach the mirror.
+        return Facts(s3_brokered=True, network_policies=True)
 
     def check(self, layer: str, facts: Facts) -> list[Finding]:
         return {

@@ -212,7 +212,7 @@ class CloudFoundryPlatform:
 
     def triage_evidence(self, *, probe_image: str, recent_minutes: float, stuck_minutes: float,
                         public_url: str = "") -> CloudFoundryEvidence:
-        return CloudFoundryEvidence(self, self.space, public_url=public_url, probe_image=probe_image,
+        return CloudFoundryEvidence(self.space, public_url=public_url or self.public_url, probe_image=probe_image,
                                     recent_minutes=recent_minutes, stuck_minutes=stuck_minutes)
 
     def remedy(self, name: str, *, scale_to: int = 0, dry_run: bool = False) -> str:
