@@ -60,12 +60,14 @@ def build_registries(args: argparse.Namespace) -> str:
 
 
 def task_params(args: argparse.Namespace) -> str:
+    if not args.params:
+        raise ParameterError("task-params needs --params: the environment's params file")
     return str(write_task_params(Path(args.params), args.out, security_rules=args.security_rules,
                                  image_digest_file=args.image_digest_file))
 
 
 def _platform(args: argparse.Namespace) -> Any:
-    settings = load_params_file(args.params)
+    settings = load_params_file(args.params or DEFAULT_PARAMS)
     return platform_for(settings, settings.load_security_rules())
 
 
@@ -74,7 +76,7 @@ class _Once(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        if getattr(namespace, self.dest, None) not in (None, self.default):
+        if getattr(namespace, self.dest, None) is not None:
             raise ParameterError(f"{option_string} was given twice; this command takes one params file")
         setattr(namespace, self.dest, values)
 
@@ -88,8 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(run=run)
         if params == "one":
-            sub.add_argument("--params", action=_Once, default=DEFAULT_PARAMS,
-                             help=f"params file (default {DEFAULT_PARAMS})")
+            sub.add_argument("--params", action=_Once, help=f"params file (default {DEFAULT_PARAMS})")
         else:
             sub.add_argument("--params", action="append", required=True, help="params file; give several")
         return sub
