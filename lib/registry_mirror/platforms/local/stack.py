@@ -22,8 +22,8 @@ from ...credentials import LocalStackSecrets, upstream_password
 from ...deploy_report import DeployReport, StepRecorder, Unchanged
 from ...errors import ComponentNotReady, DeployError, ParameterError
 from .components import (
-    SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, SEAWEEDFS_STOP_SECONDS, binary, ensure_bucket, hub_seeder, mirror_healthy,
-    mirror_registry_binary, nginx_answers, nginx_argv, reload_nginx, registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs,
+    SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, binary, ensure_bucket, hub_seeder, mirror_healthy,
+    mirror_registry_binary, nginx_answers, nginx_argv, reload_nginx, registry_version, s3_round_trip, start_hub_stand_in, start_mirror_instance, start_nginx, start_seaweedfs, stop_seaweedfs_part,
     upstream_answers,
 )
 from ...parameters import LocalSettings, Settings, resolve_project_path
@@ -45,6 +45,10 @@ def stop_rank(name: str) -> int:
     """Where a process of the stack comes in the stop order (mirror instances are `mirror-<gen>-<i>`)."""
     role = "mirror" if name.startswith("mirror-") else name
     return STOP_ORDER.index(role) if role in STOP_ORDER else len(STOP_ORDER)
+
+
+def _stop_record(record: ProcessRecord) -> None:
+    stop_seaweedfs_part(record) if record.name in SEAWEEDFS_PARTS else stop_process(record)
 
 
 class LocalPlatform:
@@ -189,7 +193,7 @@ class LocalPlatform:
 
             def stop(rec: ProcessRecord = rec, name: str = name) -> str:
                 was_alive = rec.alive()
-                stop_process(rec, timeout=SEAWEEDFS_STOP_SECONDS.get(name, 30))
+                _stop_record(rec)
                 del state.processes[name]
                 state.save(self.paths.state_file)
                 return f"pid {rec.pid} stopped" if was_alive else f"leftovers of pid {rec.pid} stopped"
@@ -431,7 +435,7 @@ class LocalPlatform:
         """Stop these processes (live ones and the leftovers of dead ones) in stop order, and forget them."""
         for name in sorted((n for n in names if n in state.processes), key=stop_rank):
             rec = state.processes[name]
-            stop_process(rec, timeout=SEAWEEDFS_STOP_SECONDS.get(name, 30)) if rec.alive() else reap_session(rec)
+            _stop_record(rec) if rec.alive() else reap_session(rec)
             del state.processes[name]
         state.save(self.paths.state_file)
 
