@@ -43,25 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             status = platform.status()
             print(status if hasattr(status, "condition") else status.to_string(index=False))
         elif args.command == "endpoint":
-            print(usage_text(platform.endpoint, platform.paths.client_dir))
+            print(platform.usage())  # type: ignore[union-attr]
         else:
             print(platform.down())
     except RunbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def usage_text(endpoint: str, client_dir: object) -> str:
-    return f"""
-The mirror answers at http://{endpoint} (plain HTTP, loopback only).
-  skopeo: skopeo --registries-conf {client_dir}/registries.conf inspect docker://docker.io/library/hello:latest
-  podman: CONTAINERS_REGISTRIES_CONF={client_dir}/registries.conf podman pull docker.io/library/hello:latest
-  docker: add {{"registry-mirrors": ["http://{endpoint}"], "insecure-registries": ["{endpoint}"]}}
-          to /etc/docker/daemon.json (a Docker engine is needed; none runs on this machine)
-  sample images: library/hello:latest, library/multiarch:latest (amd64+arm64), library/alpine-sample:3.20
-  stop everything: make down
-"""
 
 
 if __name__ == "__main__":

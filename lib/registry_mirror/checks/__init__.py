@@ -8,14 +8,13 @@ name the role of an address ("an allowed client", "a denied client"), not the ad
     catalogue, report      what the checks are; results as data
     client                 what a client sees through the public endpoint (every platform)
     upstream, addresses    the upstream's view; which addresses play which user
-    local, cloudfoundry    the checks of each platform
+    cloudfoundry           the checks on Cloud Foundry (the local platform's are platforms/local/checks.py)
 """
 from __future__ import annotations
 
 from ..platforms.cloudfoundry.platform import CloudFoundryPlatform
-from ..platforms.local.stack import LocalPlatform
+from ..platforms.local import LocalPlatform
 from .cloudfoundry import cf_checks
-from .local import local_checks
 from .report import PolicyCheck, PolicyReport, run_checks
 
 
@@ -27,9 +26,7 @@ def verify_policies(target: LocalPlatform | CloudFoundryPlatform, *, public_url:
     `image`: the docker.io image the pull checks fetch (default: a tiny one every upstream serves).
     """
     if isinstance(target, LocalPlatform):
-        if public_url is not None:
-            raise ValueError("public_url is for Cloud Foundry; the local platform knows its endpoint")
-        return run_checks("local", local_checks(target, image=image))
+        return run_checks(target.name, target.policy_checks(public_url=public_url or "", image=image or ""))
     return run_checks("cloudfoundry", cf_checks(target, public_url=public_url, image=image))
 
 

@@ -60,20 +60,10 @@ def apply_remedy(target: object, diagnosis: Diagnosis, *, remedy: str = "", conf
 
 
 def _runner(target: object, remedy: str, scale_to: int):  # type: ignore[no-untyped-def]
-    from ..platforms.local.stack import LocalPlatform
+    from ..platforms.local import LocalPlatform
 
     if isinstance(target, LocalPlatform):
-        def local(dry_run: bool) -> str:
-            if remedy in ("cancel-deployment", "rollback"):
-                raise ParameterError(f"remedy {remedy!r} is for Cloud Foundry; the local platform has no deployments")
-            stack = target
-            if remedy == "scale-mirrors":
-                settings = target.settings
-                registry = settings.registry.model_copy(update={"instances": scale_to})
-                stack = LocalPlatform(settings.model_copy(update={"registry": registry}), target.rules)
-            report = stack.deploy(dry_run=dry_run, replace_mirrors=remedy == "replace-mirrors")
-            return report.changes()
-        return local
+        return lambda dry_run: target.remedy(remedy, scale_to=scale_to, dry_run=dry_run)
     from .cloudfoundry_remedies import cloudfoundry_runner
 
     return cloudfoundry_runner(target, remedy, scale_to)

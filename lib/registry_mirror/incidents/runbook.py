@@ -90,12 +90,11 @@ def _evidence_factory(settings: Settings, *, probe_image: str, recent_minutes: f
 
     rules = settings.load_security_rules()
     if settings.platform == "local":
-        if public_url:
-            raise ParameterError("parameter 'public_url' is for Cloud Foundry; the local platform knows its endpoint")
-        from .local_evidence import LocalEvidence
-
         stack = platform_for(settings, rules)
-        return lambda: LocalEvidence(stack, probe_image=probe_image, recent_minutes=recent_minutes)  # type: ignore[arg-type]
+        stack.triage_evidence(probe_image=probe_image, recent_minutes=recent_minutes,  # refuses a public_url
+                              stuck_minutes=stuck_minutes, public_url=public_url)
+        return lambda: stack.triage_evidence(probe_image=probe_image, recent_minutes=recent_minutes,  # type: ignore[union-attr]
+                                             stuck_minutes=stuck_minutes)
     from .cloudfoundry_evidence import CloudFoundryEvidence
 
     target = platform_for(settings, rules)

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 
 import pandas as pd
 
 from .cloudfoundry.platform import CloudFoundryPlatform
-from ..client_pull import PullResult, pull_with_skopeo
-from ..deploy_report import DeployReport, DeployStep
-from ..errors import ParameterError, VerificationError
-from .local.stack import LocalPlatform
+from ..client_pull import PullResult
+from ..deploy_report import DeployReport
+from ..errors import ParameterError
+from .local import LocalPlatform
 from ..parameters import Settings
 from ..security_rules import SecurityRules
 
@@ -43,19 +42,9 @@ def verify_pull(platform: Platform, *, image: str = SAMPLE_IMAGE, dry_run: bool 
     On Cloud Foundry the pipeline's integration job pulls from its workers (which the allow-list
     admits); this machine is not one of them, so nothing is pulled here.
     """
-    if dry_run or not isinstance(platform, LocalPlatform):
+    if not isinstance(platform, LocalPlatform):
         return None
-    try:
-        pulled = pull_with_skopeo(image, registries_conf=platform.client_configs().registries_conf)
-    except VerificationError as exc:
-        # Tell "the storage is down" apart from "the mirror is broken": the remedy differs.
-        cause = ("S3 is down too: restore it, then pull again" if not platform.storage_answers() else
-                 "S3 answers, so the proxy or a mirror is broken: read `make status` and the logs")
-        raise VerificationError(f"{exc} ({cause})") from None
-    if not platform.storage_answers():
-        return replace(pulled, note="S3 DOWN: served from the proxy's cache; images it does not hold fail "
-                                    "until S3 is back")
-    return pulled
+    return platform.verification_pull(image, dry_run=dry_run)
 
 
 def config_overview(configs: dict[str, str], rules: SecurityRules) -> pd.DataFrame:
@@ -92,15 +81,14 @@ def rollback(platform: Platform, *, component: str, revision: str = "", dry_run:
     if component not in ("registry", "proxy"):
         raise ParameterError(f"parameter 'component' must be registry or proxy, got {component!r}")
     if isinstance(platform, LocalPlatform):
-        report = DeployReport(platform="local", dry_run=dry_run, endpoint=platform.endpoint)
-        report.steps.append(DeployStep(component, "rollback", "skipped",
-                                       "the local platform keeps no revisions; redeploy the previous parameters"))
-        return report
+        return platform.rollback(component=component, revision=revision, dry_run=dry_run)
     return platform.rollback(component=component, revision=revision or None, dry_run=dry_run)  # type: ignore[arg-type]
 
 
 def calls_table(platform: Platform) -> pd.DataFrame:
     """CF calls of this run with their request ids (empty on the local platform)."""
-    if isinstance(platform, LocalPlatform) or platform._session is None:
+    if isinstance(platform, LocalPlatform):
+        return platform.api_calls()
+    if platform._session is None:
         return pd.DataFrame(columns=["method", "path", "status", "request_id", "sent"])
     return pd.DataFrame([vars(c) for c in platform.session.calls])
