@@ -1,6 +1,7 @@
 """The local stack's status, row by row of the README's table, from the recorded state alone."""
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from registry_mirror.platforms.local.state import StackState, process_table, stack_status, stop_rank
@@ -16,7 +17,7 @@ def _state(*, last_deploy: dict[str, object] | None = None, names: tuple[str, ..
                       last_deploy={"ok": True} if last_deploy is None else last_deploy)
 
 
-def _status(state: StackState, *, down: set[str] = frozenset(), unready: set[str] = frozenset(),  # type: ignore[assignment]
+def _status(state: StackState, *, down: Collection[str] = (), unready: Collection[str] = (),
             has_state: bool = True) -> str:
     table = process_table(state, running=lambda rec: rec.name not in down, ready=lambda name: name not in unready)
     return stack_status(state, table, has_state=has_state).condition
