@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from common import local_test_settings, summary
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, build_image, seed_registry
 
 BIG = SampleImage("library/big-layer", "latest", layer_sizes=(100 * 1024 * 1024,))

@@ -22,7 +22,7 @@ from common import ROOT, local_test_settings
 
 from registry_mirror.analysis.cache_inventory import inventory, open_cache
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import LocalPlatform
 
 OBJECTS = int(os.environ.get("BENCH_OBJECTS", "100000"))
 

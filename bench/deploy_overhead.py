@@ -14,7 +14,7 @@ from pathlib import Path
 import papermill as pm
 
 from common import ROOT, local_test_settings, settings_as_parameters, summary
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import LocalPlatform
 
 
 def cold_direct(state: Path) -> float:

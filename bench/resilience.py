@@ -27,8 +27,9 @@ from common import ROOT, local_test_settings  # noqa: F401 - also puts the proje
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
 from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
 from registry_mirror.http_clients import client_from
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.processes import wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry
 from registry_mirror.unix_http import unix_request

@@ -20,10 +20,10 @@ from common import ROOT, local_test_settings, settings_as_parameters
 
 from registry_mirror.checks.client import pull_over_api
 from registry_mirror.http_clients import client_from
-from registry_mirror.incidents import faults
-from registry_mirror.incidents.local_evidence import LocalEvidence
+from registry_mirror.platforms.local import faults
+from registry_mirror.platforms.local.evidence import LocalEvidence
 from registry_mirror.incidents.triage import Triage
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import LocalPlatform
 
 LAYER_WORDS = {"upstream": "upstream", "s3": "S3", "mirror": "mirror instance", "proxy": "security proxy"}
 

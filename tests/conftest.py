@@ -10,7 +10,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.processes import ProcessRecord
 from tests.support import local_test_settings, settings_as_parameters
 

@@ -13,7 +13,8 @@ import requests
 
 from registry_mirror.http_clients import client_from
 
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.parameters import Settings, load_params_file
 from registry_mirror.processes import ProcessRecord, free_port, gone, wait_until
 

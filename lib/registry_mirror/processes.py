@@ -6,12 +6,13 @@ started them, and a Ctrl-C in the kernel does not reach them.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -56,9 +57,11 @@ def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str
     return ProcessRecord(name=name, pid=proc.pid, start_ticks=ticks, argv=tuple(argv), log=str(log))
 
 
-def stop_process(record: ProcessRecord, *, timeout: float = 30.0) -> None:
+def stop_process(record: ProcessRecord, *, timeout: float = 30.0,
+                 signalled: Callable[[], None] | None = None) -> None:
     """SIGTERM, wait for exit, SIGKILL after `timeout`; a process that is already gone is fine.
 
+    `signalled` runs once the SIGTERM is sent, to release what the process waits on while it stops.
     Whatever is left of its session afterwards (nginx workers whose master was SIGKILLed still hold
     the listening socket) is killed too, so a restart can bind again and nothing is orphaned.
     """
@@ -69,6 +72,8 @@ def stop_process(record: ProcessRecord, *, timeout: float = 30.0) -> None:
             os.kill(record.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+        if signalled is not None:
+            signalled()
         if not _wait_gone(record, timeout):
             try:
                 os.kill(record.pid, signal.SIGKILL)
@@ -188,26 +193,79 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 def tcp_listeners(pid: int) -> list[tuple[str, int]]:
     """TCP (v4 and v6) sockets in LISTEN state held by `pid`: how we prove a mirror has no TCP port."""
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
+    return [(s.local_address, s.local_port) for s in _tcp_sockets(pid) if s.state == _LISTEN]
+
+
+@dataclass(frozen=True)
+class TcpConnection:
+    """An established TCP connection a process holds: its two ends (addresses as /proc spells them,
+    in hex) and the process's file descriptor for it."""
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    fd: int
+
+
+def tcp_connections(pid: int) -> list[TcpConnection]:
+    """Established TCP (v4 and v6) connections held by `pid`."""
+    return [TcpConnection((s.local_address, s.local_port), (s.remote_address, s.remote_port), s.fd)
+            for s in _tcp_sockets(pid) if s.state == _ESTABLISHED]
+
+
+def shutdown_socket(pid: int, fd: int) -> None:
+    """Shut down both directions of a socket `pid` holds, as its own shutdown(2) would: the peer reads
+    end-of-stream, the process sees the connection end; nothing else of it is touched.
+
+    pidfd_getfd(2) lends us the socket; it needs the right to trace `pid` (same user, or root).
+    OSError when that is refused or the kernel is older than 5.6.
+    """
+    pidfd = os.pidfd_open(pid)
+    try:
+        borrowed = _LIBC.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if borrowed < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"pidfd_getfd of fd {fd} of pid {pid}: {os.strerror(errno)}")
+    finally:
+        os.close(pidfd)
+    with socket.socket(fileno=borrowed) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture (added in Linux 5.6)
+_LISTEN, _ESTABLISHED = "0A", "01"
+
+
+@dataclass(frozen=True)
+class _TcpSocket:
+    state: str
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    fd: int
+
+
+def _tcp_sockets(pid: int) -> Iterator[_TcpSocket]:
+    """TCP sockets `pid` holds, read from /proc: the inodes of its fds matched in the tcp tables."""
+    fds = {}
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            target = os.readlink(fd)
+            target = os.readlink(entry)
         except OSError:
             continue
         if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
+            fds[target[8:-1]] = int(entry.name)
     for table in ("tcp", "tcp6"):
         path = Path(f"/proc/{pid}/net/{table}")
         if not path.exists():
             continue
         for line in path.read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                addr_hex, port_hex = fields[1].split(":")
-                found.append((addr_hex, int(port_hex, 16)))
-    return found
+            if fields[9] in fds:
+                local_address, local_port = fields[1].split(":")
+                remote_address, remote_port = fields[2].split(":")
+                yield _TcpSocket(fields[3], local_address, int(local_port, 16), remote_address,
+                                 int(remote_port, 16), fds[fields[9]])
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -27,7 +27,9 @@ from registry_mirror.credentials import Secret
 from registry_mirror.parameters import validate_settings
 from registry_mirror.platforms.cloudfoundry import CloudFoundryPlatform
 from registry_mirror.platforms.cloudfoundry.session import CfCredentials, CfSession
-from registry_mirror.platforms.local.components import daemon_env, hub_seeder, mirror_registry_binary, start_hub_stand_in
+from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder, start_hub_stand_in
+from registry_mirror.platforms.local.mirrors import mirror_registry_binary
 from registry_mirror.processes import (
     ProcessRecord, free_port, port_is_free, start_process, stop_process, wait_until,
 )

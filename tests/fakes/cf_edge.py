@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry_mirror.platforms.local.components import start_nginx
+from registry_mirror.platforms.local.nginx import start_nginx
 from registry_mirror.processes import ProcessRecord, free_port, stop_process
 from registry_mirror.rendering import NginxTarget, render_cf_router_conf
 

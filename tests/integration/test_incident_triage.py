@@ -16,9 +16,9 @@ import requests
 import yaml
 
 from registry_mirror.checks.client import PullFailed, pull_over_api
-from registry_mirror.incidents import faults
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import faults
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
 from tests.support import (
     client, jupyterlab, local_test_settings, private_stack, run_all_cells, settings_as_parameters,
@@ -202,7 +202,7 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
 
 
 def test_scale_mirrors_runs_more_instances_until_the_next_deploy(drill_stack: LocalPlatform, tmp_path: Path) -> None:
-    from registry_mirror.platforms.local.stack import StackState
+    from registry_mirror.platforms.local.state import StackState
 
     text = run_triage(drill_stack, tmp_path / "scale", remedy="scale-mirrors", scale_to=3, apply_remedy=True)
     assert "APPLIED scale-mirrors: the same checks pass again" in text

@@ -14,10 +14,11 @@ import pytest
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.errors import DeployError
-from registry_mirror.platforms.local.components import (
-    SEAWEEDFS_PARTS, daemon_env, mirror_registry_binary, start_mirror_instance,
-)
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
+from registry_mirror.platforms.local.seaweedfs import SEAWEEDFS_PARTS
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
 from registry_mirror.registry_config import registry_config_yaml
 from tests.support import local_test_settings, private_stack
@@ -152,7 +153,7 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
     stop_process(filer, timeout=30)  # the gateway stays up and answers every request with an error
     name = "mirror-retry-test"
     config = tmp_path / f"{name}.yml"
-    config.write_text(registry_config_yaml(life._mirror_config(name)))
+    config.write_text(registry_config_yaml(life.configs.mirror_config(name)))
     log = life.paths.logs / f"{name}.log"
     socket_path = life.paths.mirror_socket(name)
     secrets = _secret_env(life)

@@ -15,8 +15,8 @@ import pytest
 
 from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_log, upstream_manifest_gets
 from registry_mirror.client_pull import pull_with_skopeo
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.processes import session_members, tcp_listeners
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
 from registry_mirror.unix_http import unix_request
@@ -356,7 +356,7 @@ def test_a_refused_client_cannot_read_the_cache_from_seaweedfs_directly(stack: L
 
     import jwt
 
-    from registry_mirror.checks.local import _grpc_answers_without_certificate
+    from registry_mirror.platforms.local.checks import grpc_answers_without_certificate
 
     pull_with_skopeo("docker.io/library/hello:latest", registries_conf=stack.client_configs().registries_conf)
     ports = json.loads((stack.paths.secrets / "s3-ports.json").read_text())
@@ -373,14 +373,14 @@ def test_a_refused_client_cannot_read_the_cache_from_seaweedfs_directly(stack: L
     assert signed.status_code == 200 and "Entries" in signed.text
     assert "fid" not in client(DENIED).get(f"http://127.0.0.1:{ports['master']}/dir/assign", timeout=5).text
     for name in ("master.grpc", "volume.grpc", "filer.grpc", "gateway.grpc"):
-        assert not _grpc_answers_without_certificate("127.0.0.1", ports[name], DENIED), name
+        assert not grpc_answers_without_certificate("127.0.0.1", ports[name], DENIED), name
 
 
 def test_the_grpc_probe_sees_a_server_that_answers_without_a_certificate() -> None:
     """Control for the probe above: a plain-text HTTP/2 server (what an unsecured gRPC port is)."""
     import socket
 
-    from registry_mirror.checks.local import _grpc_answers_without_certificate
+    from registry_mirror.platforms.local.checks import grpc_answers_without_certificate
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
@@ -393,7 +393,7 @@ def test_the_grpc_probe_sees_a_server_that_answers_without_a_certificate() -> No
     worker = threading.Thread(target=answer)
     worker.start()
     try:
-        assert _grpc_answers_without_certificate("127.0.0.1", port, "127.0.0.1")
+        assert grpc_answers_without_certificate("127.0.0.1", port, "127.0.0.1")
     finally:
         worker.join(timeout=10)
         server.close()

@@ -15,8 +15,8 @@ import yaml
 
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
 from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
 from tests.support import client, settings_as_parameters
 

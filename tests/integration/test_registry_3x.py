@@ -14,8 +14,11 @@ import yaml
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.platforms.local.components import daemon_env, mirror_healthy, mirror_registry_binary, start_mirror_instance
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.local.mirrors import mirror_healthy, mirror_registry_binary, start_mirror_instance
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.rollout import set_service
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.parameters import load_params_file
 from registry_mirror.processes import ProcessRecord, free_port, start_process, stop_process, wait_until
 from registry_mirror.registry_build import built_registry
@@ -86,12 +89,12 @@ def test_production_manifest_env_started_by_3x_serves_a_pull_through_the_proxy(
     state = StackState.load(stack.paths.state_file)
     original = list(state.mirrors)
     try:
-        stack._set_service(state, [name])  # the proxy now reaches this instance alone
+        set_service(stack.configs, state, [name])  # the proxy now reaches this instance alone
         pulled = pull_with_skopeo("docker.io/library/multiarch:latest",
                                   registries_conf=stack.client_configs().registries_conf, arch="arm64")
         assert pulled.layers >= 1
     finally:
-        stack._set_service(StackState.load(stack.paths.state_file), original)
+        set_service(stack.configs, StackState.load(stack.paths.state_file), original)
     served = [line for line in log.read_text().splitlines() if '"http.request.uri":"/v2/library/multiarch/manifests' in line]
     assert served, "the pull did not reach the instance started from the production env"
     # The Prometheus counters the pull-savings analysis reads exist on the debug address.
@@ -101,7 +104,7 @@ def test_production_manifest_env_started_by_3x_serves_a_pull_through_the_proxy(
 
 
 def test_every_key_the_local_yaml_emits_is_read_by_3x(stack: LocalPlatform, started: list[ProcessRecord]) -> None:
-    config = stack._mirror_config("mirror-keys")
+    config = stack.configs.mirror_config("mirror-keys")
     assert set(config["storage"]["s3"]) <= S3_KEYS_3X, set(config["storage"]["s3"]) - S3_KEYS_3X
     # YAML keys the registry does not know are dropped silently; the same keys as REGISTRY_* variables
     # go through its env parser, which names every one it does not recognise.
@@ -112,7 +115,7 @@ def test_every_key_the_local_yaml_emits_is_read_by_3x(stack: LocalPlatform, star
 
 def test_an_unknown_key_is_caught(stack: LocalPlatform, started: list[ProcessRecord]) -> None:
     """Control for the test above: a misspelt key is named in the log."""
-    env = {**registry_env(stack._mirror_config("mirror-typo")), **_secrets(stack), "REGISTRY_PROXY_TTLL": "1h"}
+    env = {**registry_env(stack.configs.mirror_config("mirror-typo")), **_secrets(stack), "REGISTRY_PROXY_TTLL": "1h"}
     log = _start_from_env(stack, "mirror-typo", env, started)
     assert UNRECOGNIZED.findall(log.read_text()) == ["REGISTRY_PROXY_TTLL"]
 

@@ -15,8 +15,9 @@ import requests
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
 from registry_mirror.checks.client import MANIFEST_ACCEPT, PullFailed, pull_over_api
 from registry_mirror.client_pull import pull_with_skopeo
-from registry_mirror.platforms.local.components import hub_seeder
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.platforms import verify_pull
 from registry_mirror.processes import ProcessRecord, stop_process, wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry

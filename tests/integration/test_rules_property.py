@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from registry_mirror.errors import ParameterError
 from registry_mirror.http_clients import client_from
-from registry_mirror.platforms.local.components import nginx_test, reload_nginx, start_nginx
+from registry_mirror.platforms.local.nginx import nginx_test, reload_nginx, start_nginx
 from registry_mirror.parameters import load_params_file
 from registry_mirror.processes import ProcessRecord, free_port, stop_process
 from registry_mirror.rendering import NginxTarget, render_nginx_conf

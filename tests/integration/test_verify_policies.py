@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.platforms.local.components import mirror_registry_binary, reload_nginx, start_mirror_instance
-from registry_mirror.platforms.local.stack import LocalPlatform, StackState
+from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
+from registry_mirror.platforms.local.nginx import reload_nginx
+from registry_mirror.platforms.local.state import StackState
 from registry_mirror.checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
 from registry_mirror.registry_config import registry_config_yaml
@@ -58,7 +60,7 @@ def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) ->
     state = StackState.load(stack.paths.state_file)
     env = stack.mirror_secret_env(LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False))
     for name in state.mirrors:
-        config = stack._mirror_config(name)
+        config = stack.configs.mirror_config(name)
         edit(config)
         path = stack.paths.config / f"{name}.yml"
         path.write_text(registry_config_yaml(config))
@@ -71,13 +73,13 @@ def _restart_mirrors_with(stack: LocalPlatform, edit: Callable[[dict], None]) ->
 def _expose_extra_instance(stack: LocalPlatform) -> None:
     state = StackState.load(stack.paths.state_file)
     name = "mirror-99-0"
-    config = stack._mirror_config(name)
+    config = stack.configs.mirror_config(name)
     config["http"] = {"addr": f"127.0.0.1:{free_port()}"}
     path = stack.paths.config / f"{name}.yml"
     path.write_text(registry_config_yaml(config))
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
     from registry_mirror.processes import start_process
-    from registry_mirror.platforms.local.components import daemon_env
+    from registry_mirror.platforms.local.daemons import daemon_env
 
     state.processes[name] = start_process(name, [_registry(stack), "serve", str(path)], log=stack.paths.logs / f"{name}.log",
                                           env=daemon_env(stack.mirror_secret_env(secrets)))
@@ -105,7 +107,7 @@ def _run_unpackaged_binary(stack: LocalPlatform) -> None:
     env = {k.decode(): v.decode() for k, v in environ.items()}
     stop_process(rec)
     from registry_mirror.processes import start_process, wait_until
-    from registry_mirror.platforms.local.components import mirror_healthy
+    from registry_mirror.platforms.local.mirrors import mirror_healthy
 
     state.processes[name] = start_process(name, [str(copy), "serve", str(stack.paths.config / f"{name}.yml")],
                                           log=stack.paths.logs / f"{name}.log", env=env)

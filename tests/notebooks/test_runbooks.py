@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from registry_mirror.platforms.local.stack import LocalPlatform
+from registry_mirror.platforms.local import LocalPlatform
 from tests.support import local_test_settings, settings_as_parameters
 
 pytestmark = pytest.mark.notebooks

@@ -612,7 +612,7 @@ def test_rule_errors_never_quote_the_private_range(tmp_path: Path) -> None:
 
 def test_a_damaged_stack_state_is_a_clear_error(tmp_path: Path) -> None:
     from registry_mirror.errors import DeployError
-    from registry_mirror.platforms.local.stack import StackState
+    from registry_mirror.platforms.local.state import StackState
 
     state = tmp_path / "stack.json"
     state.write_text('{"generation": "x", "processes": []}')

@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from registry_mirror.errors import ParameterError
-from registry_mirror.platforms.local.components import nginx_test
+from registry_mirror.platforms.local.nginx import nginx_test
 from registry_mirror.parameters import PROJECT_ROOT, Settings, load_params_file
 from registry_mirror.processes import free_port, tcp_listeners, wait_until
 from registry_mirror.registry_config import (

@@ -1,8 +1,8 @@
 """STAND-IN for Docker Hub's token service (auth.docker.io), for the local platform only.
 
 Docker Hub answers `/v2/` with a Bearer challenge; clients fetch a JWT from the realm, anonymously
-or with basic credentials, and retry. The 2.8 registry's proxy only sends its configured credentials
-to a Bearer realm (it never answers a Basic challenge), so a faithful stand-in must speak this flow.
+or with basic credentials, and retry. The registry's proxy only sends its configured credentials to
+a Bearer realm (it never answers a Basic challenge), so a faithful stand-in must speak this flow.
 The docker-registry in front of the stand-in's storage verifies our tokens against `cert.pem`.
 
 Run as a daemon: `python -m registry_mirror.platforms.local.hub_token_service CONFIG.json`. It logs one JSON line per

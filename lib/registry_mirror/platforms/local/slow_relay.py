@@ -1,6 +1,6 @@
 """A unix-socket relay that holds every request back a fixed time: the slow-mirror fault.
 
-    python -m registry_mirror.incidents.slow_relay <listen socket> <target socket> <seconds>
+    python -m registry_mirror.platforms.local.slow_relay <listen socket> <target socket> <seconds>
 
 Each chunk a client sends waits `seconds` before it goes on to the target, so every request (not
 only each connection: nginx keeps upstream connections alive) is late by that much.

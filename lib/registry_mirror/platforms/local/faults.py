@@ -16,16 +16,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ..credentials import LocalStackSecrets
-from ..platforms.local.components import (
-    daemon_env, mirror_registry_binary, nginx_argv, reload_nginx, s3_client, upstream_answers,
-)
-from ..platforms.local.stack import LocalPlatform, StackState
-from ..processes import ProcessRecord, free_port, gone, start_process, stop_process, wait_until
-from ..platforms.local.worker_access import MIRROR_UMASK
+from ...credentials import LocalStackSecrets
+from ...errors import ParameterError
+from ...processes import ProcessRecord, free_port, gone, start_process, stop_process, wait_until
+from ...s3_clients import s3_client
+from .daemons import daemon_env
+from .mirrors import mirror_registry_binary, mirror_secret_env, upstream_answers
+from .nginx import nginx_argv, reload_nginx
+from .state import StackState
+from .worker_access import MIRROR_UMASK
+
+if TYPE_CHECKING:
+    from .platform import LocalPlatform
 
 SLOW_SECONDS = 3.0  # what the slow-mirror fault adds to every request
 
@@ -53,6 +59,29 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("proxy-cannot-reach-mirror", "proxy",
           "the running proxy config is edited to send requests where no mirror listens (a missing network policy)"),
 )}
+
+
+class LocalFaults:
+    """The fault library of one local stack (what drill.ipynb injects and undoes)."""
+
+    names = tuple(FAULTS)
+
+    def __init__(self, stack: LocalPlatform) -> None:
+        self.stack = stack
+
+    def catalogue(self) -> pd.DataFrame:
+        return catalogue()
+
+    def inject(self, fault: str, *, dry_run: bool) -> str:
+        if fault not in FAULTS:
+            raise ParameterError(f"parameter 'fault' must be one of {', '.join(FAULTS)}, got {fault!r}")
+        return inject(self.stack, fault, dry_run=dry_run)
+
+    def active(self) -> list[str]:
+        return active_faults(self.stack)
+
+    def undo(self, *, dry_run: bool) -> str:
+        return undo(self.stack, dry_run=dry_run)
 
 
 def catalogue() -> pd.DataFrame:
@@ -110,7 +139,8 @@ def _upstream_down(stack: LocalPlatform, state: StackState, record: dict) -> str
 
 def _upstream_rate_limited(stack: LocalPlatform, state: StackState, record: dict) -> str:
     """The real registry moves to another port; nginx takes its place and answers manifest GETs with
-    Docker Hub's 429 and headers (FACTS 7: a GET counts, a HEAD does not, so HEADs still pass)."""
+    Docker Hub's 429 and headers (a GET counts against Docker Hub's limit, a HEAD does not, so HEADs
+    still pass)."""
     assert stack.settings.local is not None
     address, port = stack.settings.local.address, stack.settings.local.hub_port
     _stop(stack, state, "hub")
@@ -142,7 +172,7 @@ def _s3_down(stack: LocalPlatform, state: StackState, record: dict) -> str:
 
 def _s3_wrong_credentials(stack: LocalPlatform, state: StackState, record: dict) -> str:
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
-    env = stack.mirror_secret_env(secrets)
+    env = mirror_secret_env(stack.settings, secrets)
     env["REGISTRY_STORAGE_S3_SECRETKEY"] = "not-the-key-the-store-knows-" + "0" * 12
     _restart_mirrors(stack, state, env)
     return f"restarted {len(state.mirrors)} mirror instance(s) with a wrong S3 secret key"
@@ -151,8 +181,8 @@ def _s3_wrong_credentials(stack: LocalPlatform, state: StackState, record: dict)
 def _bucket_deleted(stack: LocalPlatform, state: StackState, record: dict) -> str:
     assert stack.settings.local is not None and stack.settings.storage is not None
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
-    s3 = s3_client(f"http://{stack.settings.local.address}:{stack.settings.local.s3_port}",
-                   secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
+    s3 = s3_client(endpoint=stack.configs.s3_endpoint, access_key=secrets.s3_access_key.reveal(),
+                   secret_key=secrets.s3_secret_key.reveal())
     bucket = stack.settings.storage.bucket
     deleted = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
@@ -174,7 +204,7 @@ def _mirror_dead(stack: LocalPlatform, state: StackState, record: dict) -> str:
 def _mirrors_fail_at_start(stack: LocalPlatform, state: StackState, record: dict) -> str:
     _stop(stack, state, "hub", "hub-token")
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
-    _restart_mirrors(stack, state, stack.mirror_secret_env(secrets))
+    _restart_mirrors(stack, state, mirror_secret_env(stack.settings, secrets))
     return f"stopped the Docker Hub stand-in and restarted {len(state.mirrors)} mirror instance(s); each exited"
 
 
@@ -184,7 +214,7 @@ def _mirror_slow(stack: LocalPlatform, state: StackState, record: dict) -> str:
     target = sock.with_name(sock.name + ".behind-slow-relay")
     os.rename(sock, target)  # the registry keeps listening on the renamed socket
     record.update(socket=str(sock), target=str(target), instance=victim)
-    relay = start_process(f"fault-slow-{victim}", [sys.executable, "-m", "registry_mirror.incidents.slow_relay",
+    relay = start_process(f"fault-slow-{victim}", [sys.executable, "-m", "registry_mirror.platforms.local.slow_relay",
                                                    str(sock), str(target), str(SLOW_SECONDS)],
                           log=stack.paths.logs / "fault-slow-relay.log", env=daemon_env(), umask=MIRROR_UMASK)
     _register(stack, relay)

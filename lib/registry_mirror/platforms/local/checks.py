@@ -1,30 +1,35 @@
-"""The policy checks on the local platform: real clients from loopback addresses against the stack."""
+"""verify_policies on the local platform: real clients from loopback addresses against the stack."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
-from ..client_pull import pull_with_skopeo
-from ..http_clients import client_from
-from ..platforms.local.stack import LocalPlatform, StackState
-from ..processes import session_members, tcp_listeners
-from ..registry_build import MODULE, built_registry, file_sha256, uses_debian_package
-from ..registry_config import registry_config_yaml
-from ..unix_http import unix_request
-from ..platforms.local.worker_access import worker_uids
-from . import client
-from .addresses import sample_addresses
-from .catalogue import CHECK_IMAGE, WRITES
-from .report import CheckFn, PolicyCheck, judged, not_applicable
-from .upstream import rate_limit_check, upstream_scope_check
+from ...checks import client
+from ...checks.addresses import sample_addresses
+from ...checks.catalogue import CHECK_IMAGE, WRITES
+from ...checks.report import CheckFn, PolicyCheck, judged, not_applicable
+from ...checks.upstream import rate_limit_check, upstream_scope_check
+from ...client_pull import pull_with_skopeo
+from ...config_drift import config_drift
+from ...http_clients import client_from
+from ...processes import session_members, tcp_listeners
+from ...registry_build import MODULE, built_registry, uses_debian_package
+from ...registry_config import registry_config_yaml
+from ...unix_http import unix_request
+from .seaweedfs import internal_ports
+from .state import StackState
+from .worker_access import worker_uids
+
+if TYPE_CHECKING:
+    from .platform import LocalPlatform
 
 PROBES = [("GET", "/v2/"), ("GET", "/v2/library/hello/manifests/latest"), ("HEAD", "/v2/library/hello/manifests/latest"),
           ("GET", "/v2/library/hello/blobs/sha256:" + "0" * 64), ("GET", "/"), ("GET", "/v2/_catalog"),
@@ -146,27 +151,8 @@ def local_checks(stack: LocalPlatform, *, image: str | None = None) -> dict[str,
                       not problems)
 
     def pinned() -> PolicyCheck:
-        # With 2.8.x the "image" is Debian's docker-registry: every instance must run the packaged
-        # executable, byte for byte as dpkg recorded it, at the version the params name.
-        want = stack.settings.registry.version
-        instances = [n for n in state.processes if n.startswith("mirror-") and state.running(n)]
-        if not uses_debian_package(want):
-            return _built_registry_pinned(want, {n: state.processes[n].pid for n in instances})
-        package = _packaged_registry()
-        problems = []
-        if package is None:
-            problems.append("the docker-registry package is not installed")
-        elif not package.version.startswith(want + "+") and package.version.split("-")[0] != want:
-            problems.append(f"package version {package.version}, params {want}")
-        for name in instances:
-            exe = os.readlink(f"/proc/{state.processes[name].pid}/exe")
-            if package is not None and exe != package.path:
-                problems.append(f"{name} runs {exe}, not the packaged {package.path}")
-            elif package is not None and _md5(exe) != package.md5:
-                problems.append(f"{name} runs a {exe} that differs from what dpkg installed")
-        observed = "; ".join(problems) or f"{len(instances)} instance(s) run the packaged distribution {want}"
-        return judged("image-pinned", "each instance's executable against the docker-registry package (path, md5, "
-                      "version)", f"the packaged distribution {want}", observed, not problems)
+        instances = {n: state.processes[n].pid for n in state.processes if n.startswith("mirror-") and state.running(n)}
+        return image_pinned(stack.settings.registry.version, instances)
 
     def upstream_credentials() -> PolicyCheck:
         missing = [n for n in state.mirrors if state.running(n)
@@ -179,17 +165,14 @@ def local_checks(stack: LocalPlatform, *, image: str | None = None) -> dict[str,
                       f"missing on {missing}" if missing else "configured", not missing)
 
     def config_matches() -> PolicyCheck:
-        drift = []
-        for name in [n for n in state.processes if n.startswith("mirror-")]:
-            path = stack.paths.config / f"{name}.yml"
-            if not path.exists() or path.read_text() != registry_config_yaml(stack._mirror_config(name)):
-                drift.append(f"{name} config differs from the rendering")
-        for nginx in ("proxy", "router"):
-            path = stack.paths.config / f"{nginx}.conf"
-            if not path.exists() or path.read_text() != stack._render_nginx(nginx, state):
-                drift.append(f"{nginx}.conf differs from the rendering")
+        running = [(f"{name}.yml", registry_config_yaml(stack.configs.mirror_config(name)))
+                   for name in state.processes if name.startswith("mirror-")]
+        running += [(f"{nginx}.conf", stack.configs.nginx_conf(nginx, state.mirrors)) for nginx in ("proxy", "router")]
+        drift = [config_drift(name, rendered, _read(stack.paths.config / name)) for name, rendered in running]
+        differ = [d.describe() for d in drift if not d.identical]
+        # Line numbers only: the proxy's config holds the allow-list.
         return judged("config-matches", "running configs against a fresh rendering of the params", "identical",
-                      "; ".join(drift) or "identical", not drift)
+                      "; ".join(differ) or f"{len(drift)} configs identical", not differ)
 
     return {
         "allowed-api": lambda: client.allowed_api(url, as_allowed()),
@@ -215,60 +198,40 @@ def local_checks(stack: LocalPlatform, *, image: str | None = None) -> dict[str,
 
 
 @dataclass(frozen=True)
-class _Package:
+class PinnedBinary:
+    """The registry executable a version names, and the digest it was recorded with."""
     path: str
-    md5: str
-    version: str
+    algorithm: str  # hashlib's name: "sha256" (our build record), "md5" (dpkg's md5sums)
+    digest: str
+    source: str  # "built from <module>", "packaged by Debian"
+
+    def matches(self, path: Path) -> bool:
+        with open(path, "rb") as f:
+            # md5 only because dpkg records it: this compares with a record, it proves no origin.
+            return hashlib.file_digest(f, lambda: hashlib.new(self.algorithm, usedforsecurity=False)
+                                       ).hexdigest() == self.digest
 
 
-def _packaged_registry() -> _Package | None:
-    sums = Path("/var/lib/dpkg/info/docker-registry.md5sums")
-    if not sums.exists():
-        return None
-    for line in sums.read_text().splitlines():
-        md5, _, rel = line.partition("  ")
-        if rel == "usr/bin/docker-registry":
-            version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "docker-registry"],
-                                     capture_output=True, text=True, timeout=10).stdout.strip()
-            return _Package("/usr/bin/docker-registry", md5, version)
-    return None
-
-
-def _md5(path: str) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _environ_keys(pid: int) -> set[str]:
-    """Names (never values) of a process's environment variables."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return {entry.split(b"=", 1)[0].decode(errors="replace") for entry in raw.split(b"\0") if entry}
-
-
-def _built_registry_pinned(want: str, pids: dict[str, int]) -> PolicyCheck:
-    """3.x locally: every instance runs the binary bootstrap built from the module at `want`, byte for byte."""
-    build = built_registry(want)
-    problems = []
-    if build is None:
-        problems.append(f"registry {want} was never built (run `make bootstrap`)")
+def image_pinned(want: str, pids: dict[str, int]) -> PolicyCheck:
+    """Every instance (name -> pid) runs the registry binary `want` names, byte for byte: for 3.x the
+    build bootstrap made from the Go module, for 2.8.2 Debian's docker-registry as dpkg recorded it."""
+    pinned, problems = _packaged_registry(want) if uses_debian_package(want) else _built_registry(want)
     for name, pid in pids.items():
         exe = os.readlink(f"/proc/{pid}/exe")
-        if build is not None and exe != build.binary:
-            problems.append(f"{name} runs {exe}, not the built {build.binary}")
-        elif build is not None and file_sha256(Path(exe)) != build.sha256:
-            problems.append(f"{name} runs a {exe} whose checksum differs from the recorded build")
-    observed = "; ".join(problems) or f"{len(pids)} instance(s) run distribution {want} as built from {MODULE}"
-    return judged("image-pinned", "each instance's executable against the recorded build (path, sha256, module "
-                  "version)", f"distribution {want} built from its Go module", observed, not problems)
+        if pinned is not None and exe != pinned.path:
+            problems.append(f"{name} runs {exe}, not {pinned.path} ({pinned.source})")
+        elif pinned is not None and not pinned.matches(Path(exe)):
+            problems.append(f"{name} runs a {exe} whose {pinned.algorithm} differs from the record")
+    source = pinned.source if pinned is not None else "its recorded binary"
+    return judged("image-pinned", "each instance's executable against the recorded binary (path, digest, version)",
+                  f"distribution {want}, {source}",
+                  "; ".join(problems) or f"{len(pids)} instance(s) run distribution {want}, {source}", not problems)
 
 
 def cache_not_exposed(stack: LocalPlatform, stranger: str | None) -> PolicyCheck:
     """From a client the proxy refuses: SeaweedFS's filer must ask for a JWT and its gRPC ports for a
     client certificate; the master must refuse to hand out a write."""
-    ports = json.loads((stack.paths.secrets / "s3-ports.json").read_text())
+    ports = internal_ports(stack.paths.secrets)
     address = stack.local.address
     source = stranger or address
     session = client_from(source)
@@ -282,7 +245,7 @@ def cache_not_exposed(stack: LocalPlatform, stranger: str | None) -> PolicyCheck
     if assign.status_code == 200 and "fid" in assign.text:
         problems.append("master handed out a write")
     for name in ("master.grpc", "volume.grpc", "filer.grpc", "gateway.grpc"):
-        if _grpc_answers_without_certificate(address, ports[name], source):
+        if grpc_answers_without_certificate(address, ports[name], source):
             problems.append(f"{name} speaks HTTP/2 to a client without a certificate")
     return judged("cache-not-exposed", "as a refused client: list the bucket on the filer, ask the master for a "
                   "write, open each gRPC port without a client certificate", "401, refused, TLS alert",
@@ -292,7 +255,7 @@ def cache_not_exposed(stack: LocalPlatform, stranger: str | None) -> PolicyCheck
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 
 
-def _grpc_answers_without_certificate(address: str, port: int, source: str) -> bool:
+def grpc_answers_without_certificate(address: str, port: int, source: str) -> bool:
     """Does the port answer an HTTP/2 preface with a SETTINGS frame, in plain text or over TLS
     without a client certificate? (A refusal is a TLS alert, a reset or silence.)"""
     def settings_frame(data: bytes) -> bool:
@@ -315,3 +278,34 @@ def _grpc_answers_without_certificate(address: str, port: int, source: str) -> b
                 return settings_frame(tls.recv(64))
     except OSError:  # ssl.SSLError is one
         return False
+
+
+def _built_registry(want: str) -> tuple[PinnedBinary | None, list[str]]:
+    build = built_registry(want)
+    if build is None:
+        return None, [f"registry {want} was never built (run `make bootstrap`)"]
+    return PinnedBinary(build.binary, "sha256", build.sha256, f"built from {MODULE}"), []
+
+
+def _packaged_registry(want: str) -> tuple[PinnedBinary | None, list[str]]:
+    sums = Path("/var/lib/dpkg/info/docker-registry.md5sums")
+    lines = sums.read_text().splitlines() if sums.exists() else []
+    md5 = next((digest for digest, _, rel in (line.partition("  ") for line in lines)
+                if rel == "usr/bin/docker-registry"), None)
+    if md5 is None:
+        return None, ["the docker-registry package is not installed"]
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "docker-registry"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    problems = ([] if version.startswith(want + "+") or version.split("-")[0] == want
+                else [f"package version {version}, params {want}"])
+    return PinnedBinary("/usr/bin/docker-registry", "md5", md5, "packaged by Debian"), problems
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+def _environ_keys(pid: int) -> set[str]:
+    """Names (never values) of a process's environment variables."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return {entry.split(b"=", 1)[0].decode(errors="replace") for entry in raw.split(b"\0") if entry}

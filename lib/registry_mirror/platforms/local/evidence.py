@@ -4,32 +4,34 @@ Every probe has a short timeout, so a hung layer costs seconds, not the diagnosi
 """
 from __future__ import annotations
 
-import difflib
 import re
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
-from ..checks.addresses import sample_addresses
-from ..checks.client import PullFailed, pull_over_api
-from ..credentials import LocalStackSecrets
-from ..http_clients import client_from
-from ..platforms.local.components import s3_client
-from ..platforms.local.stack import LocalPlatform, StackState
-from ..unix_http import unix_request
-from .triage import S3_AUTH, Facts, Finding
-from .upstream_probe import clip as _clip
-from .upstream_probe import upstream_findings
+from ...checks.addresses import sample_addresses
+from ...checks.client import PullFailed, pull_over_api
+from ...config_drift import config_drift
+from ...credentials import LocalStackSecrets
+from ...http_clients import client_from
+from ...incidents.triage import S3_AUTH, Facts, Finding
+from ...incidents.upstream_probe import clip as _clip
+from ...incidents.upstream_probe import upstream_findings
+from ...s3_clients import s3_client
+from ...unix_http import unix_request
+from .state import StackState
+
+if TYPE_CHECKING:
+    from .platform import LocalPlatform
 
 PROBE_TIMEOUT = 10.0
 TAIL_BYTES = 64 * 1024
 
 
 class LocalEvidence:
-    platform = "local"
-
     def __init__(self, stack: LocalPlatform, *, probe_image: str = "library/hello:latest",
                  recent_minutes: float = 15) -> None:
         self.target = stack
@@ -37,6 +39,10 @@ class LocalEvidence:
         repository, _, tag = probe_image.removeprefix("docker.io/").partition(":")
         self.repository, self.tag = repository, tag or "latest"
         self.allowed = sample_addresses(stack.rules)[0] or "127.0.0.1"
+
+    def new_facts(self) -> Facts:
+        # SeaweedFS runs here and the proxy reaches the mirrors over sockets: nothing brokered, no policies.
+        return Facts()
 
     def check(self, layer: str, facts: Facts) -> list[Finding]:
         state = StackState.load(self.target.paths.state_file)
@@ -89,18 +95,12 @@ class LocalEvidence:
                 found.append(Finding("security proxy", "GET /v2/ at its socket", False, f"no answer: {exc}"))
         conf = self.target.paths.config / "proxy.conf"
         if conf.exists():
-            wanted = self.target.rendered_configs()["security proxy nginx.conf"].splitlines()
-            running = conf.read_text().splitlines()
-            # One diff gives both: how many lines differ, and where in the running config they are.
-            edits = [op for op in difflib.SequenceMatcher(a=wanted, b=running, autojunk=False).get_opcodes()
-                     if op[0] != "equal"]
-            changed = [j + 1 for _, _, _, j1, j2 in edits for j in range(j1, max(j2, j1 + 1))]
-            facts.proxy_drift_lines = sum((i2 - i1) + (j2 - j1) for _, i1, i2, j1, j2 in edits)
+            drift = config_drift("proxy.conf", self.target.configs.nginx_conf("proxy", state.mirrors),
+                                 conf.read_text())
+            facts.proxy_drift_lines = drift.edited_lines
             # Line numbers only: the config holds the allow-list.
-            found.append(Finding("security proxy", "running config = what the parameters render",
-                                 not facts.proxy_drift_lines,
-                                 "identical" if not facts.proxy_drift_lines else
-                                 f"{facts.proxy_drift_lines} line(s) differ, at lines {_ranges(changed)}"))
+            found.append(Finding("security proxy", "running config = what the parameters render", drift.identical,
+                                 "identical" if drift.identical else drift.describe().partition(": ")[2]))
         errors = [line for line in _recent(_tail(self.target.paths.logs / "proxy.error.log"), self.recent_minutes)
                   if "connect() to unix:" in line and "failed" in line]
         facts.proxy_connect_errors = len(errors)
@@ -156,8 +156,8 @@ class LocalEvidence:
                             f"{exc.__class__.__name__}: {exc.strerror or exc}")]
         found = [Finding("S3", f"S3 API at {local.address}:{local.s3_port} accepts connections", True, "yes")]
         secrets = LocalStackSecrets.load_or_create(self.target.paths.secrets_file, create=False)
-        s3 = s3_client(f"http://{local.address}:{local.s3_port}", secrets.s3_access_key.reveal(),
-                       secrets.s3_secret_key.reveal())
+        s3 = s3_client(endpoint=self.target.configs.s3_endpoint, access_key=secrets.s3_access_key.reveal(),
+                       secret_key=secrets.s3_secret_key.reveal())
         try:
             s3.head_bucket(Bucket=bucket)
             facts.s3_credentials_ok, facts.bucket_exists = True, True
@@ -245,8 +245,3 @@ def _exit_reason(lines: list[str]) -> str:
         return _clip(panic[-1])
     # No last words: killed from outside (SIGKILL, the out-of-memory killer) or the machine restarted.
     return "exited without a panic in its log (killed, or out of memory)"
-
-
-def _ranges(numbers: list[int]) -> str:
-    shown = ", ".join(str(n) for n in numbers[:8])
-    return shown + (f" and {len(numbers) - 8} more" if len(numbers) > 8 else "")
