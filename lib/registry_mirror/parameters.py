@@ -115,7 +115,11 @@ _DURATION = re.compile(r"^(0|([0-9]+(h|m|s))+)$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+# Digest only: Diego's docker stager and the cells pull through containers/image, which refuses a
+# reference with both a tag and a digest ("Docker references with both a tag and digest are currently
+# not supported"), so `registry:3.0.0@sha256:...` would fail the first staging. The version is data
+# of its own (registry.version).
+_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*@sha256:[0-9a-f]{64}$")
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 
 
@@ -136,7 +140,8 @@ Duration = Annotated[str, _pattern(_DURATION, "a duration such as 168h, 90m or 0
 Name = Annotated[str, _pattern(_NAME, "a lower-case name of letters, digits and dashes")]
 EnvName = Annotated[str, _pattern(_ENV_NAME, "an environment variable name such as DOCKERHUB_TOKEN")]
 Bucket = Annotated[str, _pattern(_BUCKET, "a valid S3 bucket name")]
-PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest (name[:tag]@sha256:<64 hex>)")]
+PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest alone (name@sha256:<64 hex>, "
+                                                      "no tag: Cloud Foundry refuses a tag with a digest)")]
 Version = Annotated[str, _pattern(_VERSION, "a version such as 2.8.2 (quote it in YAML)")]
 Port = Annotated[int, Field(ge=1024, le=65535)]
 InternalRoute = Annotated[str, _pattern(re.compile(r"^[a-z0-9-]+\.apps\.internal$"),

@@ -144,7 +144,7 @@ def staged_params(tmp: Path, hub: Hub, cf: FakeCloudFoundry, environment: str = 
     data = yaml.safe_load((ROOT / f"params/{environment}.yaml").read_text())
     rules = tmp / "security-rules.yaml"
     rules.write_text(yaml.safe_dump(RULES))
-    data["registry"]["image"] = f"registry:3.0.0@{hub.digest}"
+    data["registry"]["image"] = f"registry@{hub.digest}"
     data["upstream"].update(url=hub.url, username=HUB_USER, password_env="TEST_DOCKERHUB_TOKEN")
     data["proxy"]["security_rules_file"] = str(rules)
     data["cloudfoundry"].update({"api": cf.url, "poll_interval_seconds": 0.02, "health_settle_seconds": 0.1,

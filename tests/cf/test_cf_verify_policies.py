@@ -97,6 +97,14 @@ def drift_unpinned_image(cc: Cc, cf: FakeCloudFoundry) -> None:
     build_and_deploy(cc, app, package["guid"])
 
 
+def drift_other_digest(cc: Cc, cf: FakeCloudFoundry) -> None:
+    """Pinned, but not to the digest the params pin (CC reports it normalised, library/registry@...)."""
+    app = cf.app("docker-registry-mirror")["guid"]
+    package = cc.call("POST", "/v3/packages", json={"type": "docker", "data": {"image": "registry@sha256:" + "0" * 64},
+                                                     "relationships": {"app": {"data": {"guid": app}}}})
+    build_and_deploy(cc, app, package["guid"])
+
+
 def drift_redirect_enabled(cc: Cc, cf: FakeCloudFoundry) -> None:
     app = cf.app("docker-registry-mirror")["guid"]
     cc.call("PATCH", f"/v3/apps/{app}/environment_variables", json={"var": {"REGISTRY_STORAGE_REDIRECT_DISABLE": "false"}})
@@ -145,6 +153,7 @@ DRIFTS = {
     "public-route-on-mirror": (drift_public_route, {"mirror-not-exposed"}),
     "another-policy-to-mirror": (drift_extra_policy, {"network-policy"}),
     "unpinned-image": (drift_unpinned_image, {"image-pinned"}),
+    "other-digest": (drift_other_digest, {"image-pinned"}),
     "redirect-enabled": (drift_redirect_enabled, {"no-s3-redirect", "config-matches"}),
 }
 

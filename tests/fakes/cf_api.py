@@ -1838,9 +1838,18 @@ class FakeCloudFoundry:
             build.state, build.error = "FAILED", "StagingError - Staging error: staging failed"
             return
         package: _Package = self._get(self._packages, build.package_guid, "Package")
+        image = package.image
+        if package.type == "docker":
+            try:
+                image = staged_image(package.image or "")
+            except ValueError as refused:
+                # The docker stager (dockerapplifecycle builder) goes through containers/image, whose
+                # error ends the staging task; CC records it as the build's StagingError.
+                build.state, build.error = "FAILED", f"StagingError - Staging error: {refused}"
+                return
         detected = ["staticfile_buildpack"] if build.lifecycle_type == "buildpack" and not build.buildpacks \
             else build.buildpacks
-        droplet = _Droplet(build.app_guid, package.guid, build.lifecycle_type, image=package.image,
+        droplet = _Droplet(build.app_guid, package.guid, build.lifecycle_type, image=image,
                            stack=build.stack, buildpacks=detected,
                            sha256=None if package.type == "docker" else hashlib.sha256(build.guid.encode()).hexdigest())
         self._droplets.append(droplet)
@@ -2372,6 +2381,44 @@ class FakeCloudFoundry:
             if policy in self._policies:
                 self._policies.remove(policy)
         return _json_resp(200, {})
+
+
+_REF_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_REF_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_REF_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def staged_image(reference: str) -> str:
+    """The droplet image a docker staging reports for `reference`, or ValueError with the words of
+    containers/image when it refuses it.
+
+    Models containers/image `docker/reference/normalize.go` (ParseNormalizedNamed: docker.io is the
+    default domain, official images live under library/, no tag and no digest means :latest) and
+    `docker/docker_transport.go` newReference, which refuses a reference with both a tag and a digest;
+    dockerapplifecycle `builder/builder.go` stages through it and reports the normalised name, without
+    the docker.io domain (e.g. library/registry@sha256:...)."""
+    name, at, digest = reference.partition("@")
+    if at and not _REF_DIGEST.fullmatch(digest):
+        raise ValueError(f"invalid reference format: {reference!r}")
+    tag = ""
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+        if not _REF_TAG.fullmatch(tag):
+            raise ValueError(f"invalid reference format: {reference!r}")
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = "docker.io", name
+    if domain in ("docker.io", "index.docker.io") and "/" not in path:
+        path = f"library/{path}"
+    if not path or not all(_REF_COMPONENT.fullmatch(part) for part in path.split("/")):
+        raise ValueError(f"invalid reference format: repository name must be lowercase: {reference!r}")
+    if tag and digest:
+        raise ValueError("Docker references with both a tag and digest are currently not supported")
+    named = path if domain in ("docker.io", "index.docker.io") else f"{domain}/{path}"
+    return f"{named}@{digest}" if digest else f"{named}:{tag or 'latest'}"
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -672,9 +672,41 @@ def test_docker_build_stages_a_droplet_with_the_package_image(api: Api) -> None:
     assert states == ["STAGING"] * (api.cf.polls_to_finish - 1) + ["STAGED"]
     droplet_guid = api.get(f"/v3/builds/{build['guid']}")["droplet"]["guid"]
     droplet = api.get(f"/v3/droplets/{droplet_guid}")
-    assert (droplet["state"], droplet["image"], droplet["lifecycle"]["type"]) == ("STAGED", "registry:2.8.3", "docker")
+    assert (droplet["state"], droplet["image"], droplet["lifecycle"]["type"]) == ("STAGED", "library/registry:2.8.3", "docker")
     assert api.call("GET", f"/v3/apps/{app_guid}/droplets/current", 404).json()["errors"][0]["detail"] == \
         "Droplet not found"  # staging does not assign the droplet; a deployment does
+
+
+DIGEST = "sha256:" + "6c" * 32
+
+
+@pytest.mark.parametrize(("image", "staged"), [
+    (f"registry@{DIGEST}", f"library/registry@{DIGEST}"),
+    (f"docker.io/library/registry@{DIGEST}", f"library/registry@{DIGEST}"),
+    (f"ghcr.io/org/app@{DIGEST}", f"ghcr.io/org/app@{DIGEST}"),
+    ("registry", "library/registry:latest"),
+    ("localhost:5000/app:1", "localhost:5000/app:1"),
+])
+def test_docker_staging_reports_the_image_as_the_stager_normalises_it(api: Api, image: str, staged: str) -> None:
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "ignored"}}]})
+    droplet = api.stage_docker(api.app_guid("mirror"), image)
+    assert api.get(f"/v3/droplets/{droplet}")["image"] == staged
+
+
+@pytest.mark.parametrize(("image", "error"), [
+    (f"registry:3.0.0@{DIGEST}", "Docker references with both a tag and digest are currently not supported"),
+    ("Registry:3", "invalid reference format"),
+    ("registry@sha256:abc", "invalid reference format"),
+])
+def test_docker_staging_refuses_what_containers_image_refuses(api: Api, image: str, error: str) -> None:
+    """CC takes any image string in the package; the stager's containers/image refuses it, and the build fails."""
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "ignored"}}]})
+    package = api.post("/v3/packages", {"type": "docker", "data": {"image": image}, "relationships": {
+        "app": {"data": {"guid": api.app_guid("mirror")}}}}, 201).json()
+    build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
+    build = api.finish(f"/v3/builds/{build['guid']}", "state", ("STAGING",))
+    assert build["state"] == "FAILED" and build["droplet"] is None
+    assert build["error"].startswith("StagingError - Staging error: ") and error in build["error"]
 
 
 def test_build_failure(api: Api, cf: FakeCloudFoundry) -> None:
@@ -773,7 +805,7 @@ def test_rolling_deployment_deploys_after_polls_and_records_a_revision(api: Api,
     assert final["status"]["value"] == "FINALIZED" and "cancel" not in final["links"]
     web = api.get(f"/v3/apps/{app_guid}/processes/web")
     assert web["guid"] == new_process != old_process and web["instances"] == 3
-    assert cf.app("mirror")["image"] == "registry:3"
+    assert cf.app("mirror")["image"] == "library/registry:3"
     revisions = api.get(f"/v3/apps/{app_guid}/revisions")["resources"]
     assert [(r["version"], r["droplet"]["guid"], r["deployable"]) for r in revisions] == [
         (1, first, True), (2, second, True)]
@@ -818,7 +850,7 @@ def test_a_new_deployment_supersedes_the_active_one(api: Api, cf: FakeCloudFound
     assert (old["status"]["value"], old["status"]["reason"]) == ("FINALIZED", "SUPERSEDED")
     assert api.finish(f"/v3/deployments/{second['guid']}", "status.value", ("ACTIVE",))["status"]["reason"] == \
         "DEPLOYED"
-    assert cf.app("mirror")["image"] == "registry:4"
+    assert cf.app("mirror")["image"] == "library/registry:4"
 
 
 def test_a_never_healthy_deployment_stays_active_until_cancelled(api: Api, cf: FakeCloudFoundry) -> None:

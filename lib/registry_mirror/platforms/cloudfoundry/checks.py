@@ -93,7 +93,7 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
         running = (droplet or {}).get("image") or ""
         want = settings.registry.image or ""
         return judged("image-pinned", "image of the mirror's current droplet", f"{want} (pinned by digest, as tested)",
-                      running or "no droplet", ImageRef.parse(running).digest is not None and running == want)
+                      running or "no droplet", same_pinned_image(running, want))
 
     def upstream_credentials() -> PolicyCheck:
         values = env()
@@ -144,6 +144,13 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
             "the key never leaves the mirror's environment"),
         "config-matches": config_matches,
     }
+
+
+def same_pinned_image(running: str, wanted: str) -> bool:
+    """Is the droplet's image the pinned one? CC reports the stager's normalised name (registry@d comes
+    back as library/registry@d), so the repository and the digest are compared, never the strings."""
+    have, want = ImageRef.parse(running), ImageRef.parse(wanted)
+    return have.digest is not None and (have.repository, have.digest) == (want.repository, want.digest)
 
 
 def nginx_conf_drift(bits: bytes | None, rendered: str) -> list[str]:
