@@ -268,6 +268,9 @@ class CloudFoundrySettings(_Model):
     s3_service_instance: Name
     s3_service_plan: str = "basic"
     s3_service_key: Name
+    # Which of the S3 service key's endpoints the mirror uses: cloud.gov's broker hands out both the
+    # regional `endpoint` and a FIPS 140 validated `fips_endpoint`; FedRAMP systems must use the FIPS one.
+    s3_endpoint: Literal["regional", "fips"] = "regional"
     max_in_flight: int = Field(default=1, ge=1, le=16)
     deploy_timeout_seconds: int = Field(default=900, ge=1, le=7200)  # per build and per deployment
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=60)  # how often jobs/builds/deployments are polled

@@ -70,11 +70,17 @@ MAX_IN_FLIGHT_SINCE = "3.173.0"  # deployments take options.max_in_flight (cloud
 _FLAG_DEFAULTS = {"diego_docker": False}  # models/runtime/feature_flag.rb
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 5000
-DEFAULT_S3_CREDENTIALS: dict[str, str] = {
+# Every field cloud.gov's s3 broker puts in a binding's credentials (cloud-gov/s3-broker broker.go,
+# Bind): the key pair, the bucket and its region, the regional and the FIPS endpoint (host names, no
+# scheme), the other buckets the key reaches, and a URI.
+DEFAULT_S3_CREDENTIALS: dict[str, Any] = {
     "access_key_id": "AKIAFAKESTANDIN",
     "secret_access_key": "fake-s3-secret-DO-NOT-LEAK",
     "bucket": "cg-fake-bucket",
     "region": "us-gov-west-1",
+    "endpoint": "s3.us-gov-west-1.amazonaws.com",
+    "fips_endpoint": "s3-fips.us-gov-west-1.amazonaws.com",
+    "additional_buckets": [],
     # cloud.gov's S3 broker embeds the key pair in the URI too, so leak checks must look here as well.
     "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
 }

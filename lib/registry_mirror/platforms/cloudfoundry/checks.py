@@ -107,7 +107,8 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
 
     def config_matches() -> PolicyCheck:
         values = env()
-        s3 = S3Location(values.get("REGISTRY_STORAGE_S3_BUCKET", ""), values.get("REGISTRY_STORAGE_S3_REGION", ""))
+        s3 = S3Location(values.get("REGISTRY_STORAGE_S3_BUCKET", ""), values.get("REGISTRY_STORAGE_S3_REGION", ""),
+                        endpoint=values.get("REGISTRY_STORAGE_S3_REGIONENDPOINT"))
         manifests = render_cf_manifests(settings, rules, s3=s3)
         secret_names = set(SECRET_ENV.values())
         drift = [k for k, v in manifests.mirror_env.items() if values.get(k) != v]

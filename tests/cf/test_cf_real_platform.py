@@ -1,0 +1,48 @@
+"""What the real Cloud Foundry does that a kinder stand-in used to hide: each test drives the runbooks
+in-process against the stand-in (now as strict as CC, Diego and the policy server on that point) on a
+fake clock, and asserts the outcome, the calls recorded and the state the stand-in holds."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_mirror.errors import DeployError
+from tests.cf.conftest import CF_PASSWORD, CF_USER, Foundation, Hub, cc_session
+from tests.cf.runbooks import deploy_runbook
+from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
+
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+MIRROR = "docker-registry-mirror"
+
+
+def mutating(cf: FakeCloudFoundry) -> list[str]:
+    return [f"{r.method} {GUID.sub(':guid', r.path)}" for r in cf.requests if r.mutating and r.status < 400]
+
+
+def fake(**kwargs: Any) -> FakeCloudFoundry:
+    return FakeCloudFoundry(users={CF_USER: CF_PASSWORD}, **kwargs)
+
+
+# ------------------------------------------------------------------------------ S3 endpoint from the key
+
+@pytest.mark.parametrize("choice,endpoint", [("fips", "https://s3-fips.us-gov-west-1.amazonaws.com"),
+                                             ("regional", "https://s3.us-gov-west-1.amazonaws.com")])
+def test_the_mirror_uses_the_s3_endpoint_of_the_service_key_the_params_choose(
+        foundation: Foundation, cf: FakeCloudFoundry, choice: str, endpoint: str) -> None:
+    deploy_runbook(foundation.platform(foundation.params("production", s3_endpoint=choice)), component="registry")
+    env = cf.app(MIRROR)["env"]
+    assert env["REGISTRY_STORAGE_S3_REGIONENDPOINT"] == endpoint
+    assert env["REGISTRY_STORAGE_S3_REGION"] == "us-gov-west-1"
+
+
+def test_a_key_without_the_fips_endpoint_stops_before_the_app_changes(docker_hub: Hub, tmp_path: Path,
+                                                                       credentials: None) -> None:
+    key = {k: v for k, v in DEFAULT_S3_CREDENTIALS.items() if k != "fips_endpoint"}
+    with fake(s3_credentials=key) as cf:
+        here = Foundation(tmp_path, docker_hub, cf)
+        with pytest.raises(DeployError, match="no fips_endpoint"):
+            deploy_runbook(here.platform(here.params("production", s3_endpoint="fips")), component="registry")
+        assert not any("/apply_manifest" in call for call in mutating(cf))
