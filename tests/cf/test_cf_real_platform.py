@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from registry_mirror.errors import DeployError
-from tests.cf.conftest import CF_PASSWORD, CF_USER, Foundation, Hub, cc_session
+from registry_mirror.platforms.cloudfoundry.session import RetryAfterTooLong
+from tests.cf.conftest import CF_PASSWORD, CF_USER, FakeClock, Foundation, Hub, cc_session, session_on
 from tests.cf.runbooks import deploy_runbook
 from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
 
@@ -46,3 +47,33 @@ def test_a_key_without_the_fips_endpoint_stops_before_the_app_changes(docker_hub
         with pytest.raises(DeployError, match="no fips_endpoint"):
             deploy_runbook(here.platform(here.params("production", s3_endpoint="fips")), component="registry")
         assert not any("/apply_manifest" in call for call in mutating(cf))
+
+
+# ------------------------------------------------------------------------------ Retry-After has a ceiling
+
+def test_a_retry_after_past_the_ceiling_fails_in_one_sentence_without_waiting(cf: FakeCloudFoundry) -> None:
+    clock = FakeClock()
+    session = session_on(cf, clock)
+    said: list[str] = []
+    session.notify = said.append
+    session.login()
+    cf.faults.rate_limited_429, cf.faults.retry_after_seconds = 1, 3600  # CC's window: up to an hour
+    with pytest.raises(RetryAfterTooLong) as failed:
+        session.get("/v3/apps")
+    message = str(failed.value)
+    assert "3600 s" in message and "limit of 300 s" in message and message.count(". ") == 0
+    assert clock.sleeps == [] and said == []
+
+
+def test_every_retry_wait_is_said_before_it_starts(foundation: Foundation, cf: FakeCloudFoundry) -> None:
+    platform = foundation.platform(foundation.params("staging", max_retry_after_seconds=30))
+    said: list[tuple[str, int]] = []
+    platform.session.notify = lambda line: said.append((line, len(foundation.clock.sleeps)))
+    cf.faults.rate_limited_429, cf.faults.retry_after_seconds = 1, 20
+    assert platform.status() is not None
+    [(line, sleeps_before)] = said
+    assert "waiting 20 s" in line and "429" in line
+    assert sleeps_before == 0 and foundation.clock.sleeps[0] == 20.0  # said, then waited
+    cf.faults.rate_limited_429, cf.faults.retry_after_seconds = 1, 31
+    with pytest.raises(DeployError, match="asking to wait 31 s .* limit of 30 s"):
+        platform.status()

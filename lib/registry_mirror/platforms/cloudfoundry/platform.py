@@ -65,13 +65,15 @@ class CloudFoundryPlatform:
         self._session = session
         if session is not None:
             session.poll_interval = self.cf.poll_interval_seconds
+            session.max_retry_after = self.cf.max_retry_after_seconds
         self._space: Space | None = None
 
     @property
     def session(self) -> CfSession:
         if self._session is None:
             self._session = CfSession(self.cf.api, CfCredentials.from_env(),
-                                      poll_interval=self.cf.poll_interval_seconds)
+                                      poll_interval=self.cf.poll_interval_seconds,
+                                      max_retry_after=self.cf.max_retry_after_seconds)
         return self._session
 
     @property
