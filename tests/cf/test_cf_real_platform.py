@@ -77,3 +77,27 @@ def test_every_retry_wait_is_said_before_it_starts(foundation: Foundation, cf: F
     cf.faults.rate_limited_429, cf.faults.retry_after_seconds = 1, 31
     with pytest.raises(DeployError, match="asking to wait 31 s .* limit of 30 s"):
         platform.status()
+
+
+# ------------------------------------------------------------------------------ the policy server decides
+
+def test_network_preflight_passes_where_the_policy_server_lets_space_developers_manage_policies(
+        docker_hub: Hub, tmp_path: Path, credentials: None) -> None:
+    """With enable_space_developer_self_service the token needs no network.write: the policy server
+    answers, and the deploy creates the policy."""
+    with fake(without_scopes={"network.write"}, space_developer_self_service=True) as cf:
+        here = Foundation(tmp_path, docker_hub, cf)
+        preflight = here.platform(here.params("production")).preflight()
+        assert preflight.ok, preflight
+        deploy_runbook(here.platform(here.params("production")))
+        assert len(cf.policies()) == 1
+
+
+def test_network_preflight_fails_where_the_policy_server_refuses(docker_hub: Hub, tmp_path: Path,
+                                                                credentials: None) -> None:
+    with fake(without_scopes={"network.write"}) as cf:
+        here = Foundation(tmp_path, docker_hub, cf)
+        preflight = here.platform(here.params("production")).preflight()
+        [failed] = [c for c in preflight.checks if not c.ok]
+        assert "policy server refuses" in failed.detail and "lacks network.write" in failed.detail
+        assert [r for r in cf.requests if r.mutating] == []

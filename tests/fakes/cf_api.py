@@ -85,6 +85,9 @@ DEFAULT_S3_CREDENTIALS: dict[str, Any] = {
     "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
 }
 _TOKEN_PATHS = ("/login/oauth/token", "/uaa/oauth/token")
+# UAA's access-token validity for the cf client (uaa.yml clients.cf.access-token-validity: 1200 s, of
+# which UAA reports expires_in one second less).
+ACCESS_TOKEN_SECONDS = 1199
 # Where the stand-in's blobstore answers pre-signed URLs: in CF it is S3 or WebDAV, not CC.
 _BLOBSTORE = "/blobstore"
 _JSON = "application/json; charset=utf-8"
@@ -442,6 +445,7 @@ class _Token:
     grant_type: str
     scope: str
     refresh_token: str | None
+    expires_at: float = float("inf")  # by the stand-in's clock; UAA's access_token_validity
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,15 +607,21 @@ class FakeCloudFoundry:
                  s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2,
                  cc_version: str = CC_API_VERSION, non_developers: Iterable[str] = (),
                  without_scopes: Iterable[str] = (), feature_flags: Mapping[str, bool] | None = None,
-                 org_quota: Mapping[str, int | None] | None = None) -> None:
+                 org_quota: Mapping[str, int | None] | None = None,
+                 space_developer_self_service: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         """`non_developers`: users and clients with no space developer role (everyone else has it in
         every space). `without_scopes`: scopes UAA leaves out of every token (e.g. network.write).
-        `org_quota`: total_memory_in_mb / total_instances of the org's quota (None: unlimited)."""
+        `org_quota`: total_memory_in_mb / total_instances of the org's quota (None: unlimited).
+        `space_developer_self_service`: the policy server's enable_space_developer_self_service.
+        `clock`: the platform's time (seconds), by which tokens expire; tests share a fake one."""
+        self.clock = clock
         self.users: dict[str, str] = dict(users if users is not None else {"deployer": "deployer-password"})
         self.clients: dict[str, str] = dict(clients if clients is not None else {"ci-deployer": "ci-secret"})
         self.cc_version = cc_version
         self.non_developers = set(non_developers)
         self.without_scopes = set(without_scopes)
+        self.space_developer_self_service = space_developer_self_service
         # diego_docker defaults to off in CC; a foundation that runs docker apps (as ours) turns it on.
         self.feature_flags: dict[str, bool] = {"diego_docker": True, **(feature_flags or {})}
         self.org_quota: dict[str, int | None] = {"total_memory_in_mb": None, "total_instances": None,
@@ -845,19 +855,31 @@ class FakeCloudFoundry:
         token = self._bearer(headers)
         return self._access_tokens.get(token) if token else None
 
-    def _authenticate_cc(self, headers: Message) -> str:
-        token = self._bearer(headers)
-        if token is None:
-            raise _CCError(401, 10002, "CF-NotAuthenticated", "Authentication error")
+    def _valid_token(self, token: str) -> _Token | None:
+        """The token's record while it is valid: known to UAA, not past its `exp` by the clock, and not
+        expired by the `expire_token_after` fault (which counts requests to every API the stand-in
+        fronts: CC and the policy server both ask UAA, so a token dies for both at once)."""
         record = self._access_tokens.get(token)
         if record is None:
-            raise _invalid_token()
+            return None
+        if self.clock() >= record.expires_at:
+            del self._access_tokens[token]
+            return None
         if self.faults.expire_token_after is not None:
             if self.faults.expire_token_after <= 0:
                 self.faults.expire_token_after = None
                 self._access_tokens.clear()  # refresh tokens survive: that is how clients recover
-                raise _invalid_token()
+                return None
             self.faults.expire_token_after -= 1
+        return record
+
+    def _authenticate_cc(self, headers: Message) -> str:
+        token = self._bearer(headers)
+        if token is None:
+            raise _CCError(401, 10002, "CF-NotAuthenticated", "Authentication error")
+        record = self._valid_token(token)
+        if record is None:
+            raise _invalid_token()
         return record.subject
 
     def _authenticate_networking(self, headers: Message) -> str:
@@ -866,13 +888,15 @@ class FakeCloudFoundry:
         token = self._bearer(headers)
         if token is None:
             raise _policy_error(401, "missing authorization header")
-        record = self._access_tokens.get(token)
+        record = self._valid_token(token)
         if record is None:
             raise _policy_error(401, "failed to verify token with uaa")
         scopes = record.scope.split()
-        # auth_middleware.go: list and write both need network.admin or network.write (space
-        # developer self-service is off by default), checked before any access to the apps.
-        if not {"network.admin", "network.write"} & set(scopes):
+        # auth_middleware.go: list and write both need network.admin or network.write, checked before
+        # any access to the apps, unless enable_space_developer_self_service is on: then a space
+        # developer passes without the scopes (policy-server handlers check the apps' spaces instead).
+        self_served = self.space_developer_self_service and record.subject not in self.non_developers
+        if not {"network.admin", "network.write"} & set(scopes) and not self_served:
             raise _policy_error(403, f"provided scopes [{' '.join(scopes)}] do not include allowed scopes "
                                      "[network.admin network.write]")
         return record.subject
@@ -1125,14 +1149,16 @@ class FakeCloudFoundry:
         # UAA's access tokens are JWTs; clients read user_id/client_id and scope from them.
         scope = [s for s in record.scope.split() if s not in self.without_scopes]
         record = _Token(record.subject, record.client_id, record.grant_type, " ".join(scope), record.refresh_token)
+        now = self.clock()
         claims: dict[str, Any] = {"jti": secrets.token_hex(16), "client_id": record.client_id, "cid": record.client_id,
-                                  "grant_type": record.grant_type, "scope": scope, "iat": int(time.time()),
-                                  "exp": int(time.time()) + 1199, "iss": f"{self.url}/uaa/oauth/token"}
+                                  "grant_type": record.grant_type, "scope": scope, "iat": int(now),
+                                  "exp": int(now) + ACCESS_TOKEN_SECONDS, "iss": f"{self.url}/uaa/oauth/token"}
         if record.grant_type != "client_credentials":
             claims |= {"user_id": _user_guid(record.subject), "user_name": record.subject}
         access = _jwt(claims, self._token_key)
-        self._access_tokens[access] = record
-        body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": 1199,
+        self._access_tokens[access] = _Token(record.subject, record.client_id, record.grant_type, record.scope,
+                                             record.refresh_token, now + ACCESS_TOKEN_SECONDS)
+        body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
                                 "scope": record.scope, "jti": secrets.token_hex(16)}
         if record.refresh_token is not None:
             self._refresh_tokens[record.refresh_token] = record

@@ -539,6 +539,42 @@ def test_a_token_without_network_write_is_refused_by_the_policy_server() -> None
         assert resp.json()["error"].endswith("do not include allowed scopes [network.admin network.write]")
 
 
+def test_with_space_developer_self_service_the_policy_server_lets_a_developer_in_without_the_scope() -> None:
+    with FakeCloudFoundry(without_scopes={"network.write"}, space_developer_self_service=True,
+                          non_developers={"auditor"}, users={"deployer": "p", "auditor": "a"}) as cf:
+        def policies(user: str, password: str) -> requests.Response:
+            token = password_token(cf, user, password)["access_token"]
+            return requests.get(f"{cf.url}/networking/v1/external/policies", timeout=10,
+                                headers={"Authorization": f"bearer {token}"})
+        assert policies("deployer", "p").status_code == 200
+        assert policies("auditor", "a").status_code == 403
+
+
+def test_token_expiry_applies_to_the_policy_server_too(cf: FakeCloudFoundry) -> None:
+    token = password_token(cf)["access_token"]
+    headers = {"Authorization": f"bearer {token}"}
+    cf.faults.expire_token_after = 1
+    assert requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers, timeout=10).status_code == 200
+    expired = requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers, timeout=10)
+    assert (expired.status_code, expired.json()) == (401, {"error": "failed to verify token with uaa"})
+
+
+def test_an_access_token_expires_by_the_clock_on_every_api() -> None:
+    now = [1000.0]
+    with FakeCloudFoundry(clock=lambda: now[0]) as cf:
+        body = password_token(cf)
+        headers = {"Authorization": f"bearer {body['access_token']}"}
+        assert requests.get(f"{cf.url}/v3/apps", headers=headers, timeout=10).status_code == 200
+        now[0] += body["expires_in"] + 1
+        assert requests.get(f"{cf.url}/v3/apps", headers=headers, timeout=10).json()["errors"][0]["title"] == \
+            "CF-InvalidAuthToken"
+        assert requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers,
+                            timeout=10).status_code == 401
+        refreshed = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+            "grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+        assert refreshed.status_code == 200
+
+
 # --------------------------------------------------------------------------------------------------
 # Lists, errors, recording
 # --------------------------------------------------------------------------------------------------
