@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from registry_mirror.errors import DeployError
+from registry_mirror.errors import DeployError, PreflightError
 from registry_mirror.platforms.cloudfoundry.session import RetryAfterTooLong
 from tests.cf.conftest import CF_PASSWORD, CF_USER, FakeClock, Foundation, Hub, cc_session, session_on
 from tests.cf.runbooks import deploy_runbook
@@ -101,3 +101,38 @@ def test_network_preflight_fails_where_the_policy_server_refuses(docker_hub: Hub
         [failed] = [c for c in preflight.checks if not c.ok]
         assert "policy server refuses" in failed.detail and "lacks network.write" in failed.detail
         assert [r for r in cf.requests if r.mutating] == []
+
+
+# ------------------------------------------------------------------------------ nothing while a deployment runs
+
+def left_in_flight(foundation: Foundation, cf: FakeCloudFoundry) -> tuple[dict, str]:
+    """Staging's deploy left a deployment ACTIVE (on_failure: stop); its guid."""
+    params = foundation.params("staging", deploy_timeout_seconds=2)
+    deploy_runbook(foundation.platform(params), component="registry")
+    cf.faults.deployment_never_healthy = True
+    params["registry"]["log_level"] = "warn"
+    with pytest.raises(DeployError, match="left ACTIVE"):
+        deploy_runbook(foundation.platform(params), component="registry")
+    [active] = [d for d in cf.deployments(MIRROR) if d["status_value"] == "ACTIVE"]
+    cf.clear_requests()
+    return params, active["guid"]
+
+
+def test_deploy_preflight_names_the_deployment_in_flight_and_changes_nothing(foundation: Foundation,
+                                                                             cf: FakeCloudFoundry) -> None:
+    params, guid = left_in_flight(foundation, cf)
+    with pytest.raises(PreflightError) as failed:
+        deploy_runbook(foundation.platform(params))
+    assert f"deployment {guid} of {MIRROR} is in flight" in str(failed.value)
+    assert [r for r in cf.requests if r.mutating] == []
+
+
+@pytest.mark.parametrize("remedy", ["scale-mirrors", "redeploy", "replace-mirrors"])
+def test_a_remedy_that_would_change_the_app_names_the_deployment_in_flight_and_changes_nothing(
+        foundation: Foundation, cf: FakeCloudFoundry, remedy: str) -> None:
+    params, guid = left_in_flight(foundation, cf)
+    with pytest.raises(DeployError) as failed:
+        foundation.platform(params).remedy(remedy, scale_to=4)
+    sentence = str(failed.value)
+    assert f"deployment {guid} of {MIRROR} is in flight" in sentence and sentence.count(": ") <= 2
+    assert [r for r in cf.requests if r.mutating] == []

@@ -101,26 +101,28 @@ def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(foundat
     assert "APPLIED scale-mirrors: the same checks pass again" in walked.text
     assert cf.app(MIRROR)["instances"] == 3
 
-    # CC refuses to scale while a deployment is in flight: the run fails with CC's words, nothing else moves.
+    # CC refuses to scale while a deployment is in flight: the remedy names that deployment in one
+    # sentence before it sends anything.
     start_a_deployment_that_never_ends(foundation, cf, params)
-    with pytest.raises(DeployError, match="Cannot scale this process while a deployment is in flight"):
+    with pytest.raises(DeployError, match=r"deployment \S+ of docker-registry-mirror is in flight"):
         triage(foundation, params, mirror_app, remedy="scale-mirrors", scale_to=5, apply=True)
-    assert mutating(cf) == []
+    assert [r for r in cf.requests if r.mutating] == []
 
 
 def test_the_notebook_exits_non_zero_when_the_remedy_is_refused(foundation: Foundation, runner: CfRunner,
                                                                 cf: FakeCloudFoundry, mirror_app: str) -> None:
-    """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC refuses
-    fails the run non-zero with CC's words, nothing moves, and no secret reaches the notebook."""
+    """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC would
+    refuse fails the run non-zero naming the deployment in flight, nothing moves, and no secret reaches
+    the notebook."""
     params = foundation.params("staging", deploy_timeout_seconds=2)
     deploy_runbook(foundation.platform(params))
     start_a_deployment_that_never_ends(foundation, cf, params)
     with public_route(cf, mirror_app) as edge:
         run = runner.run("incident_triage.ipynb", params, public_url=edge.public_url, remedy="scale-mirrors",
                          scale_to=5, apply_remedy=True, output_dir=str(runner.tmp / "refused"))
-    assert run.returncode != 0 and "Cannot scale this process while a deployment is in flight" in run.stderr
+    assert run.returncode != 0 and "of docker-registry-mirror is in flight" in run.stderr
     assert "recent errors:" in run.outputs()  # the walk ran to its last layer and was shown before the remedy
-    assert mutating(cf) == []
+    assert [r for r in cf.requests if r.mutating] == []
     run.assert_no_secret()
 
 

@@ -937,6 +937,7 @@ class FakeCloudFoundry:
             ("GET", f"/v3/processes/{g}", self._h_get_process),
             ("GET", f"/v3/processes/{g}/stats", self._h_process_stats),
             ("POST", f"/v3/processes/{g}/actions/scale", self._h_scale_process),
+            ("PATCH", f"/v3/processes/{g}", self._h_update_process),
             ("GET", f"/v3/jobs/{g}", self._h_get_job),
             ("POST", "/v3/packages", self._h_create_package),
             ("GET", f"/v3/packages/{g}", self._h_get_package),
@@ -1473,7 +1474,8 @@ class FakeCloudFoundry:
         instances = body.get("instances", process.instances)
         if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
             raise _unprocessable("Instances must be greater than or equal to 0")
-        if any(d.app_guid == app.guid and d.state in _ACTIVE_STATES for d in self._deployments):
+        if process.type == "web" and self._deploying(app):
+            # app/actions/process_scale.rb: ScaleDisabledDuringDeployment (errors/v3.yml 390016).
             raise _CCError(422, 390016, "CF-ScaleDisabledDuringDeployment",
                            "Cannot scale this process while a deployment is in flight.")
         if app.state == "STARTED" and instances > process.instances:
@@ -1481,6 +1483,27 @@ class FakeCloudFoundry:
         process.instances = instances
         process.updated_at = _now()
         return _json_resp(202, self._present_process(process))
+
+    def _h_update_process(self, req: _Req, guid: str) -> _Resp:
+        """ProcessUpdate (app/actions/process_update.rb): command and health check; refused for the web
+        process while a deployment of the app is in flight, as CC's process model validation does."""
+        app, process = self._process(guid)
+        body = req.json_object()
+        self._check_fields(body, {"command", "health_check", "readiness_health_check", "metadata"})
+        if process.type == "web" and self._deploying(app):
+            raise _unprocessable("Cannot update this process while a deployment is in flight.")
+        if "command" in body:
+            process.command = body["command"]
+        health = body.get("health_check")
+        if isinstance(health, dict):
+            if health.get("type") not in (None, "port", "process", "http"):
+                raise _unprocessable("Health check type must be 'port', 'process', or 'http'")
+            process.health_check_type = health.get("type") or process.health_check_type
+            data = health.get("data") or {}
+            process.health_check_endpoint = data.get("endpoint", process.health_check_endpoint)
+            process.health_check_timeout = data.get("timeout", process.health_check_timeout)
+        process.updated_at = _now()
+        return _json_resp(200, self._present_process(process))
 
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
         app, process = self._process(guid)
@@ -1647,18 +1670,29 @@ class FakeCloudFoundry:
             self._apps.append(app)
         return app
 
+    _PROCESS_KEYS = ("instances", "memory_in_mb", "disk_in_mb", "command", "health_check_type",
+                     "health_check_endpoint", "health_check_timeout", "health_check_invocation_timeout",
+                     "health_check_interval")
+
+    def _deploying(self, app: _App) -> bool:
+        """AppModel#deploying?: a deployment of the app is in one of the ACTIVE states."""
+        return any(d.app_guid == app.guid and d.state in _ACTIVE_STATES for d in self._deployments)
+
     def _apply_manifest_app(self, app: _App, spec: Mapping[str, Any]) -> None:
         # In CC's order: lifecycle, process scale and health check, env, then routes; a route error
         # stops the job but leaves the earlier changes in place.
+        if self._deploying(app) and any(key in spec for key in self._PROCESS_KEYS):
+            # AppApplyManifest goes through ProcessScale / ProcessUpdate (app/actions/process_scale.rb,
+            # process_update.rb), which refuse the web process of a deploying app: the job fails.
+            what = "scale" if any(k in spec for k in ("instances", "memory_in_mb", "disk_in_mb")) else "update"
+            raise _JobFailure(f"Cannot {what} this process while a deployment is in flight.")
         if spec["docker"]:
             app.lifecycle_type, app.stack, app.buildpacks = "docker", None, []
         elif "buildpacks" in spec or "stack" in spec:
             app.buildpacks = spec.get("buildpacks", app.buildpacks)
             app.stack = spec.get("stack", app.stack)
         for process in app.processes:
-            for key in ("instances", "memory_in_mb", "disk_in_mb", "command", "health_check_type",
-                        "health_check_endpoint", "health_check_timeout", "health_check_invocation_timeout",
-                        "health_check_interval"):
+            for key in self._PROCESS_KEYS:
                 if key in spec:
                     setattr(process, key, spec[key])
             process.updated_at = _now()

@@ -889,6 +889,28 @@ def test_a_new_deployment_supersedes_the_active_one(api: Api, cf: FakeCloudFound
     assert cf.app("mirror")["image"] == "library/registry:4"
 
 
+def test_while_a_deployment_is_in_flight_cc_refuses_scale_update_and_manifests_that_touch_the_process(
+        api: Api, cf: FakeCloudFoundry) -> None:
+    app_guid, _ = api.started_docker_app()
+    cf.faults.deployment_never_healthy = True
+    deployment = api.deploy(app_guid, api.stage_docker(app_guid, "registry:3"))
+    old = cf.app("mirror")["web_process_guids"][0]
+    scaled = api.post(f"/v3/processes/{old}/actions/scale", {"instances": 5}, expect=422).json()["errors"][0]
+    assert scaled["title"] == "CF-ScaleDisabledDuringDeployment"
+    updated = api.call("PATCH", f"/v3/processes/{old}", 422, json={"command": "x"}).json()["errors"][0]
+    assert updated["detail"] == "Cannot update this process while a deployment is in flight."
+    job = api.apply_manifest({"applications": [{"name": "mirror", "instances": 5}]})
+    assert job["state"] == "FAILED"
+    assert job["errors"][0]["detail"] == ("For application 'mirror': Cannot scale this process while a deployment "
+                                          "is in flight.")
+    assert [api.get(f"/v3/processes/{p}")["instances"] for p in cf.app("mirror")["web_process_guids"]] == [2, 1]
+    # What does not touch the process still applies (env, routes), as in CC.
+    assert api.apply_manifest({"applications": [{"name": "mirror", "env": {"A": "b"}}]})["state"] == "COMPLETE"
+    api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200)
+    api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
+    assert api.apply_manifest({"applications": [{"name": "mirror", "instances": 5}]})["state"] == "COMPLETE"
+
+
 def test_a_never_healthy_deployment_stays_active_until_cancelled(api: Api, cf: FakeCloudFoundry) -> None:
     app_guid, first = api.started_docker_app()
     cf.faults.deployment_never_healthy = True

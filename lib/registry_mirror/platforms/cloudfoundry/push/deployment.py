@@ -35,6 +35,26 @@ def rolling_deployment(space: Space, steps: StepRecorder, component: Component, 
     steps.run(space.app_name(component), "rolling deployment, then instance health", deploy)
 
 
+def deployment_in_flight(space: Space, components: tuple[Component, ...]) -> str | None:
+    """One sentence naming the first ACTIVE deployment of these apps, or None. While one is in flight
+    CC refuses process update and scale (422) and an apply_manifest job fails, so nothing may change."""
+    for component in components:
+        app = space.app(component)
+        for deployment in space.cc.active_deployments(app) if app is not None else []:
+            status = deployment.get("status") or {}
+            return (f"deployment {deployment['guid']} of {app['name']} is in flight ({status.get('value')}/"
+                    f"{status.get('reason')}, since {deployment.get('created_at')}): wait for it to finish, or "
+                    f"cancel it (the cancel-deployment remedy or the rollback runbook), before changing the app")
+    return None
+
+
+def refuse_while_in_flight(space: Space, components: tuple[Component, ...]) -> None:
+    """DeployError with that sentence, before any change, when a deployment of these apps is in flight."""
+    sentence = deployment_in_flight(space, components)
+    if sentence is not None:
+        raise DeployError(sentence)
+
+
 def start(space: Space, app: Resource, droplet_guid: str) -> Resource:
     """A rolling deployment of a droplet; `options.max_in_flight` only where CC knows it (preflight said so)."""
     max_in_flight = space.cf.max_in_flight if capabilities(space.cc.session).max_in_flight else None
