@@ -277,6 +277,9 @@ class CloudFoundrySettings(_Model):
     # How long every instance must stay RUNNING before a deploy counts: a crash-looping instance is
     # RUNNING for a moment between crashes.
     health_settle_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Crashes of a deployment's new instances tolerated (Diego restarts them) before it fails; it fails
+    # at once when every new instance is CRASHED. See docs/cloud-foundry.md.
+    crash_budget: int = Field(default=3, ge=0, le=100)
     # The longest wait a rate-limited answer (429 Retry-After) may ask for; a longer one fails at once
     # with one sentence naming both, where CC's window could hold the runbook for an hour.
     max_retry_after_seconds: float = Field(default=300.0, ge=0, le=3600)

@@ -149,6 +149,9 @@ class CloudController:
         """The app's web process: during a rolling deployment, the one the deployment brings up."""
         return self.session.get(f"/v3/apps/{app['guid']}/processes/web")
 
+    def process(self, guid: str) -> Resource:
+        return self.session.get(f"/v3/processes/{guid}")
+
     def process_stats(self, process: Resource) -> list[Resource]:
         """One entry per instance: index, state (RUNNING, STARTING, CRASHED, DOWN), uptime, details."""
         return self.session.get(f"/v3/processes/{process['guid']}/stats").get("resources") or []
@@ -177,12 +180,17 @@ class CloudController:
     def deployment(self, guid: str) -> Resource:
         return self.session.get(f"/v3/deployments/{guid}")
 
-    def create_deployment(self, app: Resource, *, droplet_guid: str, max_in_flight: int | None) -> Resource | None:
-        """A rolling deployment of a droplet; `options` only when CC knows them (None: leave them out)."""
+    def create_deployment(self, app: Resource, *, droplet_guid: str, max_in_flight: int | None,
+                          web_instances: int | None = None) -> Resource | None:
+        """A rolling deployment of a droplet; `options` only when CC knows them (None: leave them out).
+        `web_instances`: how many instances the new process ends with, as `cf push` sends the
+        manifest's instances on the rolling path (the old process is never scaled meanwhile)."""
         body: dict[str, Any] = {"droplet": {"guid": droplet_guid}, "strategy": "rolling",
                                 "relationships": {"app": {"data": {"guid": app["guid"]}}}}
-        if max_in_flight is not None:
-            body["options"] = {"max_in_flight": max_in_flight}
+        options = {k: v for k, v in (("max_in_flight", max_in_flight), ("web_instances", web_instances))
+                   if v is not None}
+        if options:
+            body["options"] = options
         return _json(self.session.send("POST", "/v3/deployments", json=body))
 
     def cancel_deployment(self, guid: str) -> None:
