@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,10 +158,14 @@ class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
         self.sleeps: list[float] = []
+        # Run at every wait of the code under test: someone else acting meanwhile (another operator).
+        self.meanwhile: list[Callable[[], None]] = []
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        for act in list(self.meanwhile):
+            act()
 
     def clock(self) -> float:
         return self.now

@@ -136,3 +136,185 @@ def test_a_remedy_that_would_change_the_app_names_the_deployment_in_flight_and_c
     sentence = str(failed.value)
     assert f"deployment {guid} of {MIRROR} is in flight" in sentence and sentence.count(": ") <= 2
     assert [r for r in cf.requests if r.mutating] == []
+
+
+# ------------------------------------------------------------------------------ a failed deploy leaves things as they were
+
+PANIC = "panic: s3aws: InvalidAccessKeyId: The AWS Access Key Id you provided does not exist"
+
+
+def crashes_at_log_level(level: str):  # type: ignore[no-untyped-def]
+    """Instances of the mirror that start with this log level panic at boot."""
+    return lambda env, image: PANIC if image and env.get("REGISTRY_LOG_LEVEL") == level else None
+
+
+def test_a_cancelled_deploy_puts_back_the_environment_so_a_restart_serves_the_old_configuration(
+        foundation: Foundation, cf: FakeCloudFoundry) -> None:
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
+    served = cf.app(MIRROR)["env"]
+    cf.faults.crash_when = crashes_at_log_level("debug")
+    params["registry"]["log_level"] = "debug"
+    with pytest.raises(DeployError) as failed:
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert "cancelled" in str(failed.value) and "previous environment restored" in str(failed.value)
+    assert cf.app(MIRROR)["env"] == served  # CC's cancel alone would have left the debug configuration
+
+    # A restart (a cell evacuated, an operator's `cf restart`) brings up what the app holds now.
+    restarted = cc_session(cf).post(f"{cf.url}/v3/apps/{cf.app(MIRROR)['guid']}/actions/restart", timeout=10)
+    assert restarted.status_code == 200
+    platform = foundation.platform(params)
+    assert "serves" in platform.space.verify_serving(platform.space.existing_app("registry", doing="test"))
+
+    params["registry"]["log_level"] = "info"  # the previous params: the app runs them, honestly unchanged
+    cf.clear_requests()
+    assert "UNCHANGED" in deploy_runbook(foundation.platform(params), component="registry").text
+    assert mutating(cf) == []
+
+
+def test_a_stopped_failure_never_lets_the_fingerprint_vouch_for_the_failed_inputs(foundation: Foundation,
+                                                                                  cf: FakeCloudFoundry) -> None:
+    params = foundation.params("staging")
+    deploy_runbook(foundation.platform(params), component="registry")
+    cf.faults.build_fails = True
+    params["registry"]["log_level"] = "warn"
+    with pytest.raises(DeployError, match="on_failure: stop"):
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert cf.app(MIRROR)["env"]["REGISTRY_LOG_LEVEL"] == "warn"  # staging leaves it for debugging
+    cf.faults.build_fails = False
+    params["registry"]["log_level"] = "info"
+    cf.clear_requests()
+    again = deploy_runbook(foundation.platform(params), component="registry")
+    assert "UNCHANGED" not in again.text and "POST /v3/deployments" in mutating(cf)
+    assert cf.app(MIRROR)["env"]["REGISTRY_LOG_LEVEL"] == "info"
+
+
+# ------------------------------------------------------------------------------ crashes: whose, and how many
+
+def test_old_instances_crashing_while_they_are_replaced_do_not_roll_back_a_good_rollout(
+        foundation: Foundation, cf: FakeCloudFoundry) -> None:
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
+    old_process = cf.app(MIRROR)["web_process_guids"][0]
+    cf.faults.crash_when = crashes_at_log_level("info")  # what runs now starts crash-looping: redeploy it
+    params["registry"]["log_level"] = "warn"
+    deploy_runbook(foundation.platform(params), component="registry")
+    assert cf.deployments(MIRROR)[-1]["status_reason"] == "DEPLOYED"
+    assert not any(r.path.endswith("/actions/cancel") for r in cf.requests)
+    crashes = cc_session(cf).get(f"{cf.url}/v3/audit_events?types=audit.app.process.crash", timeout=10).json()
+    assert {e["actor"]["guid"] for e in crashes["resources"]} == {old_process}  # the stand-in did emit them
+
+
+def test_one_transient_crash_of_a_new_instance_does_not_cancel_a_production_deploy(foundation: Foundation,
+                                                                                  cf: FakeCloudFoundry) -> None:
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
+    cf.faults.transient_crashes = 1  # the registry panics once at boot (Docker Hub blipped); Diego restarts it
+    params["registry"]["log_level"] = "warn"
+    deploy_runbook(foundation.platform(params), component="registry")
+    assert cf.deployments(MIRROR)[-1]["status_reason"] == "DEPLOYED"
+    assert cf.faults.transient_crashes == 0 and cf.app(MIRROR)["env"]["REGISTRY_LOG_LEVEL"] == "warn"
+
+
+def test_crashes_past_the_budget_fail_the_deploy(foundation: Foundation, cf: FakeCloudFoundry) -> None:
+    params = foundation.params("production", crash_budget=0)
+    deploy_runbook(foundation.platform(params), component="registry")
+    before = cf.app(MIRROR)["droplet_guid"]
+    cf.faults.transient_crashes = 1
+    params["registry"]["log_level"] = "warn"
+    with pytest.raises(DeployError, match="more than the 0 tolerated"):
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert cf.app(MIRROR)["droplet_guid"] == before and cf.app(MIRROR)["env"]["REGISTRY_LOG_LEVEL"] == "info"
+
+
+# ------------------------------------------------------------------------------ someone else's deployment
+
+def another_operator(foundation: Foundation, cf: FakeCloudFoundry, act) -> None:  # type: ignore[no-untyped-def]
+    """Once the runbook's deployment is running, `act(session, our deployment)` once, as someone else."""
+    def meanwhile() -> None:
+        ours = [d for d in cf.deployments(MIRROR) if d["status_value"] == "ACTIVE"]
+        if ours:
+            foundation.clock.meanwhile.remove(meanwhile)
+            act(cc_session(cf), ours[-1])
+    foundation.clock.meanwhile.append(meanwhile)
+
+
+def started_production(foundation: Foundation, cf: FakeCloudFoundry) -> tuple[dict, str]:
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
+    first = cf.app(MIRROR)["droplet_guid"]
+    cf.faults.deployment_never_healthy = True
+    params["registry"]["log_level"] = "warn"
+    cf.clear_requests()
+    return params, first
+
+
+def test_a_deployment_another_operator_supersedes_is_theirs_never_rolled_back(foundation: Foundation,
+                                                                             cf: FakeCloudFoundry) -> None:
+    params, first = started_production(foundation, cf)
+    theirs: list[str] = []
+    another_operator(foundation, cf, lambda s, ours: theirs.append(s.post(f"{cf.url}/v3/deployments", timeout=10, json={
+        "droplet": {"guid": first}, "relationships": {"app": {"data": {"guid": ours["app_guid"]}}}}).json()["guid"]))
+    with pytest.raises(DeployError) as failed:
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert f"SUPERSEDED by deployment {theirs[0]}" in str(failed.value)
+    posts = [r for r in cf.requests if r.method == "POST" and r.path == "/v3/deployments"]
+    assert len(posts) == 2  # ours, then theirs: nothing redeployed over it
+    assert not any(r.path.endswith("/actions/cancel") for r in cf.requests)
+    assert cf.deployments(MIRROR)[-1]["guid"] == theirs[0]
+
+
+def test_a_deployment_another_operator_cancels_ends_the_run_naming_it(foundation: Foundation,
+                                                                     cf: FakeCloudFoundry) -> None:
+    params, first = started_production(foundation, cf)
+    another_operator(foundation, cf, lambda s, ours: s.post(f"{cf.url}/v3/deployments/{ours['guid']}/actions/cancel",
+                                                            timeout=10))
+    with pytest.raises(DeployError, match="was CANCELED by someone else") as failed:
+        deploy_runbook(foundation.platform(params), component="registry")
+    assert cf.deployments(MIRROR)[-1]["guid"] in str(failed.value)
+    assert len([r for r in cf.requests if r.method == "POST" and r.path == "/v3/deployments"]) == 1
+    assert len([r for r in cf.requests if r.path.endswith("/actions/cancel")]) == 1  # theirs
+    assert cf.app(MIRROR)["droplet_guid"] == first
+
+
+# ------------------------------------------------------------------------------ creates are not blindly retried
+
+def test_creates_whose_answer_is_lost_are_looked_up_not_sent_twice(foundation: Foundation,
+                                                                   cf: FakeCloudFoundry) -> None:
+    cf.faults.lost_answers = ["POST /v3/service_instances", "POST /v3/service_credential_bindings",
+                              "POST /v3/packages", r"POST /v3/packages/[^/]+/upload", "POST /v3/builds",
+                              "POST /v3/deployments"]
+    deploy_runbook(foundation.platform(foundation.params("production")))
+    assert cf.faults.lost_answers == []  # every one was lost once
+    created = [f"{r.method} {GUID.sub(':guid', r.path)}" for r in cf.requests if r.method == "POST"]
+    for call in ("POST /v3/service_instances", "POST /v3/service_credential_bindings"):
+        assert created.count(call) == 1, call
+    assert created.count("POST /v3/packages") == 2  # one per app
+    assert created.count("POST /v3/builds") == 2 and created.count("POST /v3/deployments") == 2
+    assert created.count("POST /v3/packages/:guid/upload") == 1
+    assert [d["status_reason"] for d in cf.deployments(MIRROR)] == ["DEPLOYED"]
+
+
+# ------------------------------------------------------------------------------ instances go with the deployment
+
+def test_the_rolling_path_scales_through_the_deployment_never_the_old_process(foundation: Foundation,
+                                                                              cf: FakeCloudFoundry) -> None:
+    params = foundation.params("production")
+    deploy_runbook(foundation.platform(params), component="registry")
+    old_process = cf.app(MIRROR)["web_process_guids"][0]
+    seen: list[int] = []
+
+    def old_instances_meanwhile() -> None:
+        if any(d["status_value"] == "ACTIVE" for d in cf.deployments(MIRROR)):
+            seen.append(cc_session(cf).get(f"{cf.url}/v3/processes/{old_process}", timeout=10).json()["instances"])
+    foundation.clock.meanwhile.append(old_instances_meanwhile)
+    was = params["registry"]["instances"]
+    params["registry"]["instances"] = was + 2
+    cf.clear_requests()
+    deploy_runbook(foundation.platform(params), component="registry")
+    [manifest] = [r.body for r in cf.requests if r.path.endswith("/actions/apply_manifest")]
+    assert "instances" not in str(manifest)
+    [deployment] = [r.body for r in cf.requests if r.method == "POST" and r.path == "/v3/deployments"]
+    assert deployment["options"] == {"max_in_flight": 1, "web_instances": was + 2}
+    assert seen and set(seen) == {was}  # the old process kept its instances while it was replaced
+    assert cf.app(MIRROR)["instances"] == was + 2

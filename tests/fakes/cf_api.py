@@ -120,6 +120,14 @@ class Faults:
     # and a rolling deployment onto them never finishes, as in CC.
     crash_when: Callable[[Mapping[str, Any], str | None], str | None] | None = None
     package_processing_fails: bool = False  # uploaded bits end FAILED, as when the blobstore refuses them
+    # The next N instances a deployment or a start brings up crash once at boot and then run: Diego's
+    # executor restarts a crashed instance at once for its first crashes (rep/bbs crash policy,
+    # models/actual_lrp.go ShouldRestartCrash). Each leaves one crash audit event of its process.
+    transient_crashes: int = 0
+    # Mutating CC requests that take effect, but whose answer is lost: the gorouter answers 502
+    # (proxy/round_tripper: endpoint_failure) after CC acted, as when the backend timed out. Each
+    # entry is "METHOD path-regex" and is used up by the first request it matches; "*" matches any.
+    lost_answers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,10 @@ class _Process:
     health_check_invocation_timeout: int | None = None
     health_check_interval: int | None = None
     revision_guid: str | None = None
+    # What its instances started with (None: never started): each process's instances run with their
+    # own, so old ones crash or run as they did while a deployment brings up new ones.
+    started_env: dict[str, Any] | None = None
+    started_image: str | None = None
     guid: str = field(default_factory=_guid)
     version: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
@@ -773,6 +785,10 @@ class FakeCloudFoundry:
                         req.user = self._authenticate_networking(headers)
                         authenticated = True
                     resp = handler(req, **params)
+                    if kind == "cc" and method != "GET" and resp.status < 400 and self._answer_lost(method, path):
+                        resp = _Resp(502, b"502 Bad Gateway: Registered endpoint failed to handle the request.\n",
+                                     {"Content-Type": "text/plain; charset=utf-8",
+                                      "X-Cf-Routererror": "endpoint_failure (context deadline exceeded)"})
         except _CCError as error:
             resp = error.response()
         except _RawError as error:
@@ -787,6 +803,14 @@ class FakeCloudFoundry:
         with self._lock:
             self.requests.append(record)
         return resp
+
+    def _answer_lost(self, method: str, path: str) -> bool:
+        for entry in self.faults.lost_answers:
+            wanted, _, pattern = entry.partition(" ")
+            if entry == "*" or (wanted == method and re.fullmatch(pattern, path)):
+                self.faults.lost_answers.remove(entry)
+                return True
+        return False
 
     @staticmethod
     def _kind(path: str) -> str:
@@ -918,6 +942,7 @@ class FakeCloudFoundry:
             ("PATCH", f"/v3/apps/{g}", self._h_patch_app),
             ("POST", f"/v3/apps/{g}/actions/start", self._h_start_app),
             ("POST", f"/v3/apps/{g}/actions/stop", self._h_stop_app),
+            ("POST", f"/v3/apps/{g}/actions/restart", self._h_restart_app),
             ("GET", f"/v3/apps/{g}/environment_variables", self._h_get_env),
             ("PATCH", f"/v3/apps/{g}/environment_variables", self._h_patch_env),
             ("GET", f"/v3/apps/{g}/processes/(?P<type>[^/]+)", self._h_get_app_process),
@@ -940,6 +965,8 @@ class FakeCloudFoundry:
             ("PATCH", f"/v3/processes/{g}", self._h_update_process),
             ("GET", f"/v3/jobs/{g}", self._h_get_job),
             ("POST", "/v3/packages", self._h_create_package),
+            ("GET", "/v3/packages", self._h_list_packages),
+            ("GET", "/v3/builds", self._h_list_builds),
             ("GET", f"/v3/packages/{g}", self._h_get_package),
             ("POST", f"/v3/packages/{g}/upload", self._h_upload_package),
             ("GET", f"/v3/packages/{g}/download", self._h_download_package),
@@ -1278,6 +1305,20 @@ class FakeCloudFoundry:
             app.web.revision_guid = self._update_app_revision(app).guid
         return _json_resp(200, self._present_app(app))
 
+    def _h_restart_app(self, req: _Req, guid: str) -> _Resp:
+        """AppRestart (app/actions/app_restart.rb): stop, then start with today's environment and the
+        current droplet (a new revision when either changed, as AppStart records), 200 with the app."""
+        app = self._get(self._apps, guid, "App")
+        if app.droplet_guid is None:
+            raise _unprocessable("Assign a droplet before starting this app.")
+        if self._deploying(app):
+            raise _unprocessable("Cannot restart the app while a deployment is in flight.")
+        app.state = "STOPPED"
+        self._record_app_event("audit.app.restart", app, req.user)
+        self._start_instances(app)
+        app.web.revision_guid = self._update_app_revision(app).guid
+        return _json_resp(200, self._present_app(app))
+
     def _h_stop_app(self, req: _Req, guid: str) -> _Resp:
         """AppStop.stop (app/actions/app_stop.rb): the app and each of its processes desired STOPPED and an
         audit.app.stop event (AppEventRepository#record_app_stop), every time, stopped already or not;
@@ -1301,19 +1342,44 @@ class FakeCloudFoundry:
         droplet = self._find(self._droplets, app.droplet_guid)
         app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
         app.running_env, app.running_image = copy.deepcopy(app.env), droplet.image if droplet else None
+        for process in app.processes:
+            process.started_env, process.started_image = copy.deepcopy(app.running_env), app.running_image
         app.stats_polls = 0
         self._record_crashes(app, app.web)
+        self._transient_boot_crashes(app, app.web)
 
     def _crash_reason(self, env: Mapping[str, Any], image: str | None) -> str | None:
         return self.faults.crash_when(env, image) if self.faults.crash_when is not None else None
 
-    def _record_crashes(self, app: _App, process: _Process) -> None:
-        """Diego's crash report for each instance, as CC records it (audit.app.process.crash)."""
-        reason = self._crash_reason(app.running_env, app.running_image)
+    @staticmethod
+    def _started_with(app: _App, process: _Process) -> tuple[Mapping[str, Any], str | None]:
+        if process.started_env is not None:
+            return process.started_env, process.started_image
+        return app.running_env, app.running_image
+
+    def _transient_boot_crashes(self, app: _App, process: _Process) -> None:
+        """Faults.transient_crashes: instances that crash once at boot, restarted at once by Diego."""
+        count = min(self.faults.transient_crashes, process.instances)
+        if count > 0:
+            self.faults.transient_crashes -= count
+            self._record_crashes(app, process, reason="2026/12/07 panic: Get \"https://registry-1.docker.io/v2/\": "
+                                 "dial tcp: i/o timeout", indexes=range(count))
+
+    def _record_crashes(self, app: _App, process: _Process, *, env: Mapping[str, Any] | None = None,
+                        image: str | None = None, reason: str | None = None,
+                        indexes: Iterable[int] | None = None) -> None:
+        """Diego's crash report for each instance, as CC records it (audit.app.process.crash, from
+        app/repositories/app_event_repository.rb create_app_crash_event): the process as actor, and
+        in data its index, reason, exit description and the process version the instance ran.
+        `env`/`image`: what the instances started with (default: the app's running ones)."""
+        if reason is None:
+            if env is None:
+                env, image = self._started_with(app, process)
+            reason = self._crash_reason(env, image)
         if reason is None:
             return
         space = self._space_of(app)
-        for index in range(process.instances):
+        for index in (range(process.instances) if indexes is None else indexes):
             self._events.append(_AuditEvent(
                 "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
                 {"guid": app.guid, "type": "app", "name": app.name},
@@ -1508,7 +1574,7 @@ class FakeCloudFoundry:
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
         app, process = self._process(guid)
         resources: list[dict[str, Any]] = []
-        crash = self._crash_reason(app.running_env, app.running_image) if app.state == "STARTED" else None
+        crash = self._crash_reason(*self._started_with(app, process)) if app.state == "STARTED" else None
         if crash is not None:
             app.stats_polls += 1
         for index in range(process.instances):
@@ -1728,8 +1794,7 @@ class FakeCloudFoundry:
         self._jobs.append(job)
         return job
 
-    def _h_get_job(self, req: _Req, guid: str) -> _Resp:
-        job: _Job = self._get(self._jobs, guid, "Job")
+    def _advance_job(self, job: _Job) -> None:
         if job.state == "PROCESSING":
             job.polls += 1
             if self._finished(job.polls):
@@ -1739,6 +1804,17 @@ class FakeCloudFoundry:
                 except _JobFailure as failure:
                     job.state, job.errors = "FAILED", [failure.error]
                 job.updated_at = _now()
+
+    def _advance_jobs_of(self, resource_guid: str) -> None:
+        """The broker's operation goes on whether or not anyone polls its job (CC polls the broker):
+        a client that lost the 202 follows the resource's last_operation instead."""
+        for job in self._jobs:
+            if job.resource_guid == resource_guid:
+                self._advance_job(job)
+
+    def _h_get_job(self, req: _Req, guid: str) -> _Resp:
+        job: _Job = self._get(self._jobs, guid, "Job")
+        self._advance_job(job)
         links = {"self": self._href(f"/v3/jobs/{job.guid}"),
                  job.resource_type: self._href(f"/v3/{'spaces' if job.resource_type == 'space' else job.resource_type}/"
                                                f"{job.resource_guid}")}
@@ -1792,6 +1868,11 @@ class FakeCloudFoundry:
             package = _Package(app.guid, "bits", "AWAITING_UPLOAD")
         self._packages.append(package)
         return _json_resp(201, self._present_package(package))
+
+    def _h_list_packages(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/packages", self._packages, self._present_package, {
+            "app_guids": lambda p, v: p.app_guid in v, "guids": lambda p, v: p.guid in v,
+            "types": lambda p, v: p.type in v, "states": lambda p, v: p.state in v})
 
     def _h_get_package(self, req: _Req, guid: str) -> _Resp:
         package: _Package = self._get(self._packages, guid, "Package")
@@ -1889,6 +1970,11 @@ class FakeCloudFoundry:
         build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user)
         self._builds.append(build)
         return _json_resp(201, self._present_build(build))
+
+    def _h_list_builds(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/builds", self._builds, self._present_build, {
+            "app_guids": lambda b, v: b.app_guid in v, "package_guids": lambda b, v: b.package_guid in v,
+            "states": lambda b, v: b.state in v})
 
     def _h_get_build(self, req: _Req, guid: str) -> _Resp:
         build: _Build = self._get(self._builds, guid, "Build")
@@ -2157,9 +2243,9 @@ class FakeCloudFoundry:
         deployment.new_processes = [{"guid": process.guid, "type": "web"}]
         # The new instances start with today's env and the new droplet; the old ones keep serving.
         deployment.running_env, deployment.running_image = copy.deepcopy(app.env), droplet.image
-        if self._crash_reason(deployment.running_env, deployment.running_image) is not None:
-            app.running_env, app.running_image = deployment.running_env, deployment.running_image
-            self._record_crashes(app, process)
+        process.started_env, process.started_image = deployment.running_env, deployment.running_image
+        self._record_crashes(app, process)
+        self._transient_boot_crashes(app, process)
         return _json_resp(201, self._present_deployment(deployment))
 
     def _advance_deployment(self, deployment: _Deployment) -> None:
@@ -2167,10 +2253,16 @@ class FakeCloudFoundry:
         if deployment.status_value != "ACTIVE" or deployment.state == "PAUSED":
             return
         deployment.polls += 1
-        if not self._finished(deployment.polls):
-            return
         app = self._get(self._apps, deployment.app_guid, "App")
         process = self._find(app.processes, deployment.deploying_process_guid)
+        if deployment.state != "CANCELING":
+            # Old instances keep running with what they started with while they are replaced; when that
+            # crashes them, Diego reports their crashes meanwhile (actor: the old process, its version).
+            for old in app.processes:
+                if old is not process:
+                    self._record_crashes(app, old, env=deployment.previous_env, image=deployment.previous_image)
+        if not self._finished(deployment.polls):
+            return
         if deployment.state == "CANCELING":
             if process is not None:
                 app.processes.remove(process)
@@ -2299,7 +2391,9 @@ class FakeCloudFoundry:
             "service_plan_names": lambda i, v: plan_name.get(i.plan_guid) in v}, ("created_at", "updated_at", "name"))
 
     def _h_get_instance(self, req: _Req, guid: str) -> _Resp:
-        return _json_resp(200, self._present_instance(self._get(self._instances, guid, "Service instance")))
+        instance = self._get(self._instances, guid, "Service instance")
+        self._advance_jobs_of(instance.guid)
+        return _json_resp(200, self._present_instance(instance))
 
     def _h_create_instance(self, req: _Req) -> _Resp:
         body = req.json_object()
@@ -2348,7 +2442,9 @@ class FakeCloudFoundry:
             "app_guids": lambda k, v: False, "app_names": lambda k, v: False}, ("created_at", "updated_at", "name"))
 
     def _h_get_key(self, req: _Req, guid: str) -> _Resp:
-        return _json_resp(200, self._present_key(self._get(self._keys, guid, "Service credential binding")))
+        key = self._get(self._keys, guid, "Service credential binding")
+        self._advance_jobs_of(key.guid)
+        return _json_resp(200, self._present_key(key))
 
     def _h_create_key(self, req: _Req) -> _Resp:
         body = req.json_object()

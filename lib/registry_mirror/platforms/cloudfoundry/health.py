@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .resources import CloudController, Resource
-from .session import PollTimeout
+from .session import CfApiError, PollTimeout
 from ...errors import DeployError
 
 
@@ -88,7 +88,13 @@ def crash_verdict(cc: CloudController, app: Resource, deployment: Resource, *, c
     """Why a rolling deployment cannot succeed, or None while it may: every instance of its new
     processes CRASHED at once, or their crashes since it began past `crash_budget`. Crashes count only
     when the event's actor is one of `deployment.new_processes` or its `data.version` is theirs."""
-    new = [cc.process(p["guid"]) for p in deployment.get("new_processes") or []]
+    new = []
+    for listed in deployment.get("new_processes") or []:
+        try:
+            new.append(cc.process(listed["guid"]))
+        except CfApiError as exc:
+            if exc.status != 404:  # gone: a cancel already removed it
+                raise
     if not new:
         return None
     guids, versions = {p["guid"] for p in new}, {p.get("version") for p in new} - {None}

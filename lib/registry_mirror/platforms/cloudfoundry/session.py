@@ -79,6 +79,11 @@ class RetryAfterTooLong(DeployError):
     """CF asked for a wait (Retry-After) longer than the session's ceiling."""
 
 
+class OutcomeUnknown(DeployError):
+    """A non-idempotent call got no answer, or a 5xx: it may have taken effect. The caller looks it up
+    before trying again, never sends it blindly twice."""
+
+
 class PollTimeout(TimeoutError):
     """A wait ran past its deadline; `last` is what the last read saw, for a message that says where it stood."""
 
@@ -183,12 +188,16 @@ class CfSession:
         return response.content
 
     def send(self, method: str, path: str, *, json: Any = None, data: Any = None,
-             headers: Mapping[str, str] | None = None, files: Any = None) -> requests.Response | None:
-        """A mutating call; in a dry run it is recorded as planned and not sent (returns None)."""
+             headers: Mapping[str, str] | None = None, files: Any = None,
+             idempotent: bool = True) -> requests.Response | None:
+        """A mutating call; in a dry run it is recorded as planned and not sent (returns None).
+        `idempotent=False` (a create, an upload): after no answer or a 5xx it raises OutcomeUnknown
+        instead of sending it again, since the first attempt may have taken effect."""
         if self.dry_run:
             self.calls.append(CfCall(method, path, "planned", sent=False))
             return None
-        return self._call(method, path, json=json, data=data, headers=headers, files=files)
+        return self._call(method, path, json=json, data=data, headers=headers, files=files,
+                          idempotent=idempotent)
 
     # ------------------------------------------------------------------ waiting
 
@@ -221,7 +230,7 @@ class CfSession:
         return [c for c in self.calls
                 if c.sent and (isinstance(c.status, str) or c.status >= 400)]
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _call(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
         if self._token is None:
             self.login()
         attempt, renewed = 0, False
@@ -234,6 +243,9 @@ class CfSession:
                                              **_clean(kwargs))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self.calls.append(CfCall(method, path, exc.__class__.__name__))
+                if not idempotent:
+                    raise OutcomeUnknown(f"{method} {path}: no answer ({exc.__class__.__name__}); it may have "
+                                         "taken effect") from None
                 if attempt <= self.retries:
                     self._wait(attempt, None, f"{method} {path}")
                     kwargs["headers"] = headers
@@ -248,6 +260,10 @@ class CfSession:
                 renewed = True
                 self._renew()
                 continue
+            if response.status_code >= 500 and not idempotent:
+                # The router or CC may have failed after CC acted (a 502 on a lost answer).
+                raise OutcomeUnknown(f"{method} {path} answered {response.status_code} (CF request id "
+                                     f"{request_id or 'none'}); it may have taken effect")
             if response.status_code in RETRY_STATUSES and attempt <= self.retries:
                 self._wait(attempt, response, f"{method} {path}")
                 continue
