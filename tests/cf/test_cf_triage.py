@@ -39,7 +39,7 @@ def test_a_healthy_deployment_is_healthy(foundation: Foundation, cf: FakeCloudFo
 
 def test_a_stuck_deployment_is_named_and_cancelled_behind_the_gate(foundation: Foundation, cf: FakeCloudFoundry,
                                                                     mirror_app: str) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     cf.faults.deployment_never_healthy = True
     params["registry"]["instances"] = 3
@@ -93,7 +93,7 @@ def test_a_missing_network_policy_is_named_and_the_proxy_redeploy_restores_it(
 
 def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(foundation: Foundation,
                                                                          cf: FakeCloudFoundry, mirror_app: str) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     cf.clear_requests()
     walked = triage(foundation, params, mirror_app, remedy="scale-mirrors", scale_to=3, apply=True)
@@ -114,7 +114,7 @@ def test_the_notebook_exits_non_zero_when_the_remedy_is_refused(foundation: Foun
     """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC would
     refuse fails the run non-zero naming the deployment in flight, nothing moves, and no secret reaches
     the notebook."""
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     start_a_deployment_that_never_ends(foundation, cf, params)
     with public_route(cf, mirror_app) as edge:

@@ -55,7 +55,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
@@ -85,6 +85,7 @@ DEFAULT_S3_CREDENTIALS: dict[str, Any] = {
     "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
 }
 _TOKEN_PATHS = ("/login/oauth/token", "/uaa/oauth/token")
+TRANSIENT_PANIC = 'panic: Get "https://registry-1.docker.io/v2/": dial tcp: i/o timeout'  # a boot-time upstream blip
 # UAA's access-token validity for the cf client (uaa.yml clients.cf.access-token-validity: 1200 s, of
 # which UAA reports expires_in one second less).
 ACCESS_TOKEN_SECONDS = 1199
@@ -97,6 +98,34 @@ _ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # Deployment
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timings:
+    """How long the platform takes, in seconds of the stand-in's clock: state moves with time, never
+    with the number of requests a client makes."""
+
+    job: float = 0.5  # an apply_manifest job or a broker operation (app/jobs/v3/*)
+    upload: float = 0.5  # uploaded bits processed into a READY package (app/jobs/v3/package_bits.rb)
+    staging: float = 1.5  # a build: Diego's staging task (dockerapplifecycle builder, buildpack lifecycle)
+    start: float = 1.0  # an instance STARTING until its health check passes (executor healthcheck)
+    crash_after: float = 1.0  # a crashing instance runs this long once healthy, then crashes
+    cancel: float = 0.5  # CANCELING to CANCELED: the deployment updater's next cycle
+
+
+# For runs on real time (a notebook under papermill): the same order of events, in tenths of a second.
+FAST_TIMINGS = Timings(job=0.02, upload=0.02, staging=0.05, start=0.02, crash_after=0.05, cancel=0.02)
+IMMEDIATE_RESTARTS, BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, MAX_RESTARTS = 3, 30.0, 960.0, 200
+
+
+def restart_delay(crash_count: int) -> float:
+    """How long Diego waits before restarting an instance after its `crash_count`th crash (bbs
+    models/restart_calculator.go): at once for the first two crashes, then 30 s doubling per crash up
+    to 16 min; after 200 crashes never again (it stays CRASHED)."""
+    if crash_count < IMMEDIATE_RESTARTS:
+        return 0.0
+    if crash_count >= MAX_RESTARTS:
+        return float("inf")
+    return min(BACKOFF_SECONDS * 2 ** (crash_count - IMMEDIATE_RESTARTS), MAX_BACKOFF_SECONDS)
 
 @dataclass
 class Faults:
@@ -207,6 +236,10 @@ class _Process:
     # own, so old ones crash or run as they did while a deployment brings up new ones.
     started_env: dict[str, Any] | None = None
     started_image: str | None = None
+    # When each instance (by index) last booted, on the stand-in's clock; its state follows from it.
+    started: list[float] = field(default_factory=list)
+    boot_crash: set[int] = field(default_factory=set)  # indexes that crash once at boot (transient)
+    crashes_seen: dict[tuple[int, float], int] = field(default_factory=dict)  # (index, boot) -> events recorded
     guid: str = field(default_factory=_guid)
     version: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
@@ -226,13 +259,11 @@ class _App:
     # Web processes, oldest first. A rolling deployment adds one and removes the others when it ends,
     # as CC does, so the web process guid changes across a deployment.
     processes: list[_Process] = field(default_factory=list)
-    started_at: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     # What its instances started with: the env and image at the last start or deployment.
     running_env: dict[str, Any] = field(default_factory=dict)
     running_image: str | None = None
-    stats_polls: int = 0
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -253,6 +284,7 @@ class _Package:
     sha256: str | None = None
     error: str | None = None
     bits: bytes = b""
+    uploaded_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -284,7 +316,7 @@ class _Build:
     state: str = "STAGING"
     error: str | None = None
     droplet_guid: str | None = None
-    polls: int = 0
+    created_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -324,17 +356,17 @@ class _Deployment:
     running_image: str | None = None
     previous_env: dict[str, Any] = field(default_factory=dict)  # what the old ones run with
     previous_image: str | None = None
-    polls: int = 0
+    changed_t: float = 0.0  # when its status last changed, on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
     status_updated_at: str = field(default_factory=_now)
     last_healthy_at: str = field(default_factory=_now)
 
-    def set_status(self, state: str, value: str, reason: str) -> None:
+    def set_status(self, state: str, value: str, reason: str, at: float = 0.0) -> None:
         self.state, self.status_value, self.status_reason = state, value, reason
         self.updated_at = self.status_updated_at = _now()
-        self.polls = 0
+        self.changed_t = at
 
 
 @dataclass
@@ -374,7 +406,7 @@ class _Job:
     state: str = "PROCESSING"
     errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
-    polls: int = 0
+    created_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -616,7 +648,7 @@ class FakeCloudFoundry:
 
     def __init__(self, *, users: Mapping[str, str] | None = None, clients: Mapping[str, str] | None = None,
                  org: str = "cloud-gov", spaces: tuple[str, ...] = ("registry-mirror-staging", "registry-mirror"),
-                 s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2,
+                 s3_credentials: Mapping[str, Any] | None = None, timings: Timings = Timings(),
                  cc_version: str = CC_API_VERSION, non_developers: Iterable[str] = (),
                  without_scopes: Iterable[str] = (), feature_flags: Mapping[str, bool] | None = None,
                  org_quota: Mapping[str, int | None] | None = None,
@@ -641,7 +673,7 @@ class FakeCloudFoundry:
         self._token_key = secrets.token_bytes(32)  # signs the JWTs this UAA issues
         self.s3_credentials: dict[str, Any] = dict(s3_credentials if s3_credentials is not None
                                                    else DEFAULT_S3_CREDENTIALS)
-        self.polls_to_finish = polls_to_finish
+        self.timings = timings
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.url = ""
@@ -772,6 +804,7 @@ class FakeCloudFoundry:
                     authenticated = self._peek_token(headers) is not None
                     resp = fault
                 else:
+                    self._tick()
                     # Like CC, an unrouted path is a 404 before any token check.
                     handler, params = self._match(req)
                     if kind == "cc" and path not in ("/", "/v3"):
@@ -1024,8 +1057,90 @@ class FakeCloudFoundry:
             raise _not_found(what)
         return item
 
-    def _finished(self, polls: int) -> bool:
-        return polls >= self.polls_to_finish
+    # ---- time ------------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Everything that happens by the clock, brought up to now before a request is answered: jobs
+        and builds finish, uploads are processed, instances boot, crash and restart (their crash
+        events recorded), deployments advance."""
+        now = self.clock()
+        for job in self._jobs:
+            if job.state == "PROCESSING" and now - job.created_t >= self.timings.job:
+                self._complete_job(job)
+        for build in self._builds:
+            if build.state == "STAGING" and now - build.created_t >= self.timings.staging:
+                self._finish_build(build)
+        for package in self._packages:
+            if package.state == "PROCESSING_UPLOAD" and now - package.uploaded_t >= self.timings.upload:
+                if self.faults.package_processing_fails:
+                    package.state, package.error = "FAILED", "Package upload failed: the blobstore refused the bits"
+                else:
+                    package.state = "READY"
+                package.updated_at = _now()
+        for app in self._apps:
+            if app.state == "STARTED":
+                for process in app.processes:
+                    self._record_due_crashes(app, process, now)
+        for deployment in self._deployments:
+            self._advance_deployment(deployment, now)
+
+    def _boot(self, process: _Process, instances: int, at: float) -> None:
+        """Resize to `instances`: new indexes boot at `at`, removed ones stop."""
+        process.instances = instances
+        process.started = process.started[:instances] + [at] * max(0, instances - len(process.started))
+
+    def _boot_all(self, process: _Process, at: float) -> None:
+        process.started = [at] * process.instances
+        process.crashes_seen.clear()
+
+    def _instance_state(self, app: _App, process: _Process, index: int, now: float) -> tuple[str, float]:
+        """(state, when it began) of one instance at `now`: STARTING until its health check passes,
+        then RUNNING; one that crashes runs `crash_after`, crashes, and is restarted as Diego's restart
+        calculator says (at once at first, then backing off), CRASHED while it waits."""
+        boot = process.started[index] if index < len(process.started) else now
+        if index in process.boot_crash:
+            return "STARTING", boot
+        reason = self._crash_reason(*self._started_with(app, process))
+        if reason is None:
+            ready = boot + self.timings.start
+            return ("RUNNING", ready) if now >= ready else ("STARTING", boot)
+        for crash_count, crashed_at in enumerate(self._crash_times(boot, now), start=1):
+            restart = crashed_at + restart_delay(crash_count)
+            if now < restart:
+                return "CRASHED", crashed_at
+            boot = restart
+        ready = boot + self.timings.start
+        return ("RUNNING", ready) if now >= ready else ("STARTING", boot)
+
+    def _crash_times(self, boot: float, now: float) -> Iterator[float]:
+        """When an always-crashing instance booted at `boot` crashed, up to `now`."""
+        for crash_count in range(1, MAX_RESTARTS + 1):
+            crashed_at = boot + self.timings.start + self.timings.crash_after
+            if crashed_at > now:
+                return
+            yield crashed_at
+            boot = crashed_at + restart_delay(crash_count)
+
+    def _record_due_crashes(self, app: _App, process: _Process, now: float) -> None:
+        """Crash audit events for every crash up to now, each once (Diego reports each crash to CC)."""
+        for index in sorted(process.boot_crash):
+            boot = process.started[index] if index < len(process.started) else now
+            crashed_at = boot + self.timings.start / 2
+            if crashed_at <= now:
+                # The registry panics at boot when its upstream blips; restarted at once, it runs.
+                process.boot_crash.discard(index)
+                self._crash_event(app, process, index, TRANSIENT_PANIC, 1)
+                if index < len(process.started):
+                    process.started[index] = crashed_at
+        reason = self._crash_reason(*self._started_with(app, process))
+        if reason is None:
+            return
+        for index, boot in enumerate(process.started):
+            seen = process.crashes_seen.get((index, boot), 0)
+            times = list(self._crash_times(boot, now))
+            for crash_count in range(seen + 1, len(times) + 1):
+                self._crash_event(app, process, index, reason, crash_count)
+            process.crashes_seen[(index, boot)] = len(times)
 
     def _paginate(self, req: _Req, path: str, items: list[Any], present: Callable[[Any], dict[str, Any]],
                   filters: Mapping[str, Callable[[Any, list[str]], bool]],
@@ -1340,13 +1455,12 @@ class FakeCloudFoundry:
     def _start_instances(self, app: _App) -> None:
         """The app's instances start now, with today's environment and the current droplet's image."""
         droplet = self._find(self._droplets, app.droplet_guid)
-        app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
+        app.state, app.updated_at = "STARTED", _now()
         app.running_env, app.running_image = copy.deepcopy(app.env), droplet.image if droplet else None
         for process in app.processes:
             process.started_env, process.started_image = copy.deepcopy(app.running_env), app.running_image
-        app.stats_polls = 0
-        self._record_crashes(app, app.web)
-        self._transient_boot_crashes(app, app.web)
+            self._boot_all(process, self.clock())
+        self._transient_boot_crashes(app.web)
 
     def _crash_reason(self, env: Mapping[str, Any], image: str | None) -> str | None:
         return self.faults.crash_when(env, image) if self.faults.crash_when is not None else None
@@ -1357,36 +1471,25 @@ class FakeCloudFoundry:
             return process.started_env, process.started_image
         return app.running_env, app.running_image
 
-    def _transient_boot_crashes(self, app: _App, process: _Process) -> None:
-        """Faults.transient_crashes: instances that crash once at boot, restarted at once by Diego."""
+    def _transient_boot_crashes(self, process: _Process) -> None:
+        """Faults.transient_crashes: the next instances to boot crash once at boot, restarted at once."""
         count = min(self.faults.transient_crashes, process.instances)
         if count > 0:
             self.faults.transient_crashes -= count
-            self._record_crashes(app, process, reason="2026/12/07 panic: Get \"https://registry-1.docker.io/v2/\": "
-                                 "dial tcp: i/o timeout", indexes=range(count))
+            process.boot_crash |= set(range(process.instances - count, process.instances))
 
-    def _record_crashes(self, app: _App, process: _Process, *, env: Mapping[str, Any] | None = None,
-                        image: str | None = None, reason: str | None = None,
-                        indexes: Iterable[int] | None = None) -> None:
-        """Diego's crash report for each instance, as CC records it (audit.app.process.crash, from
-        app/repositories/app_event_repository.rb create_app_crash_event): the process as actor, and
-        in data its index, reason, exit description and the process version the instance ran.
-        `env`/`image`: what the instances started with (default: the app's running ones)."""
-        if reason is None:
-            if env is None:
-                env, image = self._started_with(app, process)
-            reason = self._crash_reason(env, image)
-        if reason is None:
-            return
+    def _crash_event(self, app: _App, process: _Process, index: int, reason: str, crash_count: int) -> None:
+        """Diego's report of one crash, as CC records it (audit.app.process.crash, from
+        app/repositories/app_event_repository.rb create_app_crash_event): the process as actor, and in
+        data its index, reason, exit description, crash count and the process version the instance ran."""
         space = self._space_of(app)
-        for index in (range(process.instances) if indexes is None else indexes):
-            self._events.append(_AuditEvent(
-                "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
-                {"guid": app.guid, "type": "app", "name": app.name},
-                {"instance": _guid(), "index": index, "cell_id": _guid(), "reason": "CRASHED", "exit_status": 1,
-                 "exit_description": reason[:1000], "crash_count": 1, "crash_timestamp": time.time_ns(),
-                 "version": process.version},
-                space.guid, space.org_guid))
+        self._events.append(_AuditEvent(
+            "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
+            {"guid": app.guid, "type": "app", "name": app.name},
+            {"instance": _guid(), "index": index, "cell_id": _guid(), "reason": "CRASHED", "exit_status": 1,
+             "exit_description": reason[:1000], "crash_count": crash_count, "crash_timestamp": time.time_ns(),
+             "version": process.version},
+            space.guid, space.org_guid))
 
     def _present_event(self, event: _AuditEvent) -> dict[str, Any]:
         return {"guid": event.guid, "created_at": event.created_at, "updated_at": event.updated_at,
@@ -1546,7 +1649,7 @@ class FakeCloudFoundry:
                            "Cannot scale this process while a deployment is in flight.")
         if app.state == "STARTED" and instances > process.instances:
             self._check_quota(app, instances - process.instances, process.memory_in_mb)
-        process.instances = instances
+        self._boot(process, instances, self.clock())
         process.updated_at = _now()
         return _json_resp(202, self._present_process(process))
 
@@ -1572,25 +1675,23 @@ class FakeCloudFoundry:
         return _json_resp(200, self._present_process(process))
 
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
+        """ProcessStatsPresenter: one entry per instance, its state by the clock (STARTING until its
+        health check passes, RUNNING, CRASHED while Diego backs off before a restart, DOWN when stopped)."""
         app, process = self._process(guid)
         resources: list[dict[str, Any]] = []
-        crash = self._crash_reason(*self._started_with(app, process)) if app.state == "STARTED" else None
-        if crash is not None:
-            app.stats_polls += 1
+        now = self.clock()
+        reason = self._crash_reason(*self._started_with(app, process))
         for index in range(process.instances):
-            if crash is not None:
-                # A crash-looping instance: Diego restarts it, so polls see it crash, start, run a moment.
-                state = ("CRASHED", "STARTING", "RUNNING")[(app.stats_polls + index) % 3]
-                if state == "CRASHED":
-                    self._record_crashes(app, process)
-                resources.append({"type": process.type, "index": index, "state": state, "uptime": 0,
-                                  "isolation_segment": None, "details": crash[:200] if state == "CRASHED" else None,
-                                  "routable": state == "RUNNING"})
-                continue
             if app.state != "STARTED":
                 # CC's down_instance_stats_hash: a DOWN instance has no host, usage or quotas.
                 resources.append({"type": process.type, "index": index, "state": "DOWN", "uptime": 0,
                                   "isolation_segment": None, "details": None})
+                continue
+            state, since = self._instance_state(app, process, index, now)
+            if state != "RUNNING":
+                resources.append({"type": process.type, "index": index, "state": state,
+                                  "uptime": 0, "isolation_segment": None, "routable": False,
+                                  "details": (reason or "")[:200] or None if state == "CRASHED" else None})
                 continue
             resources.append({
                 "type": process.type, "index": index, "state": "RUNNING", "routable": True,
@@ -1598,7 +1699,7 @@ class FakeCloudFoundry:
                 "host": f"10.0.16.{10 + index}", "instance_internal_ip": f"10.255.0.{10 + index}",
                 "instance_ports": [{"external": 61000 + index, "internal": 8080,
                                     "external_tls_proxy_port": 61100 + index, "internal_tls_proxy_port": 61001}],
-                "uptime": int(time.time() - app.started_at), "mem_quota": process.memory_in_mb * 1024 * 1024,
+                "uptime": int(now - since), "mem_quota": process.memory_in_mb * 1024 * 1024,
                 "disk_quota": process.disk_in_mb * 1024 * 1024, "fds_quota": 16384, "isolation_segment": None,
                 "details": None})
         return _json_resp(200, {"resources": resources})
@@ -1761,6 +1862,7 @@ class FakeCloudFoundry:
             for key in self._PROCESS_KEYS:
                 if key in spec:
                     setattr(process, key, spec[key])
+            self._boot(process, process.instances, self.clock())
             process.updated_at = _now()
         if "env" in spec:
             app.env.update(spec["env"])
@@ -1790,31 +1892,21 @@ class FakeCloudFoundry:
 
     def _new_job(self, operation: str, resource_type: str, resource_guid: str,
                  complete: Callable[[], None]) -> _Job:
-        job = _Job(operation, resource_type, resource_guid, complete)
+        job = _Job(operation, resource_type, resource_guid, complete, created_t=self.clock())
         self._jobs.append(job)
         return job
 
-    def _advance_job(self, job: _Job) -> None:
-        if job.state == "PROCESSING":
-            job.polls += 1
-            if self._finished(job.polls):
-                try:
-                    job.complete()
-                    job.state = "COMPLETE"
-                except _JobFailure as failure:
-                    job.state, job.errors = "FAILED", [failure.error]
-                job.updated_at = _now()
-
-    def _advance_jobs_of(self, resource_guid: str) -> None:
-        """The broker's operation goes on whether or not anyone polls its job (CC polls the broker):
-        a client that lost the 202 follows the resource's last_operation instead."""
-        for job in self._jobs:
-            if job.resource_guid == resource_guid:
-                self._advance_job(job)
+    @staticmethod
+    def _complete_job(job: _Job) -> None:
+        try:
+            job.complete()
+            job.state = "COMPLETE"
+        except _JobFailure as failure:
+            job.state, job.errors = "FAILED", [failure.error]
+        job.updated_at = _now()
 
     def _h_get_job(self, req: _Req, guid: str) -> _Resp:
         job: _Job = self._get(self._jobs, guid, "Job")
-        self._advance_job(job)
         links = {"self": self._href(f"/v3/jobs/{job.guid}"),
                  job.resource_type: self._href(f"/v3/{'spaces' if job.resource_type == 'space' else job.resource_type}/"
                                                f"{job.resource_guid}")}
@@ -1876,12 +1968,6 @@ class FakeCloudFoundry:
 
     def _h_get_package(self, req: _Req, guid: str) -> _Resp:
         package: _Package = self._get(self._packages, guid, "Package")
-        if package.state == "PROCESSING_UPLOAD":  # the upload job finishes between polls
-            if self.faults.package_processing_fails:
-                package.state, package.error = "FAILED", "Package upload failed: the blobstore refused the bits"
-            else:
-                package.state = "READY"
-            package.updated_at = _now()
         return _json_resp(200, self._present_package(package))
 
     def _h_upload_package(self, req: _Req, guid: str) -> _Resp:
@@ -1899,7 +1985,7 @@ class FakeCloudFoundry:
         if "bits" in fields and not zipfile.is_zipfile(io.BytesIO(bits)):
             raise _CCError(400, 160001, "CF-AppBitsUploadInvalid", "The app upload is invalid: not a zip file")
         package.sha256, package.bits = hashlib.sha256(bits).hexdigest(), bits
-        package.state, package.updated_at = "PROCESSING_UPLOAD", _now()
+        package.state, package.updated_at, package.uploaded_t = "PROCESSING_UPLOAD", _now(), self.clock()
         return _json_resp(200, self._present_package(package))
 
     def _h_download_package(self, req: _Req, guid: str) -> _Resp:
@@ -1967,7 +2053,8 @@ class FakeCloudFoundry:
         app = self._get(self._apps, package.app_guid, "App")
         if package.type == "docker" and not self.feature_flags.get("diego_docker"):
             raise _CCError(403, 330002, "CF-FeatureDisabled", "Feature Disabled: diego_docker")
-        build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user)
+        build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user,
+                       created_t=self.clock())
         self._builds.append(build)
         return _json_resp(201, self._present_build(build))
 
@@ -1978,10 +2065,6 @@ class FakeCloudFoundry:
 
     def _h_get_build(self, req: _Req, guid: str) -> _Resp:
         build: _Build = self._get(self._builds, guid, "Build")
-        if build.state == "STAGING":
-            build.polls += 1
-            if self._finished(build.polls):
-                self._finish_build(build)
         return _json_resp(200, self._present_build(build))
 
     def _finish_build(self, build: _Build) -> None:
@@ -2208,6 +2291,7 @@ class FakeCloudFoundry:
                                  memory_in_mb=options.get("memory_in_mb"),
                                  state="PREPAUSED" if strategy == "canary" else "DEPLOYING")
         deployment.previous_env, deployment.previous_image = copy.deepcopy(app.running_env), app.running_image
+        deployment.changed_t = self.clock()
         self._deployments.append(deployment)
 
         if app.state == "STOPPED":
@@ -2217,7 +2301,7 @@ class FakeCloudFoundry:
             self._check_quota(app, deployment.web_instances or web.instances, deployment.memory_in_mb or web.memory_in_mb)
             web.revision_guid = revision.guid
             if deployment.web_instances is not None:
-                web.instances = deployment.web_instances
+                self._boot(web, deployment.web_instances, self.clock())
             if deployment.memory_in_mb is not None:
                 web.memory_in_mb = deployment.memory_in_mb
             self._start_instances(app)
@@ -2227,7 +2311,8 @@ class FakeCloudFoundry:
         if previous is not None:
             # CC's supersede_deployment: FINALIZED/SUPERSEDED; the deprecated state says DEPLOYED only for a
             # deployment that was rolling, CANCELED for a paused or cancelling one.
-            previous.set_status("DEPLOYED" if previous.state == "DEPLOYING" else "CANCELED", "FINALIZED", "SUPERSEDED")
+            previous.set_status("DEPLOYED" if previous.state == "DEPLOYING" else "CANCELED", "FINALIZED", "SUPERSEDED",
+                                self.clock())
         desired = deployment.web_instances or original
         newest = app.web
         process = _Process(app.guid, instances=1 if strategy == "canary" else min(max_in_flight, desired),
@@ -2244,48 +2329,67 @@ class FakeCloudFoundry:
         # The new instances start with today's env and the new droplet; the old ones keep serving.
         deployment.running_env, deployment.running_image = copy.deepcopy(app.env), droplet.image
         process.started_env, process.started_image = deployment.running_env, deployment.running_image
-        self._record_crashes(app, process)
-        self._transient_boot_crashes(app, process)
+        self._boot_all(process, self.clock())
+        self._transient_boot_crashes(process)
         return _json_resp(201, self._present_deployment(deployment))
 
-    def _advance_deployment(self, deployment: _Deployment) -> None:
-        """One poll's worth of the deployment updater."""
+    def _advance_deployment(self, deployment: _Deployment, now: float) -> None:
+        """The deployment updater (lib/cloud_controller/deployment_updater/actions/scale.rb, cancel.rb,
+        finalize.rb) up to `now`: once every new instance is RUNNING, the new process grows by
+        max_in_flight and the old ones shrink by as many; at the target count it finalizes, the old
+        processes go. A cancel ends a cycle later with the new process gone and the old one scaled back.
+        New instances that never pass their health check (crash-looping) hold it ACTIVE for ever."""
         if deployment.status_value != "ACTIVE" or deployment.state == "PAUSED":
             return
-        deployment.polls += 1
         app = self._get(self._apps, deployment.app_guid, "App")
         process = self._find(app.processes, deployment.deploying_process_guid)
-        if deployment.state != "CANCELING":
-            # Old instances keep running with what they started with while they are replaced; when that
-            # crashes them, Diego reports their crashes meanwhile (actor: the old process, its version).
-            for old in app.processes:
-                if old is not process:
-                    self._record_crashes(app, old, env=deployment.previous_env, image=deployment.previous_image)
-        if not self._finished(deployment.polls):
-            return
         if deployment.state == "CANCELING":
+            if now - deployment.changed_t < self.timings.cancel:
+                return
             if process is not None:
                 app.processes.remove(process)
             if app.processes:
-                app.web.instances = deployment.original_instances
-            deployment.set_status("CANCELED", "FINALIZED", "CANCELED")
+                self._boot(app.processes[0], deployment.original_instances, now)
+            deployment.set_status("CANCELED", "FINALIZED", "CANCELED", now)
             return
-        if self.faults.deployment_never_healthy or self._crash_reason(deployment.running_env,
-                                                                      deployment.running_image) is not None:
-            return  # the new instances never pass their health check: CC keeps waiting
-        if deployment.state == "PREPAUSED":
-            deployment.set_status("PAUSED", "ACTIVE", "PAUSED")  # the canary is up; wait for continue
+        if process is None or self.faults.deployment_never_healthy:
             return
-        if process is not None:
-            process.instances = deployment.web_instances or deployment.original_instances
-            app.processes = [process]
-        app.running_env, app.running_image = deployment.running_env, deployment.running_image
-        deployment.last_healthy_at = _now()
-        deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
+        while True:
+            healthy_at = self._all_running_since(app, process, now)
+            if healthy_at is None:
+                return  # CC keeps waiting for the new instances' health checks
+            if deployment.state == "PREPAUSED":
+                deployment.set_status("PAUSED", "ACTIVE", "PAUSED", healthy_at)  # the canary is up; wait
+                return
+            desired = deployment.web_instances or deployment.original_instances
+            if process.instances >= desired:
+                app.processes = [process]
+                app.running_env, app.running_image = deployment.running_env, deployment.running_image
+                deployment.last_healthy_at = _now()
+                deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED", healthy_at)
+                return
+            # Scale: the oldest web processes lose max_in_flight instances, the new one gains as many
+            # (up to the target), together in one updater cycle.
+            self._boot(process, min(process.instances + deployment.max_in_flight, desired), healthy_at)
+            step = deployment.max_in_flight
+            for old in app.processes:
+                if old is not process and step > 0:
+                    take = min(old.instances, step)
+                    self._boot(old, old.instances - take, healthy_at)
+                    step -= take
+
+    def _all_running_since(self, app: _App, process: _Process, now: float) -> float | None:
+        """When the last of the process's instances became RUNNING, or None while one is not."""
+        since = []
+        for index in range(process.instances):
+            state, at = self._instance_state(app, process, index, now)
+            if state != "RUNNING":
+                return None
+            since.append(at)
+        return max(since, default=now)
 
     def _h_get_deployment(self, req: _Req, guid: str) -> _Resp:
         deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
-        self._advance_deployment(deployment)
         return _json_resp(200, self._present_deployment(deployment))
 
     def _h_list_deployments(self, req: _Req) -> _Resp:
@@ -2302,7 +2406,7 @@ class FakeCloudFoundry:
         app = self._get(self._apps, deployment.app_guid, "App")
         app.droplet_guid = deployment.previous_droplet_guid  # DeploymentCancel restores it at once
         app.running_env, app.running_image = deployment.previous_env, deployment.previous_image
-        deployment.set_status("CANCELING", "ACTIVE", "CANCELING")
+        deployment.set_status("CANCELING", "ACTIVE", "CANCELING", self.clock())
         # DeploymentsController#cancel ends in `head :ok`: an empty 200, whatever the 3.195.0 contract
         # documents (an erratum in tests/fakes/test_cf_stand_in.py).
         return _Resp(200, b"", {})
@@ -2312,7 +2416,7 @@ class FakeCloudFoundry:
         if deployment.state != "PAUSED":
             raise _unprocessable(f"Cannot continue a deployment with status: {deployment.status_value} and "
                                  f"reason: {deployment.status_reason}")
-        deployment.set_status("DEPLOYING", "ACTIVE", "DEPLOYING")
+        deployment.set_status("DEPLOYING", "ACTIVE", "DEPLOYING", self.clock())
         return _json_resp(200, self._present_deployment(deployment))
 
     # ---- services --------------------------------------------------------------------------------
@@ -2392,7 +2496,6 @@ class FakeCloudFoundry:
 
     def _h_get_instance(self, req: _Req, guid: str) -> _Resp:
         instance = self._get(self._instances, guid, "Service instance")
-        self._advance_jobs_of(instance.guid)
         return _json_resp(200, self._present_instance(instance))
 
     def _h_create_instance(self, req: _Req) -> _Resp:
@@ -2443,7 +2546,6 @@ class FakeCloudFoundry:
 
     def _h_get_key(self, req: _Req, guid: str) -> _Resp:
         key = self._get(self._keys, guid, "Service credential binding")
-        self._advance_jobs_of(key.guid)
         return _json_resp(200, self._present_key(key))
 
     def _h_create_key(self, req: _Req) -> _Resp:

@@ -33,7 +33,7 @@ import pytest
 import requests
 import yaml
 
-from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
+from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry, Timings
 
 # shared/ lies beside the project (in CI too, beside the clone).
 CONTRACT_PATH = Path(__file__).resolve().parents[3] / "shared/contracts/cloud-controller-v3.openapi.yaml"
@@ -305,10 +305,28 @@ def load_contract() -> Contract | None:
     return None
 
 
+class ManualClock:
+    """The stand-in's time, moved only by the test: what happens by the clock happens when it moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def cf() -> Iterator[FakeCloudFoundry]:
-    with FakeCloudFoundry() as fake:
+    with FakeCloudFoundry(clock=ManualClock()) as fake:
         yield fake
+
+
+def advance(cf: FakeCloudFoundry, seconds: float) -> None:
+    assert isinstance(cf.clock, ManualClock)
+    cf.clock.advance(seconds)
 
 
 class Api:
@@ -363,15 +381,17 @@ class Api:
                              data=yaml.safe_dump(manifest), headers={"Content-Type": "application/x-yaml"})
         return self.finish(response.headers["Location"], "state", ("PROCESSING",))
 
-    def finish(self, url: str, key: str, busy: tuple[str, ...]) -> dict[str, Any]:
-        for _ in range(self.cf.polls_to_finish + 2):
+    def finish(self, url: str, key: str, busy: tuple[str, ...], *, within: float = 60.0) -> dict[str, Any]:
+        """Poll `url` a quarter second of the stand-in's clock apart until `key` is no longer busy."""
+        for _ in range(int(within / 0.25) + 1):
             body = self.get(url)
             value = body
             for part in key.split("."):
                 value = value[part]
             if value not in busy:
                 return body
-        raise AssertionError(f"{url} still {busy} after polling")
+            advance(self.cf, 0.25)
+        raise AssertionError(f"{url} still {busy} after {within} s")
 
     def app_guid(self, name: str) -> str:
         return self.one(f"/v3/apps?names={name}")["guid"]
@@ -704,8 +724,12 @@ def test_docker_build_stages_a_droplet_with_the_package_image(api: Api) -> None:
                                         "relationships": {"app": {"data": {"guid": app_guid}}}}, 201).json()
     build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
     assert (build["state"], build["droplet"]) == ("STAGING", None)
-    states = [api.get(f"/v3/builds/{build['guid']}")["state"] for _ in range(api.cf.polls_to_finish)]
-    assert states == ["STAGING"] * (api.cf.polls_to_finish - 1) + ["STAGED"]
+    # Staging takes its time, however often it is asked.
+    assert {api.get(f"/v3/builds/{build['guid']}")["state"] for _ in range(5)} == {"STAGING"}
+    advance(api.cf, api.cf.timings.staging - 0.01)
+    assert api.get(f"/v3/builds/{build['guid']}")["state"] == "STAGING"
+    advance(api.cf, 0.01)
+    assert api.get(f"/v3/builds/{build['guid']}")["state"] == "STAGED"
     droplet_guid = api.get(f"/v3/builds/{build['guid']}")["droplet"]["guid"]
     droplet = api.get(f"/v3/droplets/{droplet_guid}")
     assert (droplet["state"], droplet["image"], droplet["lifecycle"]["type"]) == ("STAGED", "library/registry:2.8.3", "docker")
@@ -768,6 +792,8 @@ def test_bits_package_upload_then_build(api: Api) -> None:
     uploaded = api.post(f"/v3/packages/{package['guid']}/upload", expect=200,
                         files={"bits": ("app.zip", zip_bytes(), "application/zip")}).json()
     assert uploaded["state"] == "PROCESSING_UPLOAD"
+    assert api.get(f"/v3/packages/{package['guid']}")["state"] == "PROCESSING_UPLOAD"  # processed in its time
+    advance(api.cf, api.cf.timings.upload)
     assert api.get(f"/v3/packages/{package['guid']}")["state"] == "READY"
     again = api.post(f"/v3/packages/{package['guid']}/upload", expect=400,
                      files={"bits": ("app.zip", zip_bytes(), "application/zip")})
@@ -787,7 +813,7 @@ def test_package_download_redirects_to_a_presigned_blobstore_url(api: Api) -> No
     assert early.json()["errors"][0]["detail"] == "Package has no bits to download."
     bits = zip_bytes()
     api.post(f"/v3/packages/{package['guid']}/upload", expect=200, files={"bits": ("app.zip", bits, "application/zip")})
-    assert api.get(f"/v3/packages/{package['guid']}")["state"] == "READY"
+    assert api.finish(f"/v3/packages/{package['guid']}", "state", ("PROCESSING_UPLOAD",))["state"] == "READY"
     redirect = api.call("GET", f"/v3/packages/{package['guid']}/download", expect=302, allow_redirects=False)
     location = redirect.headers["Location"]
     assert not location.startswith(api.cf.url), "the blobstore is another host than CC"
@@ -834,9 +860,14 @@ def test_rolling_deployment_deploys_after_polls_and_records_a_revision(api: Api,
     assert api.get(f"/v3/processes/{new_process}")["instances"] == 2  # the first batch: max_in_flight
     deployed = api.get(f"/v3/apps/{app_guid}/revisions/deployed")["resources"]
     assert sorted(r["version"] for r in deployed) == [1, 2]  # old and new run side by side
-    reasons = [api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"]
-               for _ in range(cf.polls_to_finish)]
-    assert reasons == ["DEPLOYING"] * (cf.polls_to_finish - 1) + ["DEPLOYED"]
+    # Batch by batch: two new instances start, pass their health check, then two more replace old ones.
+    assert api.get(f"/v3/processes/{new_process}/stats")["resources"][0]["state"] == "STARTING"
+    advance(cf, cf.timings.start)
+    assert [i["state"] for i in api.get(f"/v3/processes/{new_process}/stats")["resources"]] == ["RUNNING"] * 2 + \
+        ["STARTING"]
+    assert api.get(f"/v3/processes/{old_process}")["instances"] == 1  # scaled down as the new ones came up
+    assert api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"] == "DEPLOYING"
+    advance(cf, cf.timings.start)
     final = api.get(f"/v3/deployments/{deployment['guid']}")
     assert final["status"]["value"] == "FINALIZED" and "cancel" not in final["links"]
     web = api.get(f"/v3/apps/{app_guid}/processes/web")
@@ -915,7 +946,8 @@ def test_a_never_healthy_deployment_stays_active_until_cancelled(api: Api, cf: F
     app_guid, first = api.started_docker_app()
     cf.faults.deployment_never_healthy = True
     deployment = api.deploy(app_guid, api.stage_docker(app_guid, "registry:broken"))
-    for _ in range(cf.polls_to_finish * 3):
+    for _ in range(6):
+        advance(cf, cf.timings.start)
         status = api.get(f"/v3/deployments/{deployment['guid']}")["status"]
         assert (status["value"], status["reason"]) == ("ACTIVE", "DEPLOYING")
     api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200)
@@ -948,7 +980,8 @@ def test_canary_pauses_until_continued(api: Api, cf: FakeCloudFoundry) -> None:
     assert (paused["status"]["value"], paused["status"]["reason"]) == ("ACTIVE", "PAUSED")
     assert paused["links"]["continue"]["method"] == "POST"
     assert api.get(f"/v3/processes/{deployment['new_processes'][0]['guid']}")["instances"] == 1
-    for _ in range(cf.polls_to_finish):
+    for _ in range(3):
+        advance(cf, cf.timings.start)
         assert api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"] == "PAUSED"
     api.post(f"/v3/deployments/{deployment['guid']}/actions/continue", expect=200)
     final = api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
@@ -963,6 +996,9 @@ def test_process_stats_follow_the_app_state(api: Api) -> None:
     process = api.get(f"/v3/apps/{app_guid}/processes/web")
     assert {s["state"] for s in api.get(f"/v3/processes/{process['guid']}/stats")["resources"]} == {"DOWN"}
     api.deploy(app_guid, api.stage_docker(app_guid, "registry:2"))
+    stats = api.get(f"/v3/processes/{process['guid']}/stats")["resources"]
+    assert [(s["index"], s["state"]) for s in stats] == [(0, "STARTING"), (1, "STARTING")]  # health check pending
+    advance(api.cf, api.cf.timings.start)
     stats = api.get(f"/v3/processes/{process['guid']}/stats")["resources"]
     assert [(s["index"], s["state"]) for s in stats] == [(0, "RUNNING"), (1, "RUNNING")]
     assert stats[0]["mem_quota"] == process["memory_in_mb"] * 1024 * 1024
@@ -1039,13 +1075,13 @@ def test_s3_instance_and_service_key(api: Api) -> None:
 
 
 def test_custom_s3_credentials(contract: Contract | None) -> None:
-    with FakeCloudFoundry(s3_credentials={"bucket": "b"}, polls_to_finish=0, spaces=("only",)) as fake:
+    with FakeCloudFoundry(s3_credentials={"bucket": "b"}, timings=Timings(job=0.0), spaces=("only",)) as fake:
         api = Api(fake, contract)
         plan = api.one("/v3/service_plans?names=basic")
         job = api.post("/v3/service_instances", {"type": "managed", "name": "s", "relationships": {
             "space": {"data": {"guid": api.space_guid("only")}}, "service_plan": {"data": {"guid": plan["guid"]}}}},
                        202).headers["Location"]
-        assert api.get(job)["state"] == "COMPLETE"  # polls_to_finish=0: done at the first poll
+        assert api.get(job)["state"] == "COMPLETE"  # a job that takes no time: done at the first poll
         instance = api.one("/v3/service_instances?names=s")
         key_job = api.post("/v3/service_credential_bindings", {"type": "key", "name": "k", "relationships": {
             "service_instance": {"data": {"guid": instance["guid"]}}}}, 202).headers["Location"]
