@@ -18,24 +18,38 @@ Covered:
     service credential bindings (key) with their details, audit events (process crashes, app stops), feature
     flags, space developer roles (others get CC's 403 NotAuthorized on every change), the org quota
     and its usage summary (deployments beyond it get CC's 422).
-  * Instances: they start with the env and image of their deployment or start; ``Faults.crash_when``
-    makes them crash-loop (flapping stats, crash audit events, a rolling deployment that never ends).
-  * Networking policy API v1 external: list, create, delete policies; the network.write scope.
+  * Time: everything moves by the stand-in's ``clock`` (injectable; tests share their fake one) and
+    ``Timings``, never by how often a client asks: jobs, staging and upload processing take seconds;
+    instances go STARTING -> RUNNING once their health check passes; a crashing instance runs a moment,
+    crashes and is restarted as Diego's restart calculator says (at once, then 30 s doubling to 16 min),
+    CRASHED while it waits, each crash an audit event (actor: its process, data.version); deployments
+    advance as CC's deployment updater does, batch by batch with max_in_flight, the old processes
+    scaled down as the new one grows; a cancel ends an updater cycle later.
+  * Instances: each process's instances run with the env and image they started with (old ones keep
+    theirs while a deployment brings up new ones); ``Faults.crash_when`` decides which crash,
+    ``Faults.transient_crashes`` makes the next ones crash once at boot.
+  * CC's refusals while a deployment is in flight: process scale and update (422), apply_manifest jobs
+    that would touch the web process (FAILED), restart.
+  * Docker staging through containers/image's reference rules: a tag with a digest, or an invalid
+    reference, fails the build; the droplet's image is the stager's normalised name.
+  * Networking policy API v1 external: list, create, delete policies; the network.write scope, or a
+    space developer without it when ``space_developer_self_service`` is on.
+  * Tokens expire by the clock (UAA's access-token validity) and through the faults, on every API the
+    stand-in fronts (CC and the policy server alike).
   * Pagination on every list, comma-separated filters, CC error bodies, ``X-Vcap-Request-Id`` on every
     answer, and the faults in ``Faults`` (502 from the router, 429 from CC's rate limiter with its
     Retry-After, 503 from UAA, slow answers, token expiry, failing staging, failing package processing,
-    deployments that never get healthy).
+    deployments that never get healthy, answers lost after CC acted).
 
 Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
 stand-in, so a gap shows up as a failure and never as a silent success):
   * v2 API, logs, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
     deletes, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
     parameters, manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and
-    canary, canary ``steps``, roles other than space developer, space quotas, time-based token expiry
-    (tokens expire only through ``Faults.expire_token_after`` or ``revoke_tokens``).
-  * Jobs, builds and deployments progress per GET of that one resource (``polls_to_finish``), never with
-    time and never through list endpoints, so a client must poll ``GET /v3/<resource>/:guid``; a rolling
-    deployment's instances jump from the first batch (max_in_flight) to all; stats are invented numbers.
+    canary, canary ``steps``, roles other than space developer, space quotas.
+  * Time moves only when a request arrives (each brings everything up to the clock's now), and the
+    ISO timestamps CC shows (created_at) are wall-clock times, not the stand-in's clock; stats' usage
+    figures are invented numbers.
   * A 429 from the networking API uses CC's body (the policy server has no rate limiter of its own).
 """
 from __future__ import annotations
