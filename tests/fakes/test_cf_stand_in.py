@@ -942,6 +942,59 @@ def test_while_a_deployment_is_in_flight_cc_refuses_scale_update_and_manifests_t
     assert api.apply_manifest({"applications": [{"name": "mirror", "instances": 5}]})["state"] == "COMPLETE"
 
 
+def test_a_crashing_instance_restarts_as_diego_backs_off(api: Api, cf: FakeCloudFoundry) -> None:
+    """Starting, running a moment, crashed: restarted at once for the first crashes, then CRASHED for
+    30 s, 60 s, ... (bbs restart_calculator.go); one crash event per crash, counted, with the version."""
+    app_guid, _ = api.started_docker_app(instances=1)
+    cf.faults.crash_when = lambda env, image: "exit status 2"
+    api.post(f"/v3/apps/{app_guid}/actions/stop", expect=200)
+    api.post(f"/v3/apps/{app_guid}/actions/start", expect=200)
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")
+    t = cf.timings
+
+    def state() -> str:
+        return api.get(f"/v3/processes/{process['guid']}/stats")["resources"][0]["state"]
+    cycle = t.start + t.crash_after
+    assert state() == "STARTING"
+    advance(cf, t.start)
+    assert state() == "RUNNING"
+    advance(cf, 2 * cycle - t.start / 2)  # two crashes, each restarted at once: booting again
+    assert state() == "STARTING"
+    advance(cf, t.start / 2 + t.crash_after)  # the third: Diego waits 30 s
+    assert state() == "CRASHED"
+    advance(cf, 29.0)
+    assert state() == "CRASHED"
+    advance(cf, 1.5)
+    assert state() == "STARTING"
+    events = api.get(f"/v3/audit_events?types=audit.app.process.crash&target_guids={app_guid}")["resources"]
+    assert [e["data"]["crash_count"] for e in events] == [1, 2, 3]
+    assert {(e["actor"]["guid"], e["data"]["version"]) for e in events} == {(process["guid"], process["version"])}
+
+
+def test_a_lost_answer_still_took_effect(api: Api, cf: FakeCloudFoundry) -> None:
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "x"}}]})
+    app_guid = api.app_guid("mirror")
+    cf.faults.lost_answers = ["POST /v3/packages"]
+    lost = api.post("/v3/packages", {"type": "docker", "data": {"image": "registry:2"},
+                                     "relationships": {"app": {"data": {"guid": app_guid}}}})
+    assert lost.status_code == 502 and lost.headers["X-Cf-Routererror"].startswith("endpoint_failure")
+    assert [p["data"]["image"] for p in api.get(f"/v3/packages?app_guids={app_guid}")["resources"]] == ["registry:2"]
+
+
+def test_restart_brings_up_the_environment_the_app_holds_now(api: Api, cf: FakeCloudFoundry) -> None:
+    app_guid, _ = api.started_docker_app(instances=1)
+    api.call("PATCH", f"/v3/apps/{app_guid}/environment_variables", 200, json={"var": {"BROKEN": "yes"}})
+    cf.faults.crash_when = lambda env, image: "panic" if env.get("BROKEN") else None
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")["guid"]
+    advance(cf, 10)
+    assert api.get(f"/v3/processes/{process}/stats")["resources"][0]["state"] == "RUNNING"  # started before
+    api.post(f"/v3/apps/{app_guid}/actions/restart", expect=200)
+    advance(cf, 10)
+    assert api.get(f"/v3/processes/{process}/stats")["resources"][0]["state"] != "RUNNING"
+    assert api.get(f"/v3/apps/{app_guid}/revisions")["resources"][-1]["description"] == \
+        "New environment variables deployed."
+
+
 def test_a_never_healthy_deployment_stays_active_until_cancelled(api: Api, cf: FakeCloudFoundry) -> None:
     app_guid, first = api.started_docker_app()
     cf.faults.deployment_never_healthy = True
