@@ -1701,21 +1701,21 @@ class FakeCloudFoundry:
                 resources.append({"type": process.type, "index": index, "state": "DOWN", "uptime": 0,
                                   "isolation_segment": None, "details": None})
                 continue
+            # InstancesStatsReporter (lib/cloud_controller/diego/reporters/instances_stats_reporter.rb):
+            # every instance Diego has (STARTING, RUNNING, CRASHED) gets the full entry; usage is zero
+            # until log-cache has a reading of a running one.
             state, since = self._instance_state(app, process, index, now)
-            if state != "RUNNING":
-                resources.append({"type": process.type, "index": index, "state": state,
-                                  "uptime": 0, "isolation_segment": None, "routable": False,
-                                  "details": (reason or "")[:200] or None if state == "CRASHED" else None})
-                continue
+            running = state == "RUNNING"
             resources.append({
-                "type": process.type, "index": index, "state": "RUNNING", "routable": True,
-                "usage": {"time": _now(), "cpu": 0.01, "mem": 64 * 1024 * 1024, "disk": 128 * 1024 * 1024},
+                "type": process.type, "index": index, "state": state, "routable": running,
+                "usage": ({"time": _now(), "cpu": 0.01, "mem": 64 * 1024 * 1024, "disk": 128 * 1024 * 1024}
+                          if running else {"time": _now(), "cpu": 0, "mem": 0, "disk": 0}),
                 "host": f"10.0.16.{10 + index}", "instance_internal_ip": f"10.255.0.{10 + index}",
                 "instance_ports": [{"external": 61000 + index, "internal": 8080,
                                     "external_tls_proxy_port": 61100 + index, "internal_tls_proxy_port": 61001}],
-                "uptime": int(now - since), "mem_quota": process.memory_in_mb * 1024 * 1024,
+                "uptime": int(now - since) if running else 0, "mem_quota": process.memory_in_mb * 1024 * 1024,
                 "disk_quota": process.disk_in_mb * 1024 * 1024, "fds_quota": 16384, "isolation_segment": None,
-                "details": None})
+                "details": (reason or "")[:200] or None if state == "CRASHED" else None})
         return _json_resp(200, {"resources": resources})
 
     # ---- routes ----------------------------------------------------------------------------------

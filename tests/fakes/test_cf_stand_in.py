@@ -1224,7 +1224,7 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     package = api.post("/v3/packages", {"type": "bits", "relationships": {"app": {"data": {"guid": site}}}},
                        201).json()
     api.post(f"/v3/packages/{package['guid']}/upload", expect=200, files={"bits": ("a.zip", zip_bytes())})
-    api.get(f"/v3/packages/{package['guid']}")
+    api.finish(f"/v3/packages/{package['guid']}", "state", ("PROCESSING_UPLOAD",))
     build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
     droplet = api.finish(f"/v3/builds/{build['guid']}", "state", ("STAGING",))["droplet"]["guid"]
     api.get(f"/v3/droplets/{droplet}")
