@@ -103,6 +103,7 @@ TRANSIENT_PANIC = 'panic: Get "https://registry-1.docker.io/v2/": dial tcp: i/o 
 # UAA's access-token validity for the cf client (uaa.yml clients.cf.access-token-validity: 1200 s, of
 # which UAA reports expires_in one second less).
 ACCESS_TOKEN_SECONDS = 1199
+REFRESH_TOKEN_SECONDS = 2592000  # clients.cf.refresh-token-validity: 30 days, counted from the login
 # Where the stand-in's blobstore answers pre-signed URLs: in CF it is S3 or WebDAV, not CC.
 _BLOBSTORE = "/blobstore"
 _JSON = "application/json; charset=utf-8"
@@ -1279,6 +1280,8 @@ class FakeCloudFoundry:
                                       "cloud_controller.write network.write uaa.user", secrets.token_urlsafe(24)))
         if grant == "refresh_token":
             record = self._refresh_tokens.get(form.get("refresh_token", ""))
+            if record is not None and self.clock() >= record.expires_at:
+                record = None  # past UAA's refresh-token validity: the client must log in again
             if record is None or record.client_id != client_id:
                 raise _uaa_error(401, "invalid_token", "Invalid refresh token")
             return self._issue(record)
@@ -1318,7 +1321,10 @@ class FakeCloudFoundry:
         body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
                                 "scope": record.scope, "jti": secrets.token_hex(16)}
         if record.refresh_token is not None:
-            self._refresh_tokens[record.refresh_token] = record
+            if record.refresh_token not in self._refresh_tokens:
+                self._refresh_tokens[record.refresh_token] = _Token(
+                    record.subject, record.client_id, record.grant_type, record.scope, record.refresh_token,
+                    now + REFRESH_TOKEN_SECONDS)
             body["refresh_token"] = record.refresh_token
         return _json_resp(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 

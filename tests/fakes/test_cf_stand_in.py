@@ -593,6 +593,10 @@ def test_an_access_token_expires_by_the_clock_on_every_api() -> None:
         refreshed = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
             "grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
         assert refreshed.status_code == 200
+        now[0] += 30 * 24 * 3600  # the refresh token's own validity, from the login
+        stale = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+            "grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+        assert (stale.status_code, stale.json()["error"]) == (401, "invalid_token")
 
 
 # --------------------------------------------------------------------------------------------------
