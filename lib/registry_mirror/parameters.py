@@ -115,7 +115,11 @@ _DURATION = re.compile(r"^(0|([0-9]+(h|m|s))+)$")
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?@sha256:[0-9a-f]{64}$")
+# Digest only: Diego's docker stager and the cells pull through containers/image, which refuses a
+# reference with both a tag and a digest ("Docker references with both a tag and digest are currently
+# not supported"), so `registry:3.0.0@sha256:...` would fail the first staging. The version is data
+# of its own (registry.version).
+_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*@sha256:[0-9a-f]{64}$")
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
 
 
@@ -136,7 +140,8 @@ Duration = Annotated[str, _pattern(_DURATION, "a duration such as 168h, 90m or 0
 Name = Annotated[str, _pattern(_NAME, "a lower-case name of letters, digits and dashes")]
 EnvName = Annotated[str, _pattern(_ENV_NAME, "an environment variable name such as DOCKERHUB_TOKEN")]
 Bucket = Annotated[str, _pattern(_BUCKET, "a valid S3 bucket name")]
-PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest (name[:tag]@sha256:<64 hex>)")]
+PinnedImage = Annotated[str, _pattern(_DIGEST_REF, "an image pinned by digest alone (name@sha256:<64 hex>, "
+                                                      "no tag: Cloud Foundry refuses a tag with a digest)")]
 Version = Annotated[str, _pattern(_VERSION, "a version such as 2.8.2 (quote it in YAML)")]
 Port = Annotated[int, Field(ge=1024, le=65535)]
 InternalRoute = Annotated[str, _pattern(re.compile(r"^[a-z0-9-]+\.apps\.internal$"),
@@ -263,12 +268,21 @@ class CloudFoundrySettings(_Model):
     s3_service_instance: Name
     s3_service_plan: str = "basic"
     s3_service_key: Name
+    # Which of the S3 service key's endpoints the mirror uses: cloud.gov's broker hands out both the
+    # regional `endpoint` and a FIPS 140 validated `fips_endpoint`; FedRAMP systems must use the FIPS one.
+    s3_endpoint: Literal["regional", "fips"] = "regional"
     max_in_flight: int = Field(default=1, ge=1, le=16)
     deploy_timeout_seconds: int = Field(default=900, ge=1, le=7200)  # per build and per deployment
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=60)  # how often jobs/builds/deployments are polled
     # How long every instance must stay RUNNING before a deploy counts: a crash-looping instance is
     # RUNNING for a moment between crashes.
     health_settle_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Crashes of a deployment's new instances tolerated (Diego restarts them) before it fails; it fails
+    # at once when every new instance is CRASHED. See docs/cloud-foundry.md.
+    crash_budget: int = Field(default=3, ge=0, le=100)
+    # The longest wait a rate-limited answer (429 Retry-After) may ask for; a longer one fails at once
+    # with one sentence naming both, where CC's window could hold the runbook for an hour.
+    max_retry_after_seconds: float = Field(default=300.0, ge=0, le=3600)
     # The container (overlay) network apps talk over: silk-controller's `network`, 10.255.0.0/16 by default.
     # No trusted router range may overlap it, or any app there could forge its client address.
     container_network: Cidr = "10.255.0.0/16"

@@ -27,9 +27,9 @@ def task_params(source: Path, *, security_rules: Path | None = None, image_diges
         digest = image_digest.strip()
         if not digest.startswith("sha256:") or len(digest) != 71:
             raise ParameterError(f"registry image digest from the pipeline is not a sha256 digest: {digest[:80]!r}")
-        ref = ImageRef.parse(data["registry"]["image"] or "registry:3.0.0")
-        name = ref.repository.removeprefix("library/")
-        data["registry"]["image"] = f"{name}:{ref.tag or 'latest'}@{digest}"
+        ref = ImageRef.parse(data["registry"]["image"] or "registry")
+        # Digest only: Cloud Foundry's stager refuses a tag with a digest; the version is registry.version.
+        data["registry"]["image"] = f"{ref.repository.removeprefix('library/')}@{digest}"
     validate_settings(data, source=str(source))
     return data
 

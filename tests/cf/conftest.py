@@ -11,8 +11,9 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from registry_mirror.processes import (
 )
 from registry_mirror.rendering import MIRROR_PORT
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, seed_registry
-from tests.fakes.cf_api import FakeCloudFoundry
+from tests.fakes.cf_api import FAST_TIMINGS, FakeCloudFoundry
 from tests.fakes.cf_edge import Edge, cf_edge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,10 +147,11 @@ def staged_params(tmp: Path, hub: Hub, cf: FakeCloudFoundry, environment: str = 
     data = yaml.safe_load((ROOT / f"params/{environment}.yaml").read_text())
     rules = tmp / "security-rules.yaml"
     rules.write_text(yaml.safe_dump(RULES))
-    data["registry"]["image"] = f"registry:3.0.0@{hub.digest}"
+    data["registry"]["image"] = f"registry@{hub.digest}"
     data["upstream"].update(url=hub.url, username=HUB_USER, password_env="TEST_DOCKERHUB_TOKEN")
     data["proxy"]["security_rules_file"] = str(rules)
-    data["cloudfoundry"].update({"api": cf.url, "poll_interval_seconds": 0.02, "health_settle_seconds": 0.1,
+    # Seconds of the fake clock, which cost nothing: the stand-in takes them as the platform would.
+    data["cloudfoundry"].update({"api": cf.url, "poll_interval_seconds": 0.25, "health_settle_seconds": 2.0,
                                  "deploy_timeout_seconds": 20, "org": "cloud-gov", **cf_overrides})
     return data
 
@@ -160,10 +162,14 @@ class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
         self.sleeps: list[float] = []
+        # Run at every wait of the code under test: someone else acting meanwhile (another operator).
+        self.meanwhile: list[Callable[[], None]] = []
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        for act in list(self.meanwhile):
+            act()
 
     def clock(self) -> float:
         return self.now
@@ -184,6 +190,12 @@ class Foundation:
     hub: Hub
     cf: FakeCloudFoundry
     clock: FakeClock = field(default_factory=FakeClock)
+
+    def __post_init__(self) -> None:
+        # The stand-in's time is the runbooks' fake clock, plus real time for whoever polls on real
+        # time (a notebook under papermill, a test acting behind the runbooks' back).
+        start = time.monotonic()
+        self.cf.clock = lambda: self.clock.now + (time.monotonic() - start)
 
     def params(self, environment: str = "staging", **cf_overrides: Any) -> dict[str, Any]:
         return staged_params(self.tmp, self.hub, self.cf, environment, **cf_overrides)
@@ -246,12 +258,16 @@ class CfRunner:
     count: int = 0
 
     def params(self, environment: str = "staging", **cf_overrides: Any) -> dict[str, Any]:
-        return staged_params(self.tmp, self.hub, self.cf, environment, **cf_overrides)
+        return staged_params(self.tmp, self.hub, self.cf, environment,
+                             **{"poll_interval_seconds": 0.02, "health_settle_seconds": 0.15, **cf_overrides})
 
     def run(self, notebook: str, params: dict[str, Any], **options: Any) -> Run:
+        """A notebook waits on real time: short polls and settle window, with the stand-in's FAST_TIMINGS."""
         self.count += 1
         path = self.tmp / f"params-{self.count}.yaml"
-        path.write_text(yaml.safe_dump({**params, **options}))
+        real_time = {**params, "cloudfoundry": {**params["cloudfoundry"], "poll_interval_seconds": 0.02,
+                                                "health_settle_seconds": 0.15}}
+        path.write_text(yaml.safe_dump({**real_time, **options}))
         out = self.tmp / f"{Path(notebook).stem}-{self.count}.ipynb"
         result = subprocess.run(
             [sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
@@ -270,4 +286,5 @@ def cf_env() -> dict[str, str]:
 
 @pytest.fixture
 def runner(tmp_path: Path, docker_hub: Hub, cf: FakeCloudFoundry, cf_env: dict[str, str]) -> CfRunner:
+    cf.timings = FAST_TIMINGS  # the notebook's waits are real
     return CfRunner(tmp_path, docker_hub, cf, cf_env)

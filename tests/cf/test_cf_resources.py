@@ -20,6 +20,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def cc(cf: FakeCloudFoundry, clock: FakeClock) -> CloudController:
+    cf.clock = clock.clock  # the stand-in's time is the session's: staging takes its seconds there
     session = session_on(cf, clock)
     session.poll_interval = 0.5
     return CloudController(session)
@@ -84,7 +85,10 @@ def test_a_docker_app_has_a_droplet_but_no_package_bits(cc: CloudController, cf:
     droplet = cc.current_droplet(app)
     assert droplet is not None and droplet["guid"] == built["droplet"]["guid"]
     assert cc.current_package_bits(app) is None
-    assert [s["state"] for s in cc.process_stats(cc.web_process(app))] == ["RUNNING"]
+    assert [s["state"] for s in cc.process_stats(cc.web_process(app))] == ["STARTING"]  # its health check pending
+    running = cc.session.poll(lambda: cc.process_stats(cc.web_process(app)),
+                              lambda stats: [s["state"] for s in stats] == ["RUNNING"], timeout=10, what="start")
+    assert running[0]["uptime"] == 0
     assert cc.active_deployments(app) == [] and len(cc.deployments(app)) == 1
     assert cc.crash_events(app, limit=10) == []
 

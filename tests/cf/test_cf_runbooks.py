@@ -103,7 +103,7 @@ def test_build_failure_in_production_keeps_the_previous_droplet_serving(foundati
 
 def test_deployment_timeout_in_staging_leaves_the_deployment_for_debugging(foundation: Foundation,
                                                                           cf: FakeCloudFoundry) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     cf.faults.deployment_never_healthy = True
     deploy_runbook(foundation.platform(params), component="registry")  # a stopped app: finalized at once
     params["registry"]["instances"] = 3
@@ -114,7 +114,7 @@ def test_deployment_timeout_in_staging_leaves_the_deployment_for_debugging(found
 
 
 def test_deployment_timeout_in_production_cancels_back(foundation: Foundation, cf: FakeCloudFoundry) -> None:
-    params = foundation.params("production", deploy_timeout_seconds=2)
+    params = foundation.params("production", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params), component="registry")
     before = cf.app("docker-registry-mirror")["droplet_guid"]
     cf.faults.deployment_never_healthy = True
@@ -157,7 +157,7 @@ def test_wrong_credentials_stop_before_any_change(foundation: Foundation, cf: Fa
 
 
 def test_rollback_cancels_an_active_deployment(foundation: Foundation, cf: FakeCloudFoundry) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params), component="registry")
     cf.faults.deployment_never_healthy = True
     params["registry"]["instances"] = 3

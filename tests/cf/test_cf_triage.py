@@ -39,7 +39,7 @@ def test_a_healthy_deployment_is_healthy(foundation: Foundation, cf: FakeCloudFo
 
 def test_a_stuck_deployment_is_named_and_cancelled_behind_the_gate(foundation: Foundation, cf: FakeCloudFoundry,
                                                                     mirror_app: str) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     cf.faults.deployment_never_healthy = True
     params["registry"]["instances"] = 3
@@ -93,7 +93,7 @@ def test_a_missing_network_policy_is_named_and_the_proxy_redeploy_restores_it(
 
 def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(foundation: Foundation,
                                                                          cf: FakeCloudFoundry, mirror_app: str) -> None:
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     cf.clear_requests()
     walked = triage(foundation, params, mirror_app, remedy="scale-mirrors", scale_to=3, apply=True)
@@ -101,26 +101,28 @@ def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(foundat
     assert "APPLIED scale-mirrors: the same checks pass again" in walked.text
     assert cf.app(MIRROR)["instances"] == 3
 
-    # CC refuses to scale while a deployment is in flight: the run fails with CC's words, nothing else moves.
+    # CC refuses to scale while a deployment is in flight: the remedy names that deployment in one
+    # sentence before it sends anything.
     start_a_deployment_that_never_ends(foundation, cf, params)
-    with pytest.raises(DeployError, match="Cannot scale this process while a deployment is in flight"):
+    with pytest.raises(DeployError, match=r"deployment \S+ of docker-registry-mirror is in flight"):
         triage(foundation, params, mirror_app, remedy="scale-mirrors", scale_to=5, apply=True)
-    assert mutating(cf) == []
+    assert [r for r in cf.requests if r.mutating] == []
 
 
 def test_the_notebook_exits_non_zero_when_the_remedy_is_refused(foundation: Foundation, runner: CfRunner,
                                                                 cf: FakeCloudFoundry, mirror_app: str) -> None:
-    """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC refuses
-    fails the run non-zero with CC's words, nothing moves, and no secret reaches the notebook."""
-    params = foundation.params("staging", deploy_timeout_seconds=2)
+    """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC would
+    refuse fails the run non-zero naming the deployment in flight, nothing moves, and no secret reaches
+    the notebook."""
+    params = foundation.params("staging", deploy_timeout_seconds=8)
     deploy_runbook(foundation.platform(params))
     start_a_deployment_that_never_ends(foundation, cf, params)
     with public_route(cf, mirror_app) as edge:
         run = runner.run("incident_triage.ipynb", params, public_url=edge.public_url, remedy="scale-mirrors",
                          scale_to=5, apply_remedy=True, output_dir=str(runner.tmp / "refused"))
-    assert run.returncode != 0 and "Cannot scale this process while a deployment is in flight" in run.stderr
+    assert run.returncode != 0 and "of docker-registry-mirror is in flight" in run.stderr
     assert "recent errors:" in run.outputs()  # the walk ran to its last layer and was shown before the remedy
-    assert mutating(cf) == []
+    assert [r for r in cf.requests if r.mutating] == []
     run.assert_no_secret()
 
 

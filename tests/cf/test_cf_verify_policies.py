@@ -14,7 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from registry_mirror.checks import PolicyReport
-from tests.cf.conftest import CHECK_IMAGE, ROOT, RULES, CfRunner, Foundation, assert_no_secret, cc_session, public_route
+from tests.cf.conftest import (
+    CHECK_IMAGE, ROOT, RULES, CfRunner, FakeClock, Foundation, assert_no_secret, cc_session, public_route,
+)
 from tests.cf.runbooks import deploy_runbook, verify_runbook
 from tests.fakes.cf_api import FakeCloudFoundry
 
@@ -27,9 +29,10 @@ NO_DOCKER_HUB = {"ratelimit-headers"}
 class Cc:
     """A logged-in CC client for drifting the deployment behind the runbooks' back."""
 
-    def __init__(self, cf: FakeCloudFoundry) -> None:
+    def __init__(self, cf: FakeCloudFoundry, clock: FakeClock | None = None) -> None:
         self.url = cf.url
         self.session = cc_session(cf)
+        self.clock = clock  # the stand-in's fake time, when it has one: waiting moves it
 
     def call(self, method: str, path: str, **kwargs: object) -> dict:
         resp = self.session.request(method, self.url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
@@ -42,7 +45,10 @@ class Cc:
             body = self.call("GET", path)
             if done(body):
                 return body
-            time.sleep(0.02)
+            if self.clock is not None:
+                self.clock.sleep(0.25)
+            else:
+                time.sleep(0.02)
         raise TimeoutError(path)
 
 
@@ -97,6 +103,14 @@ def drift_unpinned_image(cc: Cc, cf: FakeCloudFoundry) -> None:
     build_and_deploy(cc, app, package["guid"])
 
 
+def drift_other_digest(cc: Cc, cf: FakeCloudFoundry) -> None:
+    """Pinned, but not to the digest the params pin (CC reports it normalised, library/registry@...)."""
+    app = cf.app("docker-registry-mirror")["guid"]
+    package = cc.call("POST", "/v3/packages", json={"type": "docker", "data": {"image": "registry@sha256:" + "0" * 64},
+                                                     "relationships": {"app": {"data": {"guid": app}}}})
+    build_and_deploy(cc, app, package["guid"])
+
+
 def drift_redirect_enabled(cc: Cc, cf: FakeCloudFoundry) -> None:
     app = cf.app("docker-registry-mirror")["guid"]
     cc.call("PATCH", f"/v3/apps/{app}/environment_variables", json={"var": {"REGISTRY_STORAGE_REDIRECT_DISABLE": "false"}})
@@ -145,6 +159,7 @@ DRIFTS = {
     "public-route-on-mirror": (drift_public_route, {"mirror-not-exposed"}),
     "another-policy-to-mirror": (drift_extra_policy, {"network-policy"}),
     "unpinned-image": (drift_unpinned_image, {"image-pinned"}),
+    "other-digest": (drift_other_digest, {"image-pinned"}),
     "redirect-enabled": (drift_redirect_enabled, {"no-s3-redirect", "config-matches"}),
 }
 
@@ -170,7 +185,7 @@ def test_each_drift_fails_the_check_that_proves_it(foundation: Foundation, cf: F
     params = foundation.params("staging")
     deploy_runbook(foundation.platform(params))
     drift, expected = DRIFTS[name]
-    drift(Cc(cf), cf)
+    drift(Cc(cf, foundation.clock), cf)
     report, _ = run_checks(foundation, params, mirror_app)
     assert not report.ok
     assert set(report.failed) == expected
@@ -183,7 +198,7 @@ def test_the_notebook_fails_non_zero_on_a_drift_and_shows_no_private_range(
     params = foundation.params("staging")
     deploy_runbook(foundation.platform(params))
     drift, expected = DRIFTS["redirect-enabled"]
-    drift(Cc(cf), cf)
+    drift(Cc(cf, foundation.clock), cf)
     results = runner.tmp / "results.json"
     with public_route(cf, mirror_app) as edge:
         run = runner.run("verify_policies.ipynb", params, results_json=str(results), public_url=edge.public_url,

@@ -18,24 +18,38 @@ Covered:
     service credential bindings (key) with their details, audit events (process crashes, app stops), feature
     flags, space developer roles (others get CC's 403 NotAuthorized on every change), the org quota
     and its usage summary (deployments beyond it get CC's 422).
-  * Instances: they start with the env and image of their deployment or start; ``Faults.crash_when``
-    makes them crash-loop (flapping stats, crash audit events, a rolling deployment that never ends).
-  * Networking policy API v1 external: list, create, delete policies; the network.write scope.
+  * Time: everything moves by the stand-in's ``clock`` (injectable; tests share their fake one) and
+    ``Timings``, never by how often a client asks: jobs, staging and upload processing take seconds;
+    instances go STARTING -> RUNNING once their health check passes; a crashing instance runs a moment,
+    crashes and is restarted as Diego's restart calculator says (at once, then 30 s doubling to 16 min),
+    CRASHED while it waits, each crash an audit event (actor: its process, data.version); deployments
+    advance as CC's deployment updater does, batch by batch with max_in_flight, the old processes
+    scaled down as the new one grows; a cancel ends an updater cycle later.
+  * Instances: each process's instances run with the env and image they started with (old ones keep
+    theirs while a deployment brings up new ones); ``Faults.crash_when`` decides which crash,
+    ``Faults.transient_crashes`` makes the next ones crash once at boot.
+  * CC's refusals while a deployment is in flight: process scale and update (422), apply_manifest jobs
+    that would touch the web process (FAILED), restart.
+  * Docker staging through containers/image's reference rules: a tag with a digest, or an invalid
+    reference, fails the build; the droplet's image is the stager's normalised name.
+  * Networking policy API v1 external: list, create, delete policies; the network.write scope, or a
+    space developer without it when ``space_developer_self_service`` is on.
+  * Tokens expire by the clock (UAA's access-token validity) and through the faults, on every API the
+    stand-in fronts (CC and the policy server alike).
   * Pagination on every list, comma-separated filters, CC error bodies, ``X-Vcap-Request-Id`` on every
     answer, and the faults in ``Faults`` (502 from the router, 429 from CC's rate limiter with its
     Retry-After, 503 from UAA, slow answers, token expiry, failing staging, failing package processing,
-    deployments that never get healthy).
+    deployments that never get healthy, answers lost after CC acted).
 
 Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
 stand-in, so a gap shows up as a failure and never as a silent success):
   * v2 API, logs, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
     deletes, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
     parameters, manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and
-    canary, canary ``steps``, roles other than space developer, space quotas, time-based token expiry
-    (tokens expire only through ``Faults.expire_token_after`` or ``revoke_tokens``).
-  * Jobs, builds and deployments progress per GET of that one resource (``polls_to_finish``), never with
-    time and never through list endpoints, so a client must poll ``GET /v3/<resource>/:guid``; a rolling
-    deployment's instances jump from the first batch (max_in_flight) to all; stats are invented numbers.
+    canary, canary ``steps``, roles other than space developer, space quotas.
+  * Time moves only when a request arrives (each brings everything up to the clock's now), and the
+    ISO timestamps CC shows (created_at) are wall-clock times, not the stand-in's clock; stats' usage
+    figures are invented numbers.
   * A 429 from the networking API uses CC's body (the policy server has no rate limiter of its own).
 """
 from __future__ import annotations
@@ -55,7 +69,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
@@ -70,15 +84,26 @@ MAX_IN_FLIGHT_SINCE = "3.173.0"  # deployments take options.max_in_flight (cloud
 _FLAG_DEFAULTS = {"diego_docker": False}  # models/runtime/feature_flag.rb
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 5000
-DEFAULT_S3_CREDENTIALS: dict[str, str] = {
+# Every field cloud.gov's s3 broker puts in a binding's credentials (cloud-gov/s3-broker broker.go,
+# Bind): the key pair, the bucket and its region, the regional and the FIPS endpoint (host names, no
+# scheme), the other buckets the key reaches, and a URI.
+DEFAULT_S3_CREDENTIALS: dict[str, Any] = {
     "access_key_id": "AKIAFAKESTANDIN",
     "secret_access_key": "fake-s3-secret-DO-NOT-LEAK",
     "bucket": "cg-fake-bucket",
     "region": "us-gov-west-1",
+    "endpoint": "s3.us-gov-west-1.amazonaws.com",
+    "fips_endpoint": "s3-fips.us-gov-west-1.amazonaws.com",
+    "additional_buckets": [],
     # cloud.gov's S3 broker embeds the key pair in the URI too, so leak checks must look here as well.
     "uri": "s3://AKIAFAKESTANDIN:fake-s3-secret-DO-NOT-LEAK@s3-us-gov-west-1.amazonaws.com/cg-fake-bucket",
 }
 _TOKEN_PATHS = ("/login/oauth/token", "/uaa/oauth/token")
+TRANSIENT_PANIC = 'panic: Get "https://registry-1.docker.io/v2/": dial tcp: i/o timeout'  # a boot-time upstream blip
+# UAA's access-token validity for the cf client (uaa.yml clients.cf.access-token-validity: 1200 s, of
+# which UAA reports expires_in one second less).
+ACCESS_TOKEN_SECONDS = 1199
+REFRESH_TOKEN_SECONDS = 2592000  # clients.cf.refresh-token-validity: 30 days, counted from the login
 # Where the stand-in's blobstore answers pre-signed URLs: in CF it is S3 or WebDAV, not CC.
 _BLOBSTORE = "/blobstore"
 _JSON = "application/json; charset=utf-8"
@@ -88,6 +113,34 @@ _ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # Deployment
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timings:
+    """How long the platform takes, in seconds of the stand-in's clock: state moves with time, never
+    with the number of requests a client makes."""
+
+    job: float = 0.5  # an apply_manifest job or a broker operation (app/jobs/v3/*)
+    upload: float = 0.5  # uploaded bits processed into a READY package (app/jobs/v3/package_bits.rb)
+    staging: float = 1.5  # a build: Diego's staging task (dockerapplifecycle builder, buildpack lifecycle)
+    start: float = 1.0  # an instance STARTING until its health check passes (executor healthcheck)
+    crash_after: float = 1.0  # a crashing instance runs this long once healthy, then crashes
+    cancel: float = 0.5  # CANCELING to CANCELED: the deployment updater's next cycle
+
+
+# For runs on real time (a notebook under papermill): the same order of events, in tenths of a second.
+FAST_TIMINGS = Timings(job=0.02, upload=0.02, staging=0.05, start=0.02, crash_after=0.05, cancel=0.02)
+IMMEDIATE_RESTARTS, BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, MAX_RESTARTS = 3, 30.0, 960.0, 200
+
+
+def restart_delay(crash_count: int) -> float:
+    """How long Diego waits before restarting an instance after its `crash_count`th crash (bbs
+    models/restart_calculator.go): at once for the first two crashes, then 30 s doubling per crash up
+    to 16 min; after 200 crashes never again (it stays CRASHED)."""
+    if crash_count < IMMEDIATE_RESTARTS:
+        return 0.0
+    if crash_count >= MAX_RESTARTS:
+        return float("inf")
+    return min(BACKOFF_SECONDS * 2 ** (crash_count - IMMEDIATE_RESTARTS), MAX_BACKOFF_SECONDS)
 
 @dataclass
 class Faults:
@@ -111,6 +164,14 @@ class Faults:
     # and a rolling deployment onto them never finishes, as in CC.
     crash_when: Callable[[Mapping[str, Any], str | None], str | None] | None = None
     package_processing_fails: bool = False  # uploaded bits end FAILED, as when the blobstore refuses them
+    # The next N instances a deployment or a start brings up crash once at boot and then run: Diego's
+    # executor restarts a crashed instance at once for its first crashes (rep/bbs crash policy,
+    # models/actual_lrp.go ShouldRestartCrash). Each leaves one crash audit event of its process.
+    transient_crashes: int = 0
+    # Mutating CC requests that take effect, but whose answer is lost: the gorouter answers 502
+    # (proxy/round_tripper: endpoint_failure) after CC acted, as when the backend timed out. Each
+    # entry is "METHOD path-regex" and is used up by the first request it matches; "*" matches any.
+    lost_answers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -186,6 +247,14 @@ class _Process:
     health_check_invocation_timeout: int | None = None
     health_check_interval: int | None = None
     revision_guid: str | None = None
+    # What its instances started with (None: never started): each process's instances run with their
+    # own, so old ones crash or run as they did while a deployment brings up new ones.
+    started_env: dict[str, Any] | None = None
+    started_image: str | None = None
+    # When each instance (by index) last booted, on the stand-in's clock; its state follows from it.
+    started: list[float] = field(default_factory=list)
+    boot_crash: set[int] = field(default_factory=set)  # indexes that crash once at boot (transient)
+    crashes_seen: dict[tuple[int, float], int] = field(default_factory=dict)  # (index, boot) -> events recorded
     guid: str = field(default_factory=_guid)
     version: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
@@ -205,13 +274,11 @@ class _App:
     # Web processes, oldest first. A rolling deployment adds one and removes the others when it ends,
     # as CC does, so the web process guid changes across a deployment.
     processes: list[_Process] = field(default_factory=list)
-    started_at: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     # What its instances started with: the env and image at the last start or deployment.
     running_env: dict[str, Any] = field(default_factory=dict)
     running_image: str | None = None
-    stats_polls: int = 0
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -232,6 +299,7 @@ class _Package:
     sha256: str | None = None
     error: str | None = None
     bits: bytes = b""
+    uploaded_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -263,7 +331,7 @@ class _Build:
     state: str = "STAGING"
     error: str | None = None
     droplet_guid: str | None = None
-    polls: int = 0
+    created_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -303,17 +371,17 @@ class _Deployment:
     running_image: str | None = None
     previous_env: dict[str, Any] = field(default_factory=dict)  # what the old ones run with
     previous_image: str | None = None
-    polls: int = 0
+    changed_t: float = 0.0  # when its status last changed, on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
     status_updated_at: str = field(default_factory=_now)
     last_healthy_at: str = field(default_factory=_now)
 
-    def set_status(self, state: str, value: str, reason: str) -> None:
+    def set_status(self, state: str, value: str, reason: str, at: float = 0.0) -> None:
         self.state, self.status_value, self.status_reason = state, value, reason
         self.updated_at = self.status_updated_at = _now()
-        self.polls = 0
+        self.changed_t = at
 
 
 @dataclass
@@ -353,7 +421,7 @@ class _Job:
     state: str = "PROCESSING"
     errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
-    polls: int = 0
+    created_t: float = 0.0  # on the stand-in's clock
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -436,6 +504,7 @@ class _Token:
     grant_type: str
     scope: str
     refresh_token: str | None
+    expires_at: float = float("inf")  # by the stand-in's clock; UAA's access_token_validity
 
 
 # --------------------------------------------------------------------------------------------------
@@ -594,18 +663,24 @@ class FakeCloudFoundry:
 
     def __init__(self, *, users: Mapping[str, str] | None = None, clients: Mapping[str, str] | None = None,
                  org: str = "cloud-gov", spaces: tuple[str, ...] = ("registry-mirror-staging", "registry-mirror"),
-                 s3_credentials: Mapping[str, Any] | None = None, polls_to_finish: int = 2,
+                 s3_credentials: Mapping[str, Any] | None = None, timings: Timings = Timings(),
                  cc_version: str = CC_API_VERSION, non_developers: Iterable[str] = (),
                  without_scopes: Iterable[str] = (), feature_flags: Mapping[str, bool] | None = None,
-                 org_quota: Mapping[str, int | None] | None = None) -> None:
+                 org_quota: Mapping[str, int | None] | None = None,
+                 space_developer_self_service: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
         """`non_developers`: users and clients with no space developer role (everyone else has it in
         every space). `without_scopes`: scopes UAA leaves out of every token (e.g. network.write).
-        `org_quota`: total_memory_in_mb / total_instances of the org's quota (None: unlimited)."""
+        `org_quota`: total_memory_in_mb / total_instances of the org's quota (None: unlimited).
+        `space_developer_self_service`: the policy server's enable_space_developer_self_service.
+        `clock`: the platform's time (seconds), by which tokens expire; tests share a fake one."""
+        self.clock = clock
         self.users: dict[str, str] = dict(users if users is not None else {"deployer": "deployer-password"})
         self.clients: dict[str, str] = dict(clients if clients is not None else {"ci-deployer": "ci-secret"})
         self.cc_version = cc_version
         self.non_developers = set(non_developers)
         self.without_scopes = set(without_scopes)
+        self.space_developer_self_service = space_developer_self_service
         # diego_docker defaults to off in CC; a foundation that runs docker apps (as ours) turns it on.
         self.feature_flags: dict[str, bool] = {"diego_docker": True, **(feature_flags or {})}
         self.org_quota: dict[str, int | None] = {"total_memory_in_mb": None, "total_instances": None,
@@ -613,7 +688,7 @@ class FakeCloudFoundry:
         self._token_key = secrets.token_bytes(32)  # signs the JWTs this UAA issues
         self.s3_credentials: dict[str, Any] = dict(s3_credentials if s3_credentials is not None
                                                    else DEFAULT_S3_CREDENTIALS)
-        self.polls_to_finish = polls_to_finish
+        self.timings = timings
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.url = ""
@@ -744,6 +819,7 @@ class FakeCloudFoundry:
                     authenticated = self._peek_token(headers) is not None
                     resp = fault
                 else:
+                    self._tick()
                     # Like CC, an unrouted path is a 404 before any token check.
                     handler, params = self._match(req)
                     if kind == "cc" and path not in ("/", "/v3"):
@@ -757,6 +833,10 @@ class FakeCloudFoundry:
                         req.user = self._authenticate_networking(headers)
                         authenticated = True
                     resp = handler(req, **params)
+                    if kind == "cc" and method != "GET" and resp.status < 400 and self._answer_lost(method, path):
+                        resp = _Resp(502, b"502 Bad Gateway: Registered endpoint failed to handle the request.\n",
+                                     {"Content-Type": "text/plain; charset=utf-8",
+                                      "X-Cf-Routererror": "endpoint_failure (context deadline exceeded)"})
         except _CCError as error:
             resp = error.response()
         except _RawError as error:
@@ -771,6 +851,14 @@ class FakeCloudFoundry:
         with self._lock:
             self.requests.append(record)
         return resp
+
+    def _answer_lost(self, method: str, path: str) -> bool:
+        for entry in self.faults.lost_answers:
+            wanted, _, pattern = entry.partition(" ")
+            if entry == "*" or (wanted == method and re.fullmatch(pattern, path)):
+                self.faults.lost_answers.remove(entry)
+                return True
+        return False
 
     @staticmethod
     def _kind(path: str) -> str:
@@ -839,19 +927,31 @@ class FakeCloudFoundry:
         token = self._bearer(headers)
         return self._access_tokens.get(token) if token else None
 
-    def _authenticate_cc(self, headers: Message) -> str:
-        token = self._bearer(headers)
-        if token is None:
-            raise _CCError(401, 10002, "CF-NotAuthenticated", "Authentication error")
+    def _valid_token(self, token: str) -> _Token | None:
+        """The token's record while it is valid: known to UAA, not past its `exp` by the clock, and not
+        expired by the `expire_token_after` fault (which counts requests to every API the stand-in
+        fronts: CC and the policy server both ask UAA, so a token dies for both at once)."""
         record = self._access_tokens.get(token)
         if record is None:
-            raise _invalid_token()
+            return None
+        if self.clock() >= record.expires_at:
+            del self._access_tokens[token]
+            return None
         if self.faults.expire_token_after is not None:
             if self.faults.expire_token_after <= 0:
                 self.faults.expire_token_after = None
                 self._access_tokens.clear()  # refresh tokens survive: that is how clients recover
-                raise _invalid_token()
+                return None
             self.faults.expire_token_after -= 1
+        return record
+
+    def _authenticate_cc(self, headers: Message) -> str:
+        token = self._bearer(headers)
+        if token is None:
+            raise _CCError(401, 10002, "CF-NotAuthenticated", "Authentication error")
+        record = self._valid_token(token)
+        if record is None:
+            raise _invalid_token()
         return record.subject
 
     def _authenticate_networking(self, headers: Message) -> str:
@@ -860,13 +960,15 @@ class FakeCloudFoundry:
         token = self._bearer(headers)
         if token is None:
             raise _policy_error(401, "missing authorization header")
-        record = self._access_tokens.get(token)
+        record = self._valid_token(token)
         if record is None:
             raise _policy_error(401, "failed to verify token with uaa")
         scopes = record.scope.split()
-        # auth_middleware.go: list and write both need network.admin or network.write (space
-        # developer self-service is off by default), checked before any access to the apps.
-        if not {"network.admin", "network.write"} & set(scopes):
+        # auth_middleware.go: list and write both need network.admin or network.write, checked before
+        # any access to the apps, unless enable_space_developer_self_service is on: then a space
+        # developer passes without the scopes (policy-server handlers check the apps' spaces instead).
+        self_served = self.space_developer_self_service and record.subject not in self.non_developers
+        if not {"network.admin", "network.write"} & set(scopes) and not self_served:
             raise _policy_error(403, f"provided scopes [{' '.join(scopes)}] do not include allowed scopes "
                                      "[network.admin network.write]")
         return record.subject
@@ -888,6 +990,7 @@ class FakeCloudFoundry:
             ("PATCH", f"/v3/apps/{g}", self._h_patch_app),
             ("POST", f"/v3/apps/{g}/actions/start", self._h_start_app),
             ("POST", f"/v3/apps/{g}/actions/stop", self._h_stop_app),
+            ("POST", f"/v3/apps/{g}/actions/restart", self._h_restart_app),
             ("GET", f"/v3/apps/{g}/environment_variables", self._h_get_env),
             ("PATCH", f"/v3/apps/{g}/environment_variables", self._h_patch_env),
             ("GET", f"/v3/apps/{g}/processes/(?P<type>[^/]+)", self._h_get_app_process),
@@ -907,8 +1010,11 @@ class FakeCloudFoundry:
             ("GET", f"/v3/processes/{g}", self._h_get_process),
             ("GET", f"/v3/processes/{g}/stats", self._h_process_stats),
             ("POST", f"/v3/processes/{g}/actions/scale", self._h_scale_process),
+            ("PATCH", f"/v3/processes/{g}", self._h_update_process),
             ("GET", f"/v3/jobs/{g}", self._h_get_job),
             ("POST", "/v3/packages", self._h_create_package),
+            ("GET", "/v3/packages", self._h_list_packages),
+            ("GET", "/v3/builds", self._h_list_builds),
             ("GET", f"/v3/packages/{g}", self._h_get_package),
             ("POST", f"/v3/packages/{g}/upload", self._h_upload_package),
             ("GET", f"/v3/packages/{g}/download", self._h_download_package),
@@ -966,8 +1072,90 @@ class FakeCloudFoundry:
             raise _not_found(what)
         return item
 
-    def _finished(self, polls: int) -> bool:
-        return polls >= self.polls_to_finish
+    # ---- time ------------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Everything that happens by the clock, brought up to now before a request is answered: jobs
+        and builds finish, uploads are processed, instances boot, crash and restart (their crash
+        events recorded), deployments advance."""
+        now = self.clock()
+        for job in self._jobs:
+            if job.state == "PROCESSING" and now - job.created_t >= self.timings.job:
+                self._complete_job(job)
+        for build in self._builds:
+            if build.state == "STAGING" and now - build.created_t >= self.timings.staging:
+                self._finish_build(build)
+        for package in self._packages:
+            if package.state == "PROCESSING_UPLOAD" and now - package.uploaded_t >= self.timings.upload:
+                if self.faults.package_processing_fails:
+                    package.state, package.error = "FAILED", "Package upload failed: the blobstore refused the bits"
+                else:
+                    package.state = "READY"
+                package.updated_at = _now()
+        for app in self._apps:
+            if app.state == "STARTED":
+                for process in app.processes:
+                    self._record_due_crashes(app, process, now)
+        for deployment in self._deployments:
+            self._advance_deployment(deployment, now)
+
+    def _boot(self, process: _Process, instances: int, at: float) -> None:
+        """Resize to `instances`: new indexes boot at `at`, removed ones stop."""
+        process.instances = instances
+        process.started = process.started[:instances] + [at] * max(0, instances - len(process.started))
+
+    def _boot_all(self, process: _Process, at: float) -> None:
+        process.started = [at] * process.instances
+        process.crashes_seen.clear()
+
+    def _instance_state(self, app: _App, process: _Process, index: int, now: float) -> tuple[str, float]:
+        """(state, when it began) of one instance at `now`: STARTING until its health check passes,
+        then RUNNING; one that crashes runs `crash_after`, crashes, and is restarted as Diego's restart
+        calculator says (at once at first, then backing off), CRASHED while it waits."""
+        boot = process.started[index] if index < len(process.started) else now
+        if index in process.boot_crash:
+            return "STARTING", boot
+        reason = self._crash_reason(*self._started_with(app, process))
+        if reason is None:
+            ready = boot + self.timings.start
+            return ("RUNNING", ready) if now >= ready else ("STARTING", boot)
+        for crash_count, crashed_at in enumerate(self._crash_times(boot, now), start=1):
+            restart = crashed_at + restart_delay(crash_count)
+            if now < restart:
+                return "CRASHED", crashed_at
+            boot = restart
+        ready = boot + self.timings.start
+        return ("RUNNING", ready) if now >= ready else ("STARTING", boot)
+
+    def _crash_times(self, boot: float, now: float) -> Iterator[float]:
+        """When an always-crashing instance booted at `boot` crashed, up to `now`."""
+        for crash_count in range(1, MAX_RESTARTS + 1):
+            crashed_at = boot + self.timings.start + self.timings.crash_after
+            if crashed_at > now:
+                return
+            yield crashed_at
+            boot = crashed_at + restart_delay(crash_count)
+
+    def _record_due_crashes(self, app: _App, process: _Process, now: float) -> None:
+        """Crash audit events for every crash up to now, each once (Diego reports each crash to CC)."""
+        for index in sorted(process.boot_crash):
+            boot = process.started[index] if index < len(process.started) else now
+            crashed_at = boot + self.timings.start / 2
+            if crashed_at <= now:
+                # The registry panics at boot when its upstream blips; restarted at once, it runs.
+                process.boot_crash.discard(index)
+                self._crash_event(app, process, index, TRANSIENT_PANIC, 1)
+                if index < len(process.started):
+                    process.started[index] = crashed_at
+        reason = self._crash_reason(*self._started_with(app, process))
+        if reason is None:
+            return
+        for index, boot in enumerate(process.started):
+            seen = process.crashes_seen.get((index, boot), 0)
+            times = list(self._crash_times(boot, now))
+            for crash_count in range(seen + 1, len(times) + 1):
+                self._crash_event(app, process, index, reason, crash_count)
+            process.crashes_seen[(index, boot)] = len(times)
 
     def _paginate(self, req: _Req, path: str, items: list[Any], present: Callable[[Any], dict[str, Any]],
                   filters: Mapping[str, Callable[[Any, list[str]], bool]],
@@ -1092,6 +1280,8 @@ class FakeCloudFoundry:
                                       "cloud_controller.write network.write uaa.user", secrets.token_urlsafe(24)))
         if grant == "refresh_token":
             record = self._refresh_tokens.get(form.get("refresh_token", ""))
+            if record is not None and self.clock() >= record.expires_at:
+                record = None  # past UAA's refresh-token validity: the client must log in again
             if record is None or record.client_id != client_id:
                 raise _uaa_error(401, "invalid_token", "Invalid refresh token")
             return self._issue(record)
@@ -1119,17 +1309,22 @@ class FakeCloudFoundry:
         # UAA's access tokens are JWTs; clients read user_id/client_id and scope from them.
         scope = [s for s in record.scope.split() if s not in self.without_scopes]
         record = _Token(record.subject, record.client_id, record.grant_type, " ".join(scope), record.refresh_token)
+        now = self.clock()
         claims: dict[str, Any] = {"jti": secrets.token_hex(16), "client_id": record.client_id, "cid": record.client_id,
-                                  "grant_type": record.grant_type, "scope": scope, "iat": int(time.time()),
-                                  "exp": int(time.time()) + 1199, "iss": f"{self.url}/uaa/oauth/token"}
+                                  "grant_type": record.grant_type, "scope": scope, "iat": int(now),
+                                  "exp": int(now) + ACCESS_TOKEN_SECONDS, "iss": f"{self.url}/uaa/oauth/token"}
         if record.grant_type != "client_credentials":
             claims |= {"user_id": _user_guid(record.subject), "user_name": record.subject}
         access = _jwt(claims, self._token_key)
-        self._access_tokens[access] = record
-        body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": 1199,
+        self._access_tokens[access] = _Token(record.subject, record.client_id, record.grant_type, record.scope,
+                                             record.refresh_token, now + ACCESS_TOKEN_SECONDS)
+        body: dict[str, Any] = {"access_token": access, "token_type": "bearer", "expires_in": ACCESS_TOKEN_SECONDS,
                                 "scope": record.scope, "jti": secrets.token_hex(16)}
         if record.refresh_token is not None:
-            self._refresh_tokens[record.refresh_token] = record
+            if record.refresh_token not in self._refresh_tokens:
+                self._refresh_tokens[record.refresh_token] = _Token(
+                    record.subject, record.client_id, record.grant_type, record.scope, record.refresh_token,
+                    now + REFRESH_TOKEN_SECONDS)
             body["refresh_token"] = record.refresh_token
         return _json_resp(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
@@ -1245,6 +1440,20 @@ class FakeCloudFoundry:
             app.web.revision_guid = self._update_app_revision(app).guid
         return _json_resp(200, self._present_app(app))
 
+    def _h_restart_app(self, req: _Req, guid: str) -> _Resp:
+        """AppRestart (app/actions/app_restart.rb): stop, then start with today's environment and the
+        current droplet (a new revision when either changed, as AppStart records), 200 with the app."""
+        app = self._get(self._apps, guid, "App")
+        if app.droplet_guid is None:
+            raise _unprocessable("Assign a droplet before starting this app.")
+        if self._deploying(app):
+            raise _unprocessable("Cannot restart the app while a deployment is in flight.")
+        app.state = "STOPPED"
+        self._record_app_event("audit.app.restart", app, req.user)
+        self._start_instances(app)
+        app.web.revision_guid = self._update_app_revision(app).guid
+        return _json_resp(200, self._present_app(app))
+
     def _h_stop_app(self, req: _Req, guid: str) -> _Resp:
         """AppStop.stop (app/actions/app_stop.rb): the app and each of its processes desired STOPPED and an
         audit.app.stop event (AppEventRepository#record_app_stop), every time, stopped already or not;
@@ -1266,28 +1475,41 @@ class FakeCloudFoundry:
     def _start_instances(self, app: _App) -> None:
         """The app's instances start now, with today's environment and the current droplet's image."""
         droplet = self._find(self._droplets, app.droplet_guid)
-        app.state, app.started_at, app.updated_at = "STARTED", time.time(), _now()
+        app.state, app.updated_at = "STARTED", _now()
         app.running_env, app.running_image = copy.deepcopy(app.env), droplet.image if droplet else None
-        app.stats_polls = 0
-        self._record_crashes(app, app.web)
+        for process in app.processes:
+            process.started_env, process.started_image = copy.deepcopy(app.running_env), app.running_image
+            self._boot_all(process, self.clock())
+        self._transient_boot_crashes(app.web)
 
     def _crash_reason(self, env: Mapping[str, Any], image: str | None) -> str | None:
         return self.faults.crash_when(env, image) if self.faults.crash_when is not None else None
 
-    def _record_crashes(self, app: _App, process: _Process) -> None:
-        """Diego's crash report for each instance, as CC records it (audit.app.process.crash)."""
-        reason = self._crash_reason(app.running_env, app.running_image)
-        if reason is None:
-            return
+    @staticmethod
+    def _started_with(app: _App, process: _Process) -> tuple[Mapping[str, Any], str | None]:
+        if process.started_env is not None:
+            return process.started_env, process.started_image
+        return app.running_env, app.running_image
+
+    def _transient_boot_crashes(self, process: _Process) -> None:
+        """Faults.transient_crashes: the next instances to boot crash once at boot, restarted at once."""
+        count = min(self.faults.transient_crashes, process.instances)
+        if count > 0:
+            self.faults.transient_crashes -= count
+            process.boot_crash |= set(range(process.instances - count, process.instances))
+
+    def _crash_event(self, app: _App, process: _Process, index: int, reason: str, crash_count: int) -> None:
+        """Diego's report of one crash, as CC records it (audit.app.process.crash, from
+        app/repositories/app_event_repository.rb create_app_crash_event): the process as actor, and in
+        data its index, reason, exit description, crash count and the process version the instance ran."""
         space = self._space_of(app)
-        for index in range(process.instances):
-            self._events.append(_AuditEvent(
-                "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
-                {"guid": app.guid, "type": "app", "name": app.name},
-                {"instance": _guid(), "index": index, "cell_id": _guid(), "reason": "CRASHED", "exit_status": 1,
-                 "exit_description": reason[:1000], "crash_count": 1, "crash_timestamp": time.time_ns(),
-                 "version": process.version},
-                space.guid, space.org_guid))
+        self._events.append(_AuditEvent(
+            "audit.app.process.crash", {"guid": process.guid, "type": "process", "name": process.type},
+            {"guid": app.guid, "type": "app", "name": app.name},
+            {"instance": _guid(), "index": index, "cell_id": _guid(), "reason": "CRASHED", "exit_status": 1,
+             "exit_description": reason[:1000], "crash_count": crash_count, "crash_timestamp": time.time_ns(),
+             "version": process.version},
+            space.guid, space.org_guid))
 
     def _present_event(self, event: _AuditEvent) -> dict[str, Any]:
         return {"guid": event.guid, "created_at": event.created_at, "updated_at": event.updated_at,
@@ -1441,45 +1663,65 @@ class FakeCloudFoundry:
         instances = body.get("instances", process.instances)
         if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
             raise _unprocessable("Instances must be greater than or equal to 0")
-        if any(d.app_guid == app.guid and d.state in _ACTIVE_STATES for d in self._deployments):
+        if process.type == "web" and self._deploying(app):
+            # app/actions/process_scale.rb: ScaleDisabledDuringDeployment (errors/v3.yml 390016).
             raise _CCError(422, 390016, "CF-ScaleDisabledDuringDeployment",
                            "Cannot scale this process while a deployment is in flight.")
         if app.state == "STARTED" and instances > process.instances:
             self._check_quota(app, instances - process.instances, process.memory_in_mb)
-        process.instances = instances
+        self._boot(process, instances, self.clock())
         process.updated_at = _now()
         return _json_resp(202, self._present_process(process))
 
+    def _h_update_process(self, req: _Req, guid: str) -> _Resp:
+        """ProcessUpdate (app/actions/process_update.rb): command and health check; refused for the web
+        process while a deployment of the app is in flight, as CC's process model validation does."""
+        app, process = self._process(guid)
+        body = req.json_object()
+        self._check_fields(body, {"command", "health_check", "readiness_health_check", "metadata"})
+        if process.type == "web" and self._deploying(app):
+            raise _unprocessable("Cannot update this process while a deployment is in flight.")
+        if "command" in body:
+            process.command = body["command"]
+        health = body.get("health_check")
+        if isinstance(health, dict):
+            if health.get("type") not in (None, "port", "process", "http"):
+                raise _unprocessable("Health check type must be 'port', 'process', or 'http'")
+            process.health_check_type = health.get("type") or process.health_check_type
+            data = health.get("data") or {}
+            process.health_check_endpoint = data.get("endpoint", process.health_check_endpoint)
+            process.health_check_timeout = data.get("timeout", process.health_check_timeout)
+        process.updated_at = _now()
+        return _json_resp(200, self._present_process(process))
+
     def _h_process_stats(self, req: _Req, guid: str) -> _Resp:
+        """ProcessStatsPresenter: one entry per instance, its state by the clock (STARTING until its
+        health check passes, RUNNING, CRASHED while Diego backs off before a restart, DOWN when stopped)."""
         app, process = self._process(guid)
         resources: list[dict[str, Any]] = []
-        crash = self._crash_reason(app.running_env, app.running_image) if app.state == "STARTED" else None
-        if crash is not None:
-            app.stats_polls += 1
+        now = self.clock()
+        reason = self._crash_reason(*self._started_with(app, process))
         for index in range(process.instances):
-            if crash is not None:
-                # A crash-looping instance: Diego restarts it, so polls see it crash, start, run a moment.
-                state = ("CRASHED", "STARTING", "RUNNING")[(app.stats_polls + index) % 3]
-                if state == "CRASHED":
-                    self._record_crashes(app, process)
-                resources.append({"type": process.type, "index": index, "state": state, "uptime": 0,
-                                  "isolation_segment": None, "details": crash[:200] if state == "CRASHED" else None,
-                                  "routable": state == "RUNNING"})
-                continue
             if app.state != "STARTED":
                 # CC's down_instance_stats_hash: a DOWN instance has no host, usage or quotas.
                 resources.append({"type": process.type, "index": index, "state": "DOWN", "uptime": 0,
                                   "isolation_segment": None, "details": None})
                 continue
+            # InstancesStatsReporter (lib/cloud_controller/diego/reporters/instances_stats_reporter.rb):
+            # every instance Diego has (STARTING, RUNNING, CRASHED) gets the full entry; usage is zero
+            # until log-cache has a reading of a running one.
+            state, since = self._instance_state(app, process, index, now)
+            running = state == "RUNNING"
             resources.append({
-                "type": process.type, "index": index, "state": "RUNNING", "routable": True,
-                "usage": {"time": _now(), "cpu": 0.01, "mem": 64 * 1024 * 1024, "disk": 128 * 1024 * 1024},
+                "type": process.type, "index": index, "state": state, "routable": running,
+                "usage": ({"time": _now(), "cpu": 0.01, "mem": 64 * 1024 * 1024, "disk": 128 * 1024 * 1024}
+                          if running else {"time": _now(), "cpu": 0, "mem": 0, "disk": 0}),
                 "host": f"10.0.16.{10 + index}", "instance_internal_ip": f"10.255.0.{10 + index}",
                 "instance_ports": [{"external": 61000 + index, "internal": 8080,
                                     "external_tls_proxy_port": 61100 + index, "internal_tls_proxy_port": 61001}],
-                "uptime": int(time.time() - app.started_at), "mem_quota": process.memory_in_mb * 1024 * 1024,
+                "uptime": int(now - since) if running else 0, "mem_quota": process.memory_in_mb * 1024 * 1024,
                 "disk_quota": process.disk_in_mb * 1024 * 1024, "fds_quota": 16384, "isolation_segment": None,
-                "details": None})
+                "details": (reason or "")[:200] or None if state == "CRASHED" else None})
         return _json_resp(200, {"resources": resources})
 
     # ---- routes ----------------------------------------------------------------------------------
@@ -1615,20 +1857,32 @@ class FakeCloudFoundry:
             self._apps.append(app)
         return app
 
+    _PROCESS_KEYS = ("instances", "memory_in_mb", "disk_in_mb", "command", "health_check_type",
+                     "health_check_endpoint", "health_check_timeout", "health_check_invocation_timeout",
+                     "health_check_interval")
+
+    def _deploying(self, app: _App) -> bool:
+        """AppModel#deploying?: a deployment of the app is in one of the ACTIVE states."""
+        return any(d.app_guid == app.guid and d.state in _ACTIVE_STATES for d in self._deployments)
+
     def _apply_manifest_app(self, app: _App, spec: Mapping[str, Any]) -> None:
         # In CC's order: lifecycle, process scale and health check, env, then routes; a route error
         # stops the job but leaves the earlier changes in place.
+        if self._deploying(app) and any(key in spec for key in self._PROCESS_KEYS):
+            # AppApplyManifest goes through ProcessScale / ProcessUpdate (app/actions/process_scale.rb,
+            # process_update.rb), which refuse the web process of a deploying app: the job fails.
+            what = "scale" if any(k in spec for k in ("instances", "memory_in_mb", "disk_in_mb")) else "update"
+            raise _JobFailure(f"Cannot {what} this process while a deployment is in flight.")
         if spec["docker"]:
             app.lifecycle_type, app.stack, app.buildpacks = "docker", None, []
         elif "buildpacks" in spec or "stack" in spec:
             app.buildpacks = spec.get("buildpacks", app.buildpacks)
             app.stack = spec.get("stack", app.stack)
         for process in app.processes:
-            for key in ("instances", "memory_in_mb", "disk_in_mb", "command", "health_check_type",
-                        "health_check_endpoint", "health_check_timeout", "health_check_invocation_timeout",
-                        "health_check_interval"):
+            for key in self._PROCESS_KEYS:
                 if key in spec:
                     setattr(process, key, spec[key])
+            self._boot(process, process.instances, self.clock())
             process.updated_at = _now()
         if "env" in spec:
             app.env.update(spec["env"])
@@ -1658,21 +1912,21 @@ class FakeCloudFoundry:
 
     def _new_job(self, operation: str, resource_type: str, resource_guid: str,
                  complete: Callable[[], None]) -> _Job:
-        job = _Job(operation, resource_type, resource_guid, complete)
+        job = _Job(operation, resource_type, resource_guid, complete, created_t=self.clock())
         self._jobs.append(job)
         return job
 
+    @staticmethod
+    def _complete_job(job: _Job) -> None:
+        try:
+            job.complete()
+            job.state = "COMPLETE"
+        except _JobFailure as failure:
+            job.state, job.errors = "FAILED", [failure.error]
+        job.updated_at = _now()
+
     def _h_get_job(self, req: _Req, guid: str) -> _Resp:
         job: _Job = self._get(self._jobs, guid, "Job")
-        if job.state == "PROCESSING":
-            job.polls += 1
-            if self._finished(job.polls):
-                try:
-                    job.complete()
-                    job.state = "COMPLETE"
-                except _JobFailure as failure:
-                    job.state, job.errors = "FAILED", [failure.error]
-                job.updated_at = _now()
         links = {"self": self._href(f"/v3/jobs/{job.guid}"),
                  job.resource_type: self._href(f"/v3/{'spaces' if job.resource_type == 'space' else job.resource_type}/"
                                                f"{job.resource_guid}")}
@@ -1727,14 +1981,13 @@ class FakeCloudFoundry:
         self._packages.append(package)
         return _json_resp(201, self._present_package(package))
 
+    def _h_list_packages(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/packages", self._packages, self._present_package, {
+            "app_guids": lambda p, v: p.app_guid in v, "guids": lambda p, v: p.guid in v,
+            "types": lambda p, v: p.type in v, "states": lambda p, v: p.state in v})
+
     def _h_get_package(self, req: _Req, guid: str) -> _Resp:
         package: _Package = self._get(self._packages, guid, "Package")
-        if package.state == "PROCESSING_UPLOAD":  # the upload job finishes between polls
-            if self.faults.package_processing_fails:
-                package.state, package.error = "FAILED", "Package upload failed: the blobstore refused the bits"
-            else:
-                package.state = "READY"
-            package.updated_at = _now()
         return _json_resp(200, self._present_package(package))
 
     def _h_upload_package(self, req: _Req, guid: str) -> _Resp:
@@ -1752,7 +2005,7 @@ class FakeCloudFoundry:
         if "bits" in fields and not zipfile.is_zipfile(io.BytesIO(bits)):
             raise _CCError(400, 160001, "CF-AppBitsUploadInvalid", "The app upload is invalid: not a zip file")
         package.sha256, package.bits = hashlib.sha256(bits).hexdigest(), bits
-        package.state, package.updated_at = "PROCESSING_UPLOAD", _now()
+        package.state, package.updated_at, package.uploaded_t = "PROCESSING_UPLOAD", _now(), self.clock()
         return _json_resp(200, self._present_package(package))
 
     def _h_download_package(self, req: _Req, guid: str) -> _Resp:
@@ -1820,16 +2073,18 @@ class FakeCloudFoundry:
         app = self._get(self._apps, package.app_guid, "App")
         if package.type == "docker" and not self.feature_flags.get("diego_docker"):
             raise _CCError(403, 330002, "CF-FeatureDisabled", "Feature Disabled: diego_docker")
-        build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user)
+        build = _Build(app.guid, package.guid, app.lifecycle_type, app.stack, list(app.buildpacks), req.user,
+                       created_t=self.clock())
         self._builds.append(build)
         return _json_resp(201, self._present_build(build))
 
+    def _h_list_builds(self, req: _Req) -> _Resp:
+        return self._paginate(req, "/v3/builds", self._builds, self._present_build, {
+            "app_guids": lambda b, v: b.app_guid in v, "package_guids": lambda b, v: b.package_guid in v,
+            "states": lambda b, v: b.state in v})
+
     def _h_get_build(self, req: _Req, guid: str) -> _Resp:
         build: _Build = self._get(self._builds, guid, "Build")
-        if build.state == "STAGING":
-            build.polls += 1
-            if self._finished(build.polls):
-                self._finish_build(build)
         return _json_resp(200, self._present_build(build))
 
     def _finish_build(self, build: _Build) -> None:
@@ -1838,9 +2093,18 @@ class FakeCloudFoundry:
             build.state, build.error = "FAILED", "StagingError - Staging error: staging failed"
             return
         package: _Package = self._get(self._packages, build.package_guid, "Package")
+        image = package.image
+        if package.type == "docker":
+            try:
+                image = staged_image(package.image or "")
+            except ValueError as refused:
+                # The docker stager (dockerapplifecycle builder) goes through containers/image, whose
+                # error ends the staging task; CC records it as the build's StagingError.
+                build.state, build.error = "FAILED", f"StagingError - Staging error: {refused}"
+                return
         detected = ["staticfile_buildpack"] if build.lifecycle_type == "buildpack" and not build.buildpacks \
             else build.buildpacks
-        droplet = _Droplet(build.app_guid, package.guid, build.lifecycle_type, image=package.image,
+        droplet = _Droplet(build.app_guid, package.guid, build.lifecycle_type, image=image,
                            stack=build.stack, buildpacks=detected,
                            sha256=None if package.type == "docker" else hashlib.sha256(build.guid.encode()).hexdigest())
         self._droplets.append(droplet)
@@ -2047,6 +2311,7 @@ class FakeCloudFoundry:
                                  memory_in_mb=options.get("memory_in_mb"),
                                  state="PREPAUSED" if strategy == "canary" else "DEPLOYING")
         deployment.previous_env, deployment.previous_image = copy.deepcopy(app.running_env), app.running_image
+        deployment.changed_t = self.clock()
         self._deployments.append(deployment)
 
         if app.state == "STOPPED":
@@ -2056,7 +2321,7 @@ class FakeCloudFoundry:
             self._check_quota(app, deployment.web_instances or web.instances, deployment.memory_in_mb or web.memory_in_mb)
             web.revision_guid = revision.guid
             if deployment.web_instances is not None:
-                web.instances = deployment.web_instances
+                self._boot(web, deployment.web_instances, self.clock())
             if deployment.memory_in_mb is not None:
                 web.memory_in_mb = deployment.memory_in_mb
             self._start_instances(app)
@@ -2066,7 +2331,8 @@ class FakeCloudFoundry:
         if previous is not None:
             # CC's supersede_deployment: FINALIZED/SUPERSEDED; the deprecated state says DEPLOYED only for a
             # deployment that was rolling, CANCELED for a paused or cancelling one.
-            previous.set_status("DEPLOYED" if previous.state == "DEPLOYING" else "CANCELED", "FINALIZED", "SUPERSEDED")
+            previous.set_status("DEPLOYED" if previous.state == "DEPLOYING" else "CANCELED", "FINALIZED", "SUPERSEDED",
+                                self.clock())
         desired = deployment.web_instances or original
         newest = app.web
         process = _Process(app.guid, instances=1 if strategy == "canary" else min(max_in_flight, desired),
@@ -2082,43 +2348,68 @@ class FakeCloudFoundry:
         deployment.new_processes = [{"guid": process.guid, "type": "web"}]
         # The new instances start with today's env and the new droplet; the old ones keep serving.
         deployment.running_env, deployment.running_image = copy.deepcopy(app.env), droplet.image
-        if self._crash_reason(deployment.running_env, deployment.running_image) is not None:
-            app.running_env, app.running_image = deployment.running_env, deployment.running_image
-            self._record_crashes(app, process)
+        process.started_env, process.started_image = deployment.running_env, deployment.running_image
+        self._boot_all(process, self.clock())
+        self._transient_boot_crashes(process)
         return _json_resp(201, self._present_deployment(deployment))
 
-    def _advance_deployment(self, deployment: _Deployment) -> None:
-        """One poll's worth of the deployment updater."""
+    def _advance_deployment(self, deployment: _Deployment, now: float) -> None:
+        """The deployment updater (lib/cloud_controller/deployment_updater/actions/scale.rb, cancel.rb,
+        finalize.rb) up to `now`: once every new instance is RUNNING, the new process grows by
+        max_in_flight and the old ones shrink by as many; at the target count it finalizes, the old
+        processes go. A cancel ends a cycle later with the new process gone and the old one scaled back.
+        New instances that never pass their health check (crash-looping) hold it ACTIVE for ever."""
         if deployment.status_value != "ACTIVE" or deployment.state == "PAUSED":
-            return
-        deployment.polls += 1
-        if not self._finished(deployment.polls):
             return
         app = self._get(self._apps, deployment.app_guid, "App")
         process = self._find(app.processes, deployment.deploying_process_guid)
         if deployment.state == "CANCELING":
+            if now - deployment.changed_t < self.timings.cancel:
+                return
             if process is not None:
                 app.processes.remove(process)
             if app.processes:
-                app.web.instances = deployment.original_instances
-            deployment.set_status("CANCELED", "FINALIZED", "CANCELED")
+                self._boot(app.processes[0], deployment.original_instances, now)
+            deployment.set_status("CANCELED", "FINALIZED", "CANCELED", now)
             return
-        if self.faults.deployment_never_healthy or self._crash_reason(deployment.running_env,
-                                                                      deployment.running_image) is not None:
-            return  # the new instances never pass their health check: CC keeps waiting
-        if deployment.state == "PREPAUSED":
-            deployment.set_status("PAUSED", "ACTIVE", "PAUSED")  # the canary is up; wait for continue
+        if process is None or self.faults.deployment_never_healthy:
             return
-        if process is not None:
-            process.instances = deployment.web_instances or deployment.original_instances
-            app.processes = [process]
-        app.running_env, app.running_image = deployment.running_env, deployment.running_image
-        deployment.last_healthy_at = _now()
-        deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED")
+        while True:
+            healthy_at = self._all_running_since(app, process, now)
+            if healthy_at is None:
+                return  # CC keeps waiting for the new instances' health checks
+            if deployment.state == "PREPAUSED":
+                deployment.set_status("PAUSED", "ACTIVE", "PAUSED", healthy_at)  # the canary is up; wait
+                return
+            desired = deployment.web_instances or deployment.original_instances
+            if process.instances >= desired:
+                app.processes = [process]
+                app.running_env, app.running_image = deployment.running_env, deployment.running_image
+                deployment.last_healthy_at = _now()
+                deployment.set_status("DEPLOYED", "FINALIZED", "DEPLOYED", healthy_at)
+                return
+            # Scale: the oldest web processes lose max_in_flight instances, the new one gains as many
+            # (up to the target), together in one updater cycle.
+            self._boot(process, min(process.instances + deployment.max_in_flight, desired), healthy_at)
+            step = deployment.max_in_flight
+            for old in app.processes:
+                if old is not process and step > 0:
+                    take = min(old.instances, step)
+                    self._boot(old, old.instances - take, healthy_at)
+                    step -= take
+
+    def _all_running_since(self, app: _App, process: _Process, now: float) -> float | None:
+        """When the last of the process's instances became RUNNING, or None while one is not."""
+        since = []
+        for index in range(process.instances):
+            state, at = self._instance_state(app, process, index, now)
+            if state != "RUNNING":
+                return None
+            since.append(at)
+        return max(since, default=now)
 
     def _h_get_deployment(self, req: _Req, guid: str) -> _Resp:
         deployment: _Deployment = self._get(self._deployments, guid, "Deployment")
-        self._advance_deployment(deployment)
         return _json_resp(200, self._present_deployment(deployment))
 
     def _h_list_deployments(self, req: _Req) -> _Resp:
@@ -2135,7 +2426,7 @@ class FakeCloudFoundry:
         app = self._get(self._apps, deployment.app_guid, "App")
         app.droplet_guid = deployment.previous_droplet_guid  # DeploymentCancel restores it at once
         app.running_env, app.running_image = deployment.previous_env, deployment.previous_image
-        deployment.set_status("CANCELING", "ACTIVE", "CANCELING")
+        deployment.set_status("CANCELING", "ACTIVE", "CANCELING", self.clock())
         # DeploymentsController#cancel ends in `head :ok`: an empty 200, whatever the 3.195.0 contract
         # documents (an erratum in tests/fakes/test_cf_stand_in.py).
         return _Resp(200, b"", {})
@@ -2145,7 +2436,7 @@ class FakeCloudFoundry:
         if deployment.state != "PAUSED":
             raise _unprocessable(f"Cannot continue a deployment with status: {deployment.status_value} and "
                                  f"reason: {deployment.status_reason}")
-        deployment.set_status("DEPLOYING", "ACTIVE", "DEPLOYING")
+        deployment.set_status("DEPLOYING", "ACTIVE", "DEPLOYING", self.clock())
         return _json_resp(200, self._present_deployment(deployment))
 
     # ---- services --------------------------------------------------------------------------------
@@ -2224,7 +2515,8 @@ class FakeCloudFoundry:
             "service_plan_names": lambda i, v: plan_name.get(i.plan_guid) in v}, ("created_at", "updated_at", "name"))
 
     def _h_get_instance(self, req: _Req, guid: str) -> _Resp:
-        return _json_resp(200, self._present_instance(self._get(self._instances, guid, "Service instance")))
+        instance = self._get(self._instances, guid, "Service instance")
+        return _json_resp(200, self._present_instance(instance))
 
     def _h_create_instance(self, req: _Req) -> _Resp:
         body = req.json_object()
@@ -2273,7 +2565,8 @@ class FakeCloudFoundry:
             "app_guids": lambda k, v: False, "app_names": lambda k, v: False}, ("created_at", "updated_at", "name"))
 
     def _h_get_key(self, req: _Req, guid: str) -> _Resp:
-        return _json_resp(200, self._present_key(self._get(self._keys, guid, "Service credential binding")))
+        key = self._get(self._keys, guid, "Service credential binding")
+        return _json_resp(200, self._present_key(key))
 
     def _h_create_key(self, req: _Req) -> _Resp:
         body = req.json_object()
@@ -2372,6 +2665,44 @@ class FakeCloudFoundry:
             if policy in self._policies:
                 self._policies.remove(policy)
         return _json_resp(200, {})
+
+
+_REF_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_REF_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_REF_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def staged_image(reference: str) -> str:
+    """The droplet image a docker staging reports for `reference`, or ValueError with the words of
+    containers/image when it refuses it.
+
+    Models containers/image `docker/reference/normalize.go` (ParseNormalizedNamed: docker.io is the
+    default domain, official images live under library/, no tag and no digest means :latest) and
+    `docker/docker_transport.go` newReference, which refuses a reference with both a tag and a digest;
+    dockerapplifecycle `builder/builder.go` stages through it and reports the normalised name, without
+    the docker.io domain (e.g. library/registry@sha256:...)."""
+    name, at, digest = reference.partition("@")
+    if at and not _REF_DIGEST.fullmatch(digest):
+        raise ValueError(f"invalid reference format: {reference!r}")
+    tag = ""
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+        if not _REF_TAG.fullmatch(tag):
+            raise ValueError(f"invalid reference format: {reference!r}")
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        domain, path = first, rest
+    else:
+        domain, path = "docker.io", name
+    if domain in ("docker.io", "index.docker.io") and "/" not in path:
+        path = f"library/{path}"
+    if not path or not all(_REF_COMPONENT.fullmatch(part) for part in path.split("/")):
+        raise ValueError(f"invalid reference format: repository name must be lowercase: {reference!r}")
+    if tag and digest:
+        raise ValueError("Docker references with both a tag and digest are currently not supported")
+    named = path if domain in ("docker.io", "index.docker.io") else f"{domain}/{path}"
+    return f"{named}@{digest}" if digest else f"{named}:{tag or 'latest'}"
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ import pytest
 import requests
 import yaml
 
-from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry
+from tests.fakes.cf_api import DEFAULT_S3_CREDENTIALS, FakeCloudFoundry, Timings
 
 # shared/ lies beside the project (in CI too, beside the clone).
 CONTRACT_PATH = Path(__file__).resolve().parents[3] / "shared/contracts/cloud-controller-v3.openapi.yaml"
@@ -305,10 +305,28 @@ def load_contract() -> Contract | None:
     return None
 
 
+class ManualClock:
+    """The stand-in's time, moved only by the test: what happens by the clock happens when it moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def cf() -> Iterator[FakeCloudFoundry]:
-    with FakeCloudFoundry() as fake:
+    with FakeCloudFoundry(clock=ManualClock()) as fake:
         yield fake
+
+
+def advance(cf: FakeCloudFoundry, seconds: float) -> None:
+    assert isinstance(cf.clock, ManualClock)
+    cf.clock.advance(seconds)
 
 
 class Api:
@@ -363,15 +381,17 @@ class Api:
                              data=yaml.safe_dump(manifest), headers={"Content-Type": "application/x-yaml"})
         return self.finish(response.headers["Location"], "state", ("PROCESSING",))
 
-    def finish(self, url: str, key: str, busy: tuple[str, ...]) -> dict[str, Any]:
-        for _ in range(self.cf.polls_to_finish + 2):
+    def finish(self, url: str, key: str, busy: tuple[str, ...], *, within: float = 60.0) -> dict[str, Any]:
+        """Poll `url` a quarter second of the stand-in's clock apart until `key` is no longer busy."""
+        for _ in range(int(within / 0.25) + 1):
             body = self.get(url)
             value = body
             for part in key.split("."):
                 value = value[part]
             if value not in busy:
                 return body
-        raise AssertionError(f"{url} still {busy} after polling")
+            advance(self.cf, 0.25)
+        raise AssertionError(f"{url} still {busy} after {within} s")
 
     def app_guid(self, name: str) -> str:
         return self.one(f"/v3/apps?names={name}")["guid"]
@@ -539,6 +559,46 @@ def test_a_token_without_network_write_is_refused_by_the_policy_server() -> None
         assert resp.json()["error"].endswith("do not include allowed scopes [network.admin network.write]")
 
 
+def test_with_space_developer_self_service_the_policy_server_lets_a_developer_in_without_the_scope() -> None:
+    with FakeCloudFoundry(without_scopes={"network.write"}, space_developer_self_service=True,
+                          non_developers={"auditor"}, users={"deployer": "p", "auditor": "a"}) as cf:
+        def policies(user: str, password: str) -> requests.Response:
+            token = password_token(cf, user, password)["access_token"]
+            return requests.get(f"{cf.url}/networking/v1/external/policies", timeout=10,
+                                headers={"Authorization": f"bearer {token}"})
+        assert policies("deployer", "p").status_code == 200
+        assert policies("auditor", "a").status_code == 403
+
+
+def test_token_expiry_applies_to_the_policy_server_too(cf: FakeCloudFoundry) -> None:
+    token = password_token(cf)["access_token"]
+    headers = {"Authorization": f"bearer {token}"}
+    cf.faults.expire_token_after = 1
+    assert requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers, timeout=10).status_code == 200
+    expired = requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers, timeout=10)
+    assert (expired.status_code, expired.json()) == (401, {"error": "failed to verify token with uaa"})
+
+
+def test_an_access_token_expires_by_the_clock_on_every_api() -> None:
+    now = [1000.0]
+    with FakeCloudFoundry(clock=lambda: now[0]) as cf:
+        body = password_token(cf)
+        headers = {"Authorization": f"bearer {body['access_token']}"}
+        assert requests.get(f"{cf.url}/v3/apps", headers=headers, timeout=10).status_code == 200
+        now[0] += body["expires_in"] + 1
+        assert requests.get(f"{cf.url}/v3/apps", headers=headers, timeout=10).json()["errors"][0]["title"] == \
+            "CF-InvalidAuthToken"
+        assert requests.get(f"{cf.url}/networking/v1/external/policies", headers=headers,
+                            timeout=10).status_code == 401
+        refreshed = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+            "grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+        assert refreshed.status_code == 200
+        now[0] += 30 * 24 * 3600  # the refresh token's own validity, from the login
+        stale = requests.post(f"{cf.url}/login/oauth/token", auth=("cf", ""), timeout=10, data={
+            "grant_type": "refresh_token", "refresh_token": body["refresh_token"]})
+        assert (stale.status_code, stale.json()["error"]) == (401, "invalid_token")
+
+
 # --------------------------------------------------------------------------------------------------
 # Lists, errors, recording
 # --------------------------------------------------------------------------------------------------
@@ -668,13 +728,49 @@ def test_docker_build_stages_a_droplet_with_the_package_image(api: Api) -> None:
                                         "relationships": {"app": {"data": {"guid": app_guid}}}}, 201).json()
     build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
     assert (build["state"], build["droplet"]) == ("STAGING", None)
-    states = [api.get(f"/v3/builds/{build['guid']}")["state"] for _ in range(api.cf.polls_to_finish)]
-    assert states == ["STAGING"] * (api.cf.polls_to_finish - 1) + ["STAGED"]
+    # Staging takes its time, however often it is asked.
+    assert {api.get(f"/v3/builds/{build['guid']}")["state"] for _ in range(5)} == {"STAGING"}
+    advance(api.cf, api.cf.timings.staging - 0.01)
+    assert api.get(f"/v3/builds/{build['guid']}")["state"] == "STAGING"
+    advance(api.cf, 0.01)
+    assert api.get(f"/v3/builds/{build['guid']}")["state"] == "STAGED"
     droplet_guid = api.get(f"/v3/builds/{build['guid']}")["droplet"]["guid"]
     droplet = api.get(f"/v3/droplets/{droplet_guid}")
-    assert (droplet["state"], droplet["image"], droplet["lifecycle"]["type"]) == ("STAGED", "registry:2.8.3", "docker")
+    assert (droplet["state"], droplet["image"], droplet["lifecycle"]["type"]) == ("STAGED", "library/registry:2.8.3", "docker")
     assert api.call("GET", f"/v3/apps/{app_guid}/droplets/current", 404).json()["errors"][0]["detail"] == \
         "Droplet not found"  # staging does not assign the droplet; a deployment does
+
+
+DIGEST = "sha256:" + "6c" * 32
+
+
+@pytest.mark.parametrize(("image", "staged"), [
+    (f"registry@{DIGEST}", f"library/registry@{DIGEST}"),
+    (f"docker.io/library/registry@{DIGEST}", f"library/registry@{DIGEST}"),
+    (f"ghcr.io/org/app@{DIGEST}", f"ghcr.io/org/app@{DIGEST}"),
+    ("registry", "library/registry:latest"),
+    ("localhost:5000/app:1", "localhost:5000/app:1"),
+])
+def test_docker_staging_reports_the_image_as_the_stager_normalises_it(api: Api, image: str, staged: str) -> None:
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "ignored"}}]})
+    droplet = api.stage_docker(api.app_guid("mirror"), image)
+    assert api.get(f"/v3/droplets/{droplet}")["image"] == staged
+
+
+@pytest.mark.parametrize(("image", "error"), [
+    (f"registry:3.0.0@{DIGEST}", "Docker references with both a tag and digest are currently not supported"),
+    ("Registry:3", "invalid reference format"),
+    ("registry@sha256:abc", "invalid reference format"),
+])
+def test_docker_staging_refuses_what_containers_image_refuses(api: Api, image: str, error: str) -> None:
+    """CC takes any image string in the package; the stager's containers/image refuses it, and the build fails."""
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "ignored"}}]})
+    package = api.post("/v3/packages", {"type": "docker", "data": {"image": image}, "relationships": {
+        "app": {"data": {"guid": api.app_guid("mirror")}}}}, 201).json()
+    build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
+    build = api.finish(f"/v3/builds/{build['guid']}", "state", ("STAGING",))
+    assert build["state"] == "FAILED" and build["droplet"] is None
+    assert build["error"].startswith("StagingError - Staging error: ") and error in build["error"]
 
 
 def test_build_failure(api: Api, cf: FakeCloudFoundry) -> None:
@@ -700,6 +796,8 @@ def test_bits_package_upload_then_build(api: Api) -> None:
     uploaded = api.post(f"/v3/packages/{package['guid']}/upload", expect=200,
                         files={"bits": ("app.zip", zip_bytes(), "application/zip")}).json()
     assert uploaded["state"] == "PROCESSING_UPLOAD"
+    assert api.get(f"/v3/packages/{package['guid']}")["state"] == "PROCESSING_UPLOAD"  # processed in its time
+    advance(api.cf, api.cf.timings.upload)
     assert api.get(f"/v3/packages/{package['guid']}")["state"] == "READY"
     again = api.post(f"/v3/packages/{package['guid']}/upload", expect=400,
                      files={"bits": ("app.zip", zip_bytes(), "application/zip")})
@@ -719,7 +817,7 @@ def test_package_download_redirects_to_a_presigned_blobstore_url(api: Api) -> No
     assert early.json()["errors"][0]["detail"] == "Package has no bits to download."
     bits = zip_bytes()
     api.post(f"/v3/packages/{package['guid']}/upload", expect=200, files={"bits": ("app.zip", bits, "application/zip")})
-    assert api.get(f"/v3/packages/{package['guid']}")["state"] == "READY"
+    assert api.finish(f"/v3/packages/{package['guid']}", "state", ("PROCESSING_UPLOAD",))["state"] == "READY"
     redirect = api.call("GET", f"/v3/packages/{package['guid']}/download", expect=302, allow_redirects=False)
     location = redirect.headers["Location"]
     assert not location.startswith(api.cf.url), "the blobstore is another host than CC"
@@ -766,14 +864,19 @@ def test_rolling_deployment_deploys_after_polls_and_records_a_revision(api: Api,
     assert api.get(f"/v3/processes/{new_process}")["instances"] == 2  # the first batch: max_in_flight
     deployed = api.get(f"/v3/apps/{app_guid}/revisions/deployed")["resources"]
     assert sorted(r["version"] for r in deployed) == [1, 2]  # old and new run side by side
-    reasons = [api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"]
-               for _ in range(cf.polls_to_finish)]
-    assert reasons == ["DEPLOYING"] * (cf.polls_to_finish - 1) + ["DEPLOYED"]
+    # Batch by batch: two new instances start, pass their health check, then two more replace old ones.
+    assert api.get(f"/v3/processes/{new_process}/stats")["resources"][0]["state"] == "STARTING"
+    advance(cf, cf.timings.start)
+    assert [i["state"] for i in api.get(f"/v3/processes/{new_process}/stats")["resources"]] == ["RUNNING"] * 2 + \
+        ["STARTING"]
+    assert api.get(f"/v3/processes/{old_process}")["instances"] == 1  # scaled down as the new ones came up
+    assert api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"] == "DEPLOYING"
+    advance(cf, cf.timings.start)
     final = api.get(f"/v3/deployments/{deployment['guid']}")
     assert final["status"]["value"] == "FINALIZED" and "cancel" not in final["links"]
     web = api.get(f"/v3/apps/{app_guid}/processes/web")
     assert web["guid"] == new_process != old_process and web["instances"] == 3
-    assert cf.app("mirror")["image"] == "registry:3"
+    assert cf.app("mirror")["image"] == "library/registry:3"
     revisions = api.get(f"/v3/apps/{app_guid}/revisions")["resources"]
     assert [(r["version"], r["droplet"]["guid"], r["deployable"]) for r in revisions] == [
         (1, first, True), (2, second, True)]
@@ -818,14 +921,90 @@ def test_a_new_deployment_supersedes_the_active_one(api: Api, cf: FakeCloudFound
     assert (old["status"]["value"], old["status"]["reason"]) == ("FINALIZED", "SUPERSEDED")
     assert api.finish(f"/v3/deployments/{second['guid']}", "status.value", ("ACTIVE",))["status"]["reason"] == \
         "DEPLOYED"
-    assert cf.app("mirror")["image"] == "registry:4"
+    assert cf.app("mirror")["image"] == "library/registry:4"
+
+
+def test_while_a_deployment_is_in_flight_cc_refuses_scale_update_and_manifests_that_touch_the_process(
+        api: Api, cf: FakeCloudFoundry) -> None:
+    app_guid, _ = api.started_docker_app()
+    cf.faults.deployment_never_healthy = True
+    deployment = api.deploy(app_guid, api.stage_docker(app_guid, "registry:3"))
+    old = cf.app("mirror")["web_process_guids"][0]
+    scaled = api.post(f"/v3/processes/{old}/actions/scale", {"instances": 5}, expect=422).json()["errors"][0]
+    assert scaled["title"] == "CF-ScaleDisabledDuringDeployment"
+    updated = api.call("PATCH", f"/v3/processes/{old}", 422, json={"command": "x"}).json()["errors"][0]
+    assert updated["detail"] == "Cannot update this process while a deployment is in flight."
+    job = api.apply_manifest({"applications": [{"name": "mirror", "instances": 5}]})
+    assert job["state"] == "FAILED"
+    assert job["errors"][0]["detail"] == ("For application 'mirror': Cannot scale this process while a deployment "
+                                          "is in flight.")
+    assert [api.get(f"/v3/processes/{p}")["instances"] for p in cf.app("mirror")["web_process_guids"]] == [2, 1]
+    # What does not touch the process still applies (env, routes), as in CC.
+    assert api.apply_manifest({"applications": [{"name": "mirror", "env": {"A": "b"}}]})["state"] == "COMPLETE"
+    api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200)
+    api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
+    assert api.apply_manifest({"applications": [{"name": "mirror", "instances": 5}]})["state"] == "COMPLETE"
+
+
+def test_a_crashing_instance_restarts_as_diego_backs_off(api: Api, cf: FakeCloudFoundry) -> None:
+    """Starting, running a moment, crashed: restarted at once for the first crashes, then CRASHED for
+    30 s, 60 s, ... (bbs restart_calculator.go); one crash event per crash, counted, with the version."""
+    app_guid, _ = api.started_docker_app(instances=1)
+    cf.faults.crash_when = lambda env, image: "exit status 2"
+    api.post(f"/v3/apps/{app_guid}/actions/stop", expect=200)
+    api.post(f"/v3/apps/{app_guid}/actions/start", expect=200)
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")
+    t = cf.timings
+
+    def state() -> str:
+        return api.get(f"/v3/processes/{process['guid']}/stats")["resources"][0]["state"]
+    cycle = t.start + t.crash_after
+    assert state() == "STARTING"
+    advance(cf, t.start)
+    assert state() == "RUNNING"
+    advance(cf, 2 * cycle - t.start / 2)  # two crashes, each restarted at once: booting again
+    assert state() == "STARTING"
+    advance(cf, t.start / 2 + t.crash_after)  # the third: Diego waits 30 s
+    assert state() == "CRASHED"
+    advance(cf, 29.0)
+    assert state() == "CRASHED"
+    advance(cf, 1.5)
+    assert state() == "STARTING"
+    events = api.get(f"/v3/audit_events?types=audit.app.process.crash&target_guids={app_guid}")["resources"]
+    assert [e["data"]["crash_count"] for e in events] == [1, 2, 3]
+    assert {(e["actor"]["guid"], e["data"]["version"]) for e in events} == {(process["guid"], process["version"])}
+
+
+def test_a_lost_answer_still_took_effect(api: Api, cf: FakeCloudFoundry) -> None:
+    api.apply_manifest({"applications": [{"name": "mirror", "docker": {"image": "x"}}]})
+    app_guid = api.app_guid("mirror")
+    cf.faults.lost_answers = ["POST /v3/packages"]
+    lost = api.post("/v3/packages", {"type": "docker", "data": {"image": "registry:2"},
+                                     "relationships": {"app": {"data": {"guid": app_guid}}}})
+    assert lost.status_code == 502 and lost.headers["X-Cf-Routererror"].startswith("endpoint_failure")
+    assert [p["data"]["image"] for p in api.get(f"/v3/packages?app_guids={app_guid}")["resources"]] == ["registry:2"]
+
+
+def test_restart_brings_up_the_environment_the_app_holds_now(api: Api, cf: FakeCloudFoundry) -> None:
+    app_guid, _ = api.started_docker_app(instances=1)
+    api.call("PATCH", f"/v3/apps/{app_guid}/environment_variables", 200, json={"var": {"BROKEN": "yes"}})
+    cf.faults.crash_when = lambda env, image: "panic" if env.get("BROKEN") else None
+    process = api.get(f"/v3/apps/{app_guid}/processes/web")["guid"]
+    advance(cf, 10)
+    assert api.get(f"/v3/processes/{process}/stats")["resources"][0]["state"] == "RUNNING"  # started before
+    api.post(f"/v3/apps/{app_guid}/actions/restart", expect=200)
+    advance(cf, 10)
+    assert api.get(f"/v3/processes/{process}/stats")["resources"][0]["state"] != "RUNNING"
+    assert api.get(f"/v3/apps/{app_guid}/revisions")["resources"][-1]["description"] == \
+        "New environment variables deployed."
 
 
 def test_a_never_healthy_deployment_stays_active_until_cancelled(api: Api, cf: FakeCloudFoundry) -> None:
     app_guid, first = api.started_docker_app()
     cf.faults.deployment_never_healthy = True
     deployment = api.deploy(app_guid, api.stage_docker(app_guid, "registry:broken"))
-    for _ in range(cf.polls_to_finish * 3):
+    for _ in range(6):
+        advance(cf, cf.timings.start)
         status = api.get(f"/v3/deployments/{deployment['guid']}")["status"]
         assert (status["value"], status["reason"]) == ("ACTIVE", "DEPLOYING")
     api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200)
@@ -858,7 +1037,8 @@ def test_canary_pauses_until_continued(api: Api, cf: FakeCloudFoundry) -> None:
     assert (paused["status"]["value"], paused["status"]["reason"]) == ("ACTIVE", "PAUSED")
     assert paused["links"]["continue"]["method"] == "POST"
     assert api.get(f"/v3/processes/{deployment['new_processes'][0]['guid']}")["instances"] == 1
-    for _ in range(cf.polls_to_finish):
+    for _ in range(3):
+        advance(cf, cf.timings.start)
         assert api.get(f"/v3/deployments/{deployment['guid']}")["status"]["reason"] == "PAUSED"
     api.post(f"/v3/deployments/{deployment['guid']}/actions/continue", expect=200)
     final = api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
@@ -873,6 +1053,9 @@ def test_process_stats_follow_the_app_state(api: Api) -> None:
     process = api.get(f"/v3/apps/{app_guid}/processes/web")
     assert {s["state"] for s in api.get(f"/v3/processes/{process['guid']}/stats")["resources"]} == {"DOWN"}
     api.deploy(app_guid, api.stage_docker(app_guid, "registry:2"))
+    stats = api.get(f"/v3/processes/{process['guid']}/stats")["resources"]
+    assert [(s["index"], s["state"]) for s in stats] == [(0, "STARTING"), (1, "STARTING")]  # health check pending
+    advance(api.cf, api.cf.timings.start)
     stats = api.get(f"/v3/processes/{process['guid']}/stats")["resources"]
     assert [(s["index"], s["state"]) for s in stats] == [(0, "RUNNING"), (1, "RUNNING")]
     assert stats[0]["mem_quota"] == process["memory_in_mb"] * 1024 * 1024
@@ -949,13 +1132,13 @@ def test_s3_instance_and_service_key(api: Api) -> None:
 
 
 def test_custom_s3_credentials(contract: Contract | None) -> None:
-    with FakeCloudFoundry(s3_credentials={"bucket": "b"}, polls_to_finish=0, spaces=("only",)) as fake:
+    with FakeCloudFoundry(s3_credentials={"bucket": "b"}, timings=Timings(job=0.0), spaces=("only",)) as fake:
         api = Api(fake, contract)
         plan = api.one("/v3/service_plans?names=basic")
         job = api.post("/v3/service_instances", {"type": "managed", "name": "s", "relationships": {
             "space": {"data": {"guid": api.space_guid("only")}}, "service_plan": {"data": {"guid": plan["guid"]}}}},
                        202).headers["Location"]
-        assert api.get(job)["state"] == "COMPLETE"  # polls_to_finish=0: done at the first poll
+        assert api.get(job)["state"] == "COMPLETE"  # a job that takes no time: done at the first poll
         instance = api.one("/v3/service_instances?names=s")
         key_job = api.post("/v3/service_credential_bindings", {"type": "key", "name": "k", "relationships": {
             "service_instance": {"data": {"guid": instance["guid"]}}}}, 202).headers["Location"]
@@ -1045,7 +1228,7 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     package = api.post("/v3/packages", {"type": "bits", "relationships": {"app": {"data": {"guid": site}}}},
                        201).json()
     api.post(f"/v3/packages/{package['guid']}/upload", expect=200, files={"bits": ("a.zip", zip_bytes())})
-    api.get(f"/v3/packages/{package['guid']}")
+    api.finish(f"/v3/packages/{package['guid']}", "state", ("PROCESSING_UPLOAD",))
     build = api.post("/v3/builds", {"package": {"guid": package["guid"]}}, 201).json()
     droplet = api.finish(f"/v3/builds/{build['guid']}", "state", ("STAGING",))["droplet"]["guid"]
     api.get(f"/v3/droplets/{droplet}")

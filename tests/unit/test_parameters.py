@@ -242,6 +242,9 @@ BAD_FILES = [
                  id="production-on-failure-stop"),
     pytest.param(Bad("staging", "registry.image", "pinned by digest", _set("registry.image", "registry:3.0.0")),
                  id="cf-image-tag-only"),
+    # containers/image (Diego's stager, the cells, skopeo) refuses a tag with a digest: the first staging would fail.
+    pytest.param(Bad("staging", "registry.image", "no tag: Cloud Foundry refuses a tag with a digest",
+                     _set("registry.image", "registry:3.0.0@sha256:" + "a" * 64)), id="cf-image-tag-and-digest"),
     pytest.param(Bad("staging", "registry.image", "pinned by digest", _set("registry.image", None)),
                  id="cf-image-missing"),
     pytest.param(Bad("staging", "cloudfoundry.mirror_route", "route on apps.internal",

@@ -72,16 +72,18 @@ def _space_developer(cc: CloudController, cf: CloudFoundrySettings, space: Resou
 
 
 def _network(cc: CloudController) -> list[Check]:
+    """Decided by the policy server's own answer to the read the policy step makes, not by the token's
+    scopes: with `enable_space_developer_self_service` the policy server lets space developers manage
+    their apps' policies without network.write, and without it, it refuses a token that lacks the scope."""
     session = cc.session
-    scopes = set(session.claims.get("scope", []))
-    if not scopes & NETWORK_SCOPES:
-        return [Check("network.write scope", False, f"the token of {session.credentials.name} lacks network.write, "
-                                                    "which the proxy -> mirror network policy needs")]
     try:
-        cc.policies("preflight")  # the policy server's own answer to a read the policy step makes
+        cc.policies("preflight")
     except CfApiError as exc:
-        return [Check("network policy API", False, f"the policy server refuses the policy step: {exc}")]
-    return [Check("network.write scope", True, "in the token; the policy server answers")]
+        scopes = set(session.claims.get("scope", []))
+        why = "" if scopes & NETWORK_SCOPES else f" (the token of {session.credentials.name} lacks network.write)"
+        return [Check("network policy API", False, f"the policy server refuses the proxy -> mirror network policy "
+                                                   f"step{why}: {exc}")]
+    return [Check("network policy API", True, "the policy server answers the policy step's read")]
 
 
 def _docker_flag(cc: CloudController, cf: CloudFoundrySettings) -> Check:

@@ -93,7 +93,7 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
         running = (droplet or {}).get("image") or ""
         want = settings.registry.image or ""
         return judged("image-pinned", "image of the mirror's current droplet", f"{want} (pinned by digest, as tested)",
-                      running or "no droplet", ImageRef.parse(running).digest is not None and running == want)
+                      running or "no droplet", same_pinned_image(running, want))
 
     def upstream_credentials() -> PolicyCheck:
         values = env()
@@ -107,7 +107,8 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
 
     def config_matches() -> PolicyCheck:
         values = env()
-        s3 = S3Location(values.get("REGISTRY_STORAGE_S3_BUCKET", ""), values.get("REGISTRY_STORAGE_S3_REGION", ""))
+        s3 = S3Location(values.get("REGISTRY_STORAGE_S3_BUCKET", ""), values.get("REGISTRY_STORAGE_S3_REGION", ""),
+                        endpoint=values.get("REGISTRY_STORAGE_S3_REGIONENDPOINT"))
         manifests = render_cf_manifests(settings, rules, s3=s3)
         secret_names = set(SECRET_ENV.values())
         drift = [k for k, v in manifests.mirror_env.items() if values.get(k) != v]
@@ -144,6 +145,13 @@ def cf_checks(space: Space, rules: SecurityRules, *, public_url: str = "", image
             "the key never leaves the mirror's environment"),
         "config-matches": config_matches,
     }
+
+
+def same_pinned_image(running: str, wanted: str) -> bool:
+    """Is the droplet's image the pinned one? CC reports the stager's normalised name (registry@d comes
+    back as library/registry@d), so the repository and the digest are compared, never the strings."""
+    have, want = ImageRef.parse(running), ImageRef.parse(wanted)
+    return have.digest is not None and (have.repository, have.digest) == (want.repository, want.digest)
 
 
 def nginx_conf_drift(bits: bytes | None, rendered: str) -> list[str]:

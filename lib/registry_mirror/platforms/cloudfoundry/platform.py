@@ -27,6 +27,7 @@ from .evidence import CloudFoundryEvidence
 from .network import ensure_network_policy
 from .preflight import cf_preflight
 from .push import push_app
+from .push.deployment import refuse_while_in_flight
 from .push.routes import verify_routes
 from .remedies import run_remedy
 from .resources import CloudController
@@ -65,13 +66,15 @@ class CloudFoundryPlatform:
         self._session = session
         if session is not None:
             session.poll_interval = self.cf.poll_interval_seconds
+            session.max_retry_after = self.cf.max_retry_after_seconds
         self._space: Space | None = None
 
     @property
     def session(self) -> CfSession:
         if self._session is None:
             self._session = CfSession(self.cf.api, CfCredentials.from_env(),
-                                      poll_interval=self.cf.poll_interval_seconds)
+                                      poll_interval=self.cf.poll_interval_seconds,
+                                      max_retry_after=self.cf.max_retry_after_seconds)
         return self._session
 
     @property
@@ -127,6 +130,7 @@ class CloudFoundryPlatform:
         def run(steps: StepRecorder) -> None:
             space = self.space
             wanted: list[Component] = list(APPS) if component == "all" else [_component(component)]
+            refuse_while_in_flight(space, tuple(wanted))  # CC would refuse the manifest half-way
             key = ensure_s3(space, steps) if "registry" in wanted else None
             manifests = render_cf_manifests(self.settings, self.rules,
                                             s3=key.location if key else S3Location("<planned>", "<planned>"))
@@ -157,6 +161,7 @@ class CloudFoundryPlatform:
         instance serves. The params file still says what the next deploy brings back."""
         def run(steps: StepRecorder) -> None:
             app = self.space.existing_app(_component(component), doing="nothing to scale")
+            refuse_while_in_flight(self.space, (_component(component),))  # CC refuses scale meanwhile
             process = self.space.cc.web_process(app)
 
             def scale() -> str:

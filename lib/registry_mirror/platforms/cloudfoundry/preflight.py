@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .capabilities import capability_checks
+from .push.deployment import deployment_in_flight
 from .push.package import image_pull_password
 from .session import CfApiError, CfCredentials, CfSession
 from .space import APPS, Space
@@ -56,10 +57,10 @@ def _space_checks(where: Space) -> list[Check]:
     if space is None:
         return checks
     apps = {component: where.app(component) for component in APPS}
-    for component, app in apps.items():
-        active = where.cc.active_deployments(app) if app else []
-        checks.append(Check(f"no deployment active ({where.app_name(component)})", not active,
-                            f"active: {active[0]['guid']}" if active else "none"))
+    for component in APPS:
+        in_flight = deployment_in_flight(where, (component,))
+        checks.append(Check(f"no deployment active ({where.app_name(component)})", in_flight is None,
+                            in_flight or "none"))
     service = where.cc.service_instance(space["guid"], where.cf.s3_service_instance)
     return checks + capability_checks(where.cc, where.settings, space, first_deploy=not any(apps.values()),
                                       service_exists=service is not None)

@@ -6,20 +6,27 @@ process stats, crash events, deployments and so on, and never write a `/v3/...` 
 That keeps each rule of the API in one place: a missing current droplet is CC's 404 and means
 "none" here only; stats, crash events and active deployments are read the same way everywhere.
 
+Creates and uploads are not idempotent: after no answer or a 5xx (OutcomeUnknown) each looks up
+whether its first attempt took effect (the package, build, deployment, service instance or key it
+would have made) and sends the call again only when it did not.
+
 Resources are CC's JSON objects as it sends them (`Resource`). Mutating methods go through the
 session's `send`, so a dry run records them as planned and they return None.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 
-from .session import CfApiError, CfSession
+from .session import JOB_TIMEOUT_SECONDS, CfApiError, CfSession, OutcomeUnknown
 from ...credentials import Secret
+from ...errors import DeployError
 
 Resource = dict[str, Any]
+T = TypeVar("T")
 CRASH_EVENT = "audit.app.process.crash"
 INTERNAL_DOMAIN = "apps.internal"
 POLICIES = "/networking/v1/external/policies"
@@ -121,16 +128,31 @@ class CloudController:
         data: dict[str, Any] = {"image": image}
         if username:
             data |= {"username": username, "password": password.reveal() if password else ""}
-        return _json(self.session.send("POST", "/v3/packages", json={
-            "type": "docker", "data": data, "relationships": {"app": {"data": {"guid": app["guid"]}}}}))
+        return self._create_package(app, {"type": "docker", "data": data,
+                                          "relationships": {"app": {"data": {"guid": app["guid"]}}}})
 
     def create_bits_package(self, app: Resource) -> Resource | None:
-        return _json(self.session.send("POST", "/v3/packages", json={
-            "type": "bits", "relationships": {"app": {"data": {"guid": app["guid"]}}}}))
+        return self._create_package(app, {"type": "bits", "relationships": {"app": {"data": {"guid": app["guid"]}}}})
+
+    def _create_package(self, app: Resource, body: dict[str, Any]) -> Resource | None:
+        if self.session.dry_run:
+            return _json(self.session.send("POST", "/v3/packages", json=body))
+        known = {p["guid"] for p in self.packages(app)}
+
+        def made() -> Resource | None:
+            return _first([p for p in self.packages(app) if p["guid"] not in known and p["type"] == body["type"]])
+        return self._once(lambda: _json(self.session.send("POST", "/v3/packages", json=body, idempotent=False)), made)
+
+    def packages(self, app: Resource) -> list[Resource]:
+        """The app's packages, newest first."""
+        return self.session.list_all("/v3/packages", {"app_guids": app["guid"], "order_by": "-created_at"})
 
     def upload_bits(self, package: Resource, zipped: bytes) -> None:
-        self.session.send("POST", f"/v3/packages/{package['guid']}/upload",
-                          files={"bits": ("app.zip", zipped, "application/zip")})
+        def uploaded() -> Resource | None:
+            current = self.package(package["guid"])
+            return current if current["state"] != "AWAITING_UPLOAD" else None
+        self._once(lambda: self.session.send("POST", f"/v3/packages/{package['guid']}/upload", idempotent=False,
+                                             files={"bits": ("app.zip", zipped, "application/zip")}), uploaded)
 
     def package(self, guid: str) -> Resource:
         return self.session.get(f"/v3/packages/{guid}")
@@ -138,7 +160,9 @@ class CloudController:
     # ------------------------------------------------------------------ builds
 
     def create_build(self, package: Resource) -> Resource | None:
-        return _json(self.session.send("POST", "/v3/builds", json={"package": {"guid": package["guid"]}}))
+        return self._once(lambda: _json(self.session.send("POST", "/v3/builds", json={"package": {"guid": package["guid"]}},
+                                                          idempotent=False)),
+                          lambda: _first(self.session.list_all("/v3/builds", {"package_guids": package["guid"]})))
 
     def build(self, guid: str) -> Resource:
         return self.session.get(f"/v3/builds/{guid}")
@@ -148,6 +172,9 @@ class CloudController:
     def web_process(self, app: Resource) -> Resource:
         """The app's web process: during a rolling deployment, the one the deployment brings up."""
         return self.session.get(f"/v3/apps/{app['guid']}/processes/web")
+
+    def process(self, guid: str) -> Resource:
+        return self.session.get(f"/v3/processes/{guid}")
 
     def process_stats(self, process: Resource) -> list[Resource]:
         """One entry per instance: index, state (RUNNING, STARTING, CRASHED, DOWN), uptime, details."""
@@ -177,16 +204,33 @@ class CloudController:
     def deployment(self, guid: str) -> Resource:
         return self.session.get(f"/v3/deployments/{guid}")
 
-    def create_deployment(self, app: Resource, *, droplet_guid: str, max_in_flight: int | None) -> Resource | None:
-        """A rolling deployment of a droplet; `options` only when CC knows them (None: leave them out)."""
+    def create_deployment(self, app: Resource, *, droplet_guid: str, max_in_flight: int | None,
+                          web_instances: int | None = None) -> Resource | None:
+        """A rolling deployment of a droplet; `options` only when CC knows them (None: leave them out).
+        `web_instances`: how many instances the new process ends with, as `cf push` sends the
+        manifest's instances on the rolling path (the old process is never scaled meanwhile)."""
         body: dict[str, Any] = {"droplet": {"guid": droplet_guid}, "strategy": "rolling",
                                 "relationships": {"app": {"data": {"guid": app["guid"]}}}}
-        if max_in_flight is not None:
-            body["options"] = {"max_in_flight": max_in_flight}
-        return _json(self.session.send("POST", "/v3/deployments", json=body))
+        options = {k: v for k, v in (("max_in_flight", max_in_flight), ("web_instances", web_instances))
+                   if v is not None}
+        if options:
+            body["options"] = options
+        if self.session.dry_run:
+            return _json(self.session.send("POST", "/v3/deployments", json=body))
+        known = {d["guid"] for d in self.deployments(app)}
+
+        def made() -> Resource | None:
+            return _first([d for d in self.deployments(app)[::-1]
+                           if d["guid"] not in known and d["droplet"]["guid"] == droplet_guid])
+        return self._once(lambda: _json(self.session.send("POST", "/v3/deployments", json=body, idempotent=False)),
+                          made)
 
     def cancel_deployment(self, guid: str) -> None:
-        self.session.send("POST", f"/v3/deployments/{guid}/actions/cancel")
+        def cancelled() -> Resource | None:
+            current = self.deployment(guid)
+            return current if current["status"]["reason"] in ("CANCELING", "CANCELED") else None
+        self._once(lambda: self.session.send("POST", f"/v3/deployments/{guid}/actions/cancel", idempotent=False),
+                   cancelled)
 
     # ------------------------------------------------------------------ revisions
 
@@ -209,22 +253,50 @@ class CloudController:
         return _first(self.session.list_all("/v3/service_plans", {"names": name, "service_offering_names": offering}))
 
     def create_service_instance(self, space_guid: str, name: str, plan: Resource) -> None:
-        """Create a managed instance and wait for the broker (a job)."""
-        resp = self.session.send("POST", "/v3/service_instances", json={
-            "type": "managed", "name": name, "relationships": {"space": {"data": {"guid": space_guid}},
-                                                               "service_plan": {"data": {"guid": plan["guid"]}}}})
-        if resp is not None:
+        """Create a managed instance and wait for the broker (a job, or after a lost answer the instance's
+        last operation)."""
+        body = {"type": "managed", "name": name, "relationships": {"space": {"data": {"guid": space_guid}},
+                                                                   "service_plan": {"data": {"guid": plan["guid"]}}}}
+        resp = self._once(lambda: self.session.send("POST", "/v3/service_instances", json=body, idempotent=False),
+                          lambda: self.service_instance(space_guid, name))
+        if isinstance(resp, requests.Response):
             self.session.wait_job(resp)
+        elif resp is not None:
+            self._wait_operation(f"/v3/service_instances/{resp['guid']}", f"service instance {name}")
 
     def service_key(self, instance: Resource, name: str) -> Resource | None:
         return _first(self.session.list_all("/v3/service_credential_bindings", {
             "type": "key", "service_instance_guids": instance["guid"], "names": name}))
 
     def create_service_key(self, instance: Resource, name: str) -> None:
-        resp = self.session.send("POST", "/v3/service_credential_bindings", json={
-            "type": "key", "name": name, "relationships": {"service_instance": {"data": {"guid": instance["guid"]}}}})
-        if resp is not None:
+        body = {"type": "key", "name": name,
+                "relationships": {"service_instance": {"data": {"guid": instance["guid"]}}}}
+        resp = self._once(lambda: self.session.send("POST", "/v3/service_credential_bindings", json=body,
+                                                    idempotent=False),
+                          lambda: self.service_key(instance, name))
+        if isinstance(resp, requests.Response):
             self.session.wait_job(resp)
+        elif resp is not None:
+            self._wait_operation(f"/v3/service_credential_bindings/{resp['guid']}", f"service key {name}")
+
+    def _wait_operation(self, path: str, what: str) -> None:
+        """Poll a service resource until its last operation ends; DeployError when it failed."""
+        done = self.session.poll(lambda: self.session.get(path),
+                                 lambda r: (r.get("last_operation") or {}).get("state") != "in progress",
+                                 timeout=JOB_TIMEOUT_SECONDS, what=what)
+        operation = done.get("last_operation") or {}
+        if operation.get("state") != "succeeded":
+            raise DeployError(f"{what}: {operation.get('type')} {operation.get('state')}: "
+                              f"{operation.get('description') or 'the broker gave no reason'}")
+
+    def _once(self, send: Callable[[], T], made: Callable[[], Resource | None]) -> T | Resource | None:
+        """Send a non-idempotent call; when its outcome is unknown, what it made if it took effect (looked
+        up by `made`), else one more attempt."""
+        try:
+            return send()
+        except OutcomeUnknown:
+            found = made()
+            return found if found is not None else send()
 
     def service_key_credentials(self, key: Resource) -> dict[str, Any]:
         """The key's credentials: secrets, to be wrapped in `Secret` by the caller at once."""

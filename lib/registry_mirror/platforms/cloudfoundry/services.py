@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from .space import Space
 from ...credentials import Secret
@@ -49,5 +50,16 @@ def ensure_s3(space: Space, steps: StepRecorder) -> S3Key | None:
         key = cc.service_key(instance, cf.s3_service_key)
         assert key is not None
     creds = cc.service_key_credentials(key)
-    return S3Key(S3Location(bucket=creds["bucket"], region=creds["region"]),
+    return S3Key(S3Location(bucket=creds["bucket"], region=creds["region"], endpoint=key_endpoint(creds, cf.s3_endpoint)),
                  Secret("S3 access key", creds["access_key_id"]), Secret("S3 secret key", creds["secret_access_key"]))
+
+
+def key_endpoint(credentials: dict[str, Any], which: Literal["regional", "fips"]) -> str:
+    """The S3 endpoint the params choose, from the service key (cloud.gov's broker gives `endpoint` and
+    `fips_endpoint`, host names without a scheme), as an https URL. Never the SDK's default endpoint:
+    where FIPS is required that one is not allowed."""
+    field = "fips_endpoint" if which == "fips" else "endpoint"
+    host = str(credentials.get(field) or "").strip()
+    if not host:
+        raise DeployError(f"the S3 service key has no {field}, which cloudfoundry.s3_endpoint: {which} needs")
+    return host if host.startswith(("https://", "http://")) else f"https://{host}"

@@ -25,6 +25,9 @@ from ...credentials import Secret, secret_from_env
 from ...errors import DeployError, PreflightError, SecretMissingError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# CC's rate limiter answers 429 with Retry-After up to the end of its window (an hour by default):
+# a wait beyond this fails with one sentence instead of holding the runbook.
+MAX_RETRY_AFTER_SECONDS = 300.0
 JOB_TIMEOUT_SECONDS = 300.0  # the cf CLI's default for polling a job
 T = TypeVar("T")
 CF_CLI_CLIENT = ("cf", "")  # UAA's public client for users, as the cf CLI logs in
@@ -72,6 +75,15 @@ class CfApiError(DeployError):
                          f"(CF request id {request_id or 'none'})")
 
 
+class RetryAfterTooLong(DeployError):
+    """CF asked for a wait (Retry-After) longer than the session's ceiling."""
+
+
+class OutcomeUnknown(DeployError):
+    """A non-idempotent call got no answer, or a 5xx: it may have taken effect. The caller looks it up
+    before trying again, never sends it blindly twice."""
+
+
 class PollTimeout(TimeoutError):
     """A wait ran past its deadline; `last` is what the last read saw, for a message that says where it stood."""
 
@@ -99,6 +111,8 @@ class CfSession:
     backoff: float = 0.5
     dry_run: bool = False
     poll_interval: float = 2.0  # seconds between two reads of something CC is still working on
+    max_retry_after: float = MAX_RETRY_AFTER_SECONDS  # the longest Retry-After honoured; longer fails
+    notify: Callable[[str], None] = print  # says every retry wait before it starts
     calls: list[CfCall] = field(default_factory=list)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -174,12 +188,16 @@ class CfSession:
         return response.content
 
     def send(self, method: str, path: str, *, json: Any = None, data: Any = None,
-             headers: Mapping[str, str] | None = None, files: Any = None) -> requests.Response | None:
-        """A mutating call; in a dry run it is recorded as planned and not sent (returns None)."""
+             headers: Mapping[str, str] | None = None, files: Any = None,
+             idempotent: bool = True) -> requests.Response | None:
+        """A mutating call; in a dry run it is recorded as planned and not sent (returns None).
+        `idempotent=False` (a create, an upload): after no answer or a 5xx it raises OutcomeUnknown
+        instead of sending it again, since the first attempt may have taken effect."""
         if self.dry_run:
             self.calls.append(CfCall(method, path, "planned", sent=False))
             return None
-        return self._call(method, path, json=json, data=data, headers=headers, files=files)
+        return self._call(method, path, json=json, data=data, headers=headers, files=files,
+                          idempotent=idempotent)
 
     # ------------------------------------------------------------------ waiting
 
@@ -212,7 +230,7 @@ class CfSession:
         return [c for c in self.calls
                 if c.sent and (isinstance(c.status, str) or c.status >= 400)]
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _call(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
         if self._token is None:
             self.login()
         attempt, renewed = 0, False
@@ -225,8 +243,11 @@ class CfSession:
                                              **_clean(kwargs))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self.calls.append(CfCall(method, path, exc.__class__.__name__))
+                if not idempotent:
+                    raise OutcomeUnknown(f"{method} {path}: no answer ({exc.__class__.__name__}); it may have "
+                                         "taken effect") from None
                 if attempt <= self.retries:
-                    self.sleep(self._delay(attempt, None))
+                    self._wait(attempt, None, f"{method} {path}")
                     kwargs["headers"] = headers
                     continue
                 raise DeployError(f"{method} {path}: no answer after {attempt} tries "
@@ -239,8 +260,12 @@ class CfSession:
                 renewed = True
                 self._renew()
                 continue
+            if response.status_code >= 500 and not idempotent:
+                # The router or CC may have failed after CC acted (a 502 on a lost answer).
+                raise OutcomeUnknown(f"{method} {path} answered {response.status_code} (CF request id "
+                                     f"{request_id or 'none'}); it may have taken effect")
             if response.status_code in RETRY_STATUSES and attempt <= self.retries:
-                self.sleep(self._delay(attempt, response))
+                self._wait(attempt, response, f"{method} {path}")
                 continue
             if response.status_code >= 400:
                 raise CfApiError(method, path, response.status_code, response.text, request_id)
@@ -273,13 +298,13 @@ class CfSession:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self.calls.append(CfCall("POST", "/oauth/token", exc.__class__.__name__))
                 if attempt <= self.retries:
-                    self.sleep(self._delay(attempt, None))
+                    self._wait(attempt, None, "POST /oauth/token")
                     continue
                 raise PreflightError(f"Cloud Foundry login server {uaa} is unreachable "
                                      f"({exc.__class__.__name__})") from None
             self.calls.append(CfCall("POST", "/oauth/token", response.status_code))
             if response.status_code in RETRY_STATUSES and attempt <= self.retries:
-                self.sleep(self._delay(attempt, response))
+                self._wait(attempt, response, "POST /oauth/token")
                 continue
             if response.status_code != 200:
                 raise PreflightError(f"Cloud Foundry login as {self.credentials.name} failed: "
@@ -300,8 +325,20 @@ class CfSession:
                 if root.status_code not in RETRY_STATUSES:
                     break
             if attempt <= self.retries:
-                self.sleep(self._delay(attempt, root))
+                self._wait(attempt, root, "GET /")
         raise PreflightError(f"Cloud Foundry API {self.api} {problem}")
+
+    def _wait(self, attempt: int, response: requests.Response | None, what: str) -> None:
+        """Wait before retry `attempt`, said before it starts; RetryAfterTooLong when CF asks for more
+        than `max_retry_after` seconds (CC's rate-limit window can be an hour)."""
+        delay = self._delay(attempt, response)
+        status = f"{response.status_code}" if response is not None else "no answer"
+        if delay > self.max_retry_after:
+            raise RetryAfterTooLong(f"{what} answered {status} asking to wait {delay:.0f} s (Retry-After), more "
+                                    f"than the limit of {self.max_retry_after:.0f} s "
+                                    "(cloudfoundry.max_retry_after_seconds): try again later")
+        self.notify(f"CF: {what} answered {status}; waiting {delay:g} s before retry {attempt}")
+        self.sleep(delay)
 
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
         """`Retry-After` seconds when the answer gives them (429, 503), else exponential backoff."""

@@ -52,10 +52,14 @@ class Space:
             raise DeployError(f"{self.app_name(component)} does not exist in {self.where}: {doing}")
         return app
 
+    def instances(self, component: Component) -> int:
+        """How many web instances the params want of the app."""
+        return self.settings.registry.instances if component == "registry" else self.settings.proxy.instances
+
     def wait_serving(self, app: Resource, *, since: str | None = None) -> Health:
         """Every instance RUNNING through the params' settle window, within their deploy timeout."""
         return wait_serving(self.cc, app, timeout=self.cf.deploy_timeout_seconds,
-                            settle=self.cf.health_settle_seconds, since=since)
+                            settle=self.cf.health_settle_seconds, since=since, crash_budget=self.cf.crash_budget)
 
     def verify_serving(self, app: Resource) -> str:
         """What a verify step reports: the droplet that serves and for how long every instance ran."""

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from .build import build
-from .deployment import rolling_deployment
+from .deployment import rolling_deployment, served_before
 from .environment import secret_env, set_env
 from .fingerprint import FINGERPRINT, LEGACY_DIGEST_VAR, fingerprint, record, recorded
 from .manifest import apply_manifest
@@ -39,18 +39,17 @@ def push_app(space: Space, steps: StepRecorder, component: Component, manifests:
             steps.unchanged(name, "inputs unchanged", "replace_mirrors: new instances all the same")
         elif _still_serving(space, steps, app, wanted):
             return
-    apply_manifest(space, steps, component, manifest)
+    before = served_before(space, app)  # read before any change: what a failure goes back to
+    apply_manifest(space, steps, component, manifest, rolling=app is not None)
     app = space.app(component) or {"guid": "<new app>", "name": name, "state": "STOPPED"}
     legacy = not app["guid"].startswith("<") and LEGACY_DIGEST_VAR in cc.app_env(app)
     env_changes: dict[str, str | None] = {**secrets, **({LEGACY_DIGEST_VAR: None} if legacy else {})}
     if env_changes:
         steps.run(name, "set secrets in app environment", lambda: set_env(cc, app, env_changes),
                   detail=f"{len(secrets)} variables (values hidden)")
-    droplet = cc.current_droplet(app)
-    previous = droplet["guid"] if droplet else None
     package = create_package(space, steps, component, app, manifests.proxy_nginx_conf)
-    built = build(space, steps, component, app, package, previous)
-    rolling_deployment(space, steps, component, app, built, previous)
+    built = build(space, steps, component, app, package, before)
+    rolling_deployment(space, steps, component, app, built, before)
     steps.run(name, "record fingerprint", lambda: record(cc, app, wanted), detail=f"annotation {FINGERPRINT}={wanted}")
 
 

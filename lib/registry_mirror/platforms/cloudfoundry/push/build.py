@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .deployment import fail
+from .deployment import Before, fail
 from ..resources import Resource
 from ..space import Component, Space
 from ....deploy_report import StepRecorder
 
 
 def build(space: Space, steps: StepRecorder, component: Component, app: Resource, package: Resource,
-          previous: str | None) -> Resource:
+          before: Before) -> Resource:
     """The droplet staged from `package` (a placeholder guid in a dry run)."""
     result: dict[str, Any] = {"guid": "<planned droplet>"}
 
@@ -21,7 +21,7 @@ def build(space: Space, steps: StepRecorder, component: Component, app: Resource
                                       lambda b: b["state"] in ("STAGED", "FAILED"),
                                       timeout=space.cf.deploy_timeout_seconds, what="build")
         if built["state"] == "FAILED":
-            fail(space, component, app, None, previous, f"build failed: {built.get('error')}")
+            fail(space, component, app, None, before, f"build failed: {built.get('error')}")
         result["guid"] = built["droplet"]["guid"]
         return f"droplet {result['guid']}"
 
