@@ -1,85 +1,131 @@
-"""The pipeline's task scripts, run as Concourse runs them: from a build folder holding their inputs, with
-the environment the pipeline gives them, against the CF API stand-in (and, for verify, the deployed
-proxy behind the CF edge stand-ins)."""
+"""The pipeline's tasks, run as Concourse runs them (tests/concourse_task.py): a fresh build folder holding
+only each task's declared inputs, only its params (and ATC_EXTERNAL_URL) in the environment, the Python
+environment ci/task-image/Dockerfile builds (never the project's editable .venv), against the CF API
+stand-in (and, for verify, the deployed proxy behind the CF edge stand-ins)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.cf.conftest import CHECK_IMAGE, RULES, ROOT, CfRunner, public_route
+from tests.cf.conftest import CF_PASSWORD, CF_USER, CHECK_IMAGE, HUB_TOKEN, RULES, ROOT, CfRunner, public_route
+from tests.concourse_task import TaskImage, TaskRun, run_task, source_input, task_image
 from tests.fakes.cf_api import FakeCloudFoundry
 
-
-def build_folder(runner: CfRunner, environment: str) -> tuple[Path, dict[str, str]]:
-    """The task's working folder (inputs as subfolders) and its environment."""
-    build = runner.tmp / f"build-{runner.count}"
-    runner.count += 1
-    (build / "security-rules").mkdir(parents=True)
-    (build / "security-rules" / "security-rules.yaml").write_text(yaml.safe_dump(RULES))
-    (build / "registry-image").mkdir()
-    (build / "registry-image" / "digest").write_text(runner.hub.digest + "\n")
-    params = runner.params(environment)
-    params_file = build / "params-from-repo.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    env = {**runner.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "ENVIRONMENT": environment,
-           "PARAMS_FILE": str(params_file), "BUILD_JOB_NAME": "test-job", "BUILD_NAME": str(runner.count)}
-    return build, env
+TASKS = ROOT / "ci" / "tasks"
 
 
-def run_task(task: str, build: Path, env: dict[str, str], **params: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(ROOT / "ci" / "tasks" / task / "run.sh")], cwd=build, env={**env, **params},
-                          capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="session")
+def image() -> TaskImage:
+    return task_image()
 
 
-def test_deploy_verify_and_rollback_tasks_run_green(runner: CfRunner, cf: FakeCloudFoundry, mirror_app: str) -> None:
-    build, env = build_folder(runner, "staging")
-    for component in ("registry", "proxy"):
-        done = run_task("deploy", build, env, COMPONENT=component)
-        assert done.returncode == 0, done.stderr[-3000:]
+@pytest.fixture(scope="session")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `src` input: the commit's files as the git resource leaves them."""
+    return source_input(tmp_path_factory.mktemp("src") / "src")
+
+
+class Pipeline:
+    """The inputs and params the pipeline's jobs give the tasks, pointed at the stand-ins."""
+
+    def __init__(self, runner: CfRunner, image: TaskImage, src: Path, environment: str = "staging") -> None:
+        self.runner, self.image, self.src = runner, image, src
+        self.inputs = runner.tmp / "inputs"
+        (self.inputs / "security-rules").mkdir(parents=True)
+        (self.inputs / "security-rules" / "security-rules.yaml").write_text(yaml.safe_dump(RULES))
+        (self.inputs / "registry-image").mkdir()
+        (self.inputs / "registry-image" / "digest").write_text(runner.hub.digest + "\n")
+        params = runner.params(environment)
+        # The name the committed params give the token's variable, as the pipeline sets it.
+        params["upstream"]["password_env"] = "DOCKERHUB_TOKEN"
+        self.params_file = runner.tmp / "params-from-repo.yaml"
+        self.params_file.write_text(yaml.safe_dump(params))
+        self.env = {"ENVIRONMENT": environment, "PARAMS_FILE": str(self.params_file), "CF_USERNAME": CF_USER,
+                    "CF_PASSWORD": CF_PASSWORD, "DOCKERHUB_TOKEN": HUB_TOKEN}
+
+    def run(self, task: str, src: Path | None = None, **params: str) -> TaskRun:
+        task_file = TASKS / task / "task.yml"
+        declared = {i["name"] for i in yaml.safe_load(task_file.read_text()).get("inputs", [])}
+        inputs = {"src": src or self.src, **{name: self.inputs / name for name in ("security-rules", "registry-image")
+                                             if name in declared}}
+        return run_task(task_file, workdir=self.runner.tmp / "builds", image=self.image, inputs=inputs,
+                        params={**self.env, **params})
+
+
+def records(run: TaskRun) -> list[Path]:
+    return sorted(run.output("notebooks").glob("*.tgz"))
+
+
+def test_deploy_verify_and_rollback_tasks_run_green(runner: CfRunner, cf: FakeCloudFoundry, mirror_app: str,
+                                                    image: TaskImage, src: Path) -> None:
+    pipeline = Pipeline(runner, image, src)
+    deployed = [pipeline.run("deploy", COMPONENT=component) for component in ("registry", "proxy")]
+    for done in deployed:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     # The digest the pipeline handed the task is the one deployed.
     assert cf.app("docker-registry-mirror")["image"].endswith(runner.hub.digest)
-    packed = sorted((build / "notebooks").glob("*.tgz"))
-    assert packed and "./deploy.ipynb" in tarfile.open(packed[-1]).getnames()
+    # One record per task run (one file for the s3 put's glob), named by what it ran.
+    for done, component in zip(deployed, ("registry", "proxy")):
+        [packed] = records(done)
+        assert packed.name.startswith(f"deploy-staging-{component}-src-")
+        assert f"registry-{runner.hub.digest.removeprefix('sha256:')[:12]}" in packed.name
+        assert "./deploy.ipynb" in tarfile.open(packed).getnames()
+    assert records(deployed[0])[0].name != records(deployed[1])[0].name
 
     with public_route(cf, mirror_app) as edge:
-        verified = run_task("verify", build, env, PUBLIC_URL=edge.public_url, CHECK_IMAGE=CHECK_IMAGE)
-    assert verified.returncode == 0, verified.stderr[-3000:]
-    results = yaml.safe_load((build / "notebooks" / "policy-results.json").read_text())
+        verified = pipeline.run("verify", PUBLIC_URL=edge.public_url, CHECK_IMAGE=CHECK_IMAGE)
+    assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-3000:]
+    results = yaml.safe_load((verified.output("notebooks") / "policy-results.json").read_text())
     assert results["ok"] is True
+    [packed] = records(verified)
+    assert "./policy-results.json" in tarfile.open(packed).getnames()
 
     # A second registry deploy with a change, then the rollback task puts the first one back.
     first = cf.app("docker-registry-mirror")["droplet_guid"]
-    params = yaml.safe_load(Path(env["PARAMS_FILE"]).read_text())
+    params = yaml.safe_load(pipeline.params_file.read_text())
     params["registry"]["log_level"] = "warn"
-    Path(env["PARAMS_FILE"]).write_text(yaml.safe_dump(params))
-    assert run_task("deploy", build, env, COMPONENT="registry").returncode == 0
-    rolled = run_task("rollback", build, env, COMPONENT="registry")
-    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    pipeline.params_file.write_text(yaml.safe_dump(params))
+    assert pipeline.run("deploy", COMPONENT="registry").returncode == 0
+    rolled = pipeline.run("rollback", COMPONENT="registry")
+    assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr[-3000:]
     assert cf.app("docker-registry-mirror")["droplet_guid"] == first
 
     # No secret reached an executed notebook, a derived params file or the logs.
-    texts = [p.read_text(errors="replace") for p in (build / "notebooks").iterdir() if p.suffix in (".ipynb", ".yaml")]
-    for secret in (env["CF_PASSWORD"], env["TEST_DOCKERHUB_TOKEN"], "fake-s3-secret-DO-NOT-LEAK"):
-        for text in [*texts, verified.stdout, verified.stderr, rolled.stderr]:
+    runs = [*deployed, verified, rolled]
+    texts = [p.read_text(errors="replace") for r in runs for p in r.output("notebooks").iterdir()
+             if p.suffix in (".ipynb", ".yaml", ".json")]
+    for secret in (CF_PASSWORD, HUB_TOKEN, "fake-s3-secret-DO-NOT-LEAK"):
+        for text in [*texts, *(r.stdout + r.stderr for r in runs)]:
             assert secret not in text
 
 
-def test_a_task_without_its_required_parameter_stops_before_anything(runner: CfRunner, cf: FakeCloudFoundry) -> None:
-    build, env = build_folder(runner, "staging")
-    done = run_task("deploy", build, env)  # no COMPONENT
+def test_a_task_runs_the_checked_commits_library(runner: CfRunner, cf: FakeCloudFoundry, image: TaskImage,
+                                                 src: Path, tmp_path: Path) -> None:
+    """The code a task runs is its `src` input's, not a copy in the image: a commit whose library
+    refuses to load makes the task fail with that commit's message."""
+    changed = tmp_path / "changed-src"
+    import shutil
+    shutil.copytree(src, changed)
+    module = changed / "lib/registry_mirror/pipeline_params.py"
+    module.write_text(module.read_text() + 'raise SystemExit("the checked commit\'s pipeline_params ran")\n')
+    done = Pipeline(runner, image, src).run("deploy", src=changed, COMPONENT="registry")
+    assert done.returncode != 0
+    assert "the checked commit's pipeline_params ran" in done.stderr, done.stderr[-3000:]
+    assert [r for r in cf.requests if r.mutating] == []
+
+
+def test_a_task_without_its_required_parameter_stops_before_anything(runner: CfRunner, cf: FakeCloudFoundry,
+                                                                     image: TaskImage, src: Path) -> None:
+    done = Pipeline(runner, image, src).run("deploy")  # no COMPONENT
     assert done.returncode == 2 and "COMPONENT is required" in done.stderr
     assert [r for r in cf.requests if r.mutating] == []
 
 
-def test_the_test_task_runs_the_unit_suite(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTEST_ARGS": "-q -x -p no:warnings -k committed_pipeline"}
-    done = subprocess.run(["bash", str(ROOT / "ci/tasks/test/run.sh")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+def test_the_test_task_runs_the_unit_suite(tmp_path: Path, image: TaskImage, src: Path) -> None:
+    done = run_task(TASKS / "test" / "task.yml", workdir=tmp_path, image=image, inputs={"src": src},
+                    params={"PYTEST_ARGS": "-q -x -p no:warnings -p no:cacheprovider -k committed_pipeline"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert " passed" in done.stdout

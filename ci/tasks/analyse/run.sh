@@ -13,8 +13,11 @@ mirror_logs=()
 [ -d "$BUILD_DIR/mirror-logs" ] && mirror_logs=(-p mirror_logs "$BUILD_DIR/mirror-logs")
 run_notebook pull_savings "$params" -p log_sources "$BUILD_DIR/proxy-logs" "${mirror_logs[@]}" \
   -p output_dir "$OUT_DIR/tables" || status=$?
+# Rendered before the task exits, so the one archive lib.sh packs at exit holds the HTML too.
 for name in cache_usage pull_savings; do
-  [ -f "$OUT_DIR/$name.ipynb" ] && python -m jupyter nbconvert --to html --no-input "$OUT_DIR/$name.ipynb" \
-    --output-dir "$OUT_DIR" >/dev/null 2>&1 || true
+  if [ -f "$OUT_DIR/$name.ipynb" ]; then
+    python -m jupyter nbconvert --to html --no-input "$OUT_DIR/$name.ipynb" --output-dir "$OUT_DIR" \
+      --log-level WARN || status=$?
+  fi
 done
 exit "$status"

@@ -2,4 +2,6 @@
 # Unit tests and notebook hygiene: fast, no local stack, no network beyond loopback.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+# The checked commit's library, not one baked into the image (which holds dependencies only).
+export PYTHONPATH="$PWD/lib"
 python -m pytest tests/unit ${PYTEST_ARGS:-}
