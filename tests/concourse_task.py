@@ -57,7 +57,8 @@ def task_image(cache: Path | None = None) -> TaskImage:
     for kind, argument in instructions:
         if kind == "COPY":
             for source in shlex.split(argument)[:-1]:
-                digest.update((ROOT / source).read_bytes())
+                for path in _files(ROOT / source):
+                    digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "registry-mirror"
     root = cache / f"task-image-{digest.hexdigest()[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -147,10 +148,17 @@ def _build(root: Path, instructions: list[tuple[str, str]]) -> None:
             target.mkdir(parents=True, exist_ok=True) if dest.endswith("/") else target.parent.mkdir(
                 parents=True, exist_ok=True)
             for source in sources:
-                shutil.copy2(ROOT / source, target / Path(source).name if dest.endswith("/") else target)
+                if (ROOT / source).is_dir():  # Docker copies a folder's contents
+                    shutil.copytree(ROOT / source, target, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(ROOT / source, target / Path(source).name if dest.endswith("/") else target)
         elif kind == "RUN" and "apt-get" not in argument:
             subprocess.run(["bash", "-euo", "pipefail", "-c", _in_image(root, argument)], env=env, check=True,
                            cwd=root, timeout=900)
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
 def _image_env(root: Path, instructions: list[tuple[str, str]]) -> dict[str, str]:

@@ -46,11 +46,11 @@ class Pipeline:
         self.env = {"ENVIRONMENT": environment, "PARAMS_FILE": str(self.params_file), "CF_USERNAME": CF_USER,
                     "CF_PASSWORD": CF_PASSWORD, "DOCKERHUB_TOKEN": HUB_TOKEN}
 
-    def run(self, task: str, src: Path | None = None, **params: str) -> TaskRun:
+    def run(self, task: str, src: Path | None = None, extra: dict[str, Path] | None = None, **params: str) -> TaskRun:
         task_file = TASKS / task / "task.yml"
         declared = {i["name"] for i in yaml.safe_load(task_file.read_text()).get("inputs", [])}
         inputs = {"src": src or self.src, **{name: self.inputs / name for name in ("security-rules", "registry-image")
-                                             if name in declared}}
+                                             if name in declared}, **(extra or {})}
         return run_task(task_file, workdir=self.runner.tmp / "builds", image=self.image, inputs=inputs,
                         params={**self.env, **params})
 
@@ -88,10 +88,14 @@ def test_deploy_verify_and_rollback_tasks_run_green(runner: CfRunner, cf: FakeCl
     params = yaml.safe_load(pipeline.params_file.read_text())
     params["registry"]["log_level"] = "warn"
     pipeline.params_file.write_text(yaml.safe_dump(params))
-    assert pipeline.run("deploy", COMPONENT="registry").returncode == 0
-    rolled = pipeline.run("rollback", COMPONENT="registry")
+    second = pipeline.run("deploy", COMPONENT="registry")
+    assert second.returncode == 0
+    # Given that deploy's output (as on_failure does), the rollback undoes what it changed and says so.
+    rolled = pipeline.run("rollback", extra={"deploy-notebooks": second.output("notebooks")}, COMPONENT="registry")
     assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr[-3000:]
     assert cf.app("docker-registry-mirror")["droplet_guid"] == first
+    assert "ROLL BACK: this build changed docker-registry-mirror" in rolled.stdout
+    assert f"serves droplet {first} again" in rolled.stdout
 
     # No secret reached an executed notebook, a derived params file or the logs.
     runs = [*deployed, verified, rolled]
@@ -100,6 +104,35 @@ def test_deploy_verify_and_rollback_tasks_run_green(runner: CfRunner, cf: FakeCl
     for secret in (CF_PASSWORD, HUB_TOKEN, "fake-s3-secret-DO-NOT-LEAK"):
         for text in [*texts, *(r.stdout + r.stderr for r in runs)]:
             assert secret not in text
+
+
+def test_a_production_deploy_the_runbook_cancelled_back_is_not_rolled_back_further(
+        runner: CfRunner, cf: FakeCloudFoundry, image: TaskImage, src: Path) -> None:
+    """on_failure: cancel already put back what served before the build; the job's rollback task must
+    not then move production one more revision back."""
+    pipeline = Pipeline(runner, image, src, "production")
+    for level in ("info", "warn"):
+        params = yaml.safe_load(pipeline.params_file.read_text())
+        params["registry"]["log_level"] = level
+        pipeline.params_file.write_text(yaml.safe_dump(params))
+        done = pipeline.run("deploy", COMPONENT="registry")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    served = cf.app("docker-registry-mirror")["droplet_guid"]
+    cf.faults.crash_when = lambda env, image: "panic: boom" if image and env.get("REGISTRY_LOG_LEVEL") == "debug" \
+        else None
+    params["registry"]["log_level"] = "debug"
+    pipeline.params_file.write_text(yaml.safe_dump(params))
+    failed = pipeline.run("deploy", COMPONENT="registry")
+    assert failed.returncode != 0 and cf.app("docker-registry-mirror")["droplet_guid"] == served
+    rolled = pipeline.run("rollback", extra={"deploy-notebooks": failed.output("notebooks")}, COMPONENT="registry")
+    assert rolled.returncode == 0, rolled.stdout[-2000:] + rolled.stderr[-3000:]
+    assert cf.app("docker-registry-mirror")["droplet_guid"] == served
+    assert "NO ROLLBACK" in rolled.stdout and "nothing to roll back" in rolled.stdout
+    # The failed deploy's record and the rollback's are two files: neither replaces the other.
+    [deploy_record], [rollback_record] = records(failed), records(rolled)
+    assert "./deploy.ipynb" in tarfile.open(deploy_record).getnames()
+    assert deploy_record.name.startswith("deploy-production-registry-")
+    assert rollback_record.name.startswith("rollback-production-registry-")
 
 
 def test_a_task_runs_the_checked_commits_library(runner: CfRunner, cf: FakeCloudFoundry, image: TaskImage,
