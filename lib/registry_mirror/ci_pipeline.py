@@ -12,13 +12,13 @@ from __future__ import annotations
 import fnmatch
 import re
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import yaml
 
+from .concourse_rules import job_steps, load_rules, walk
 from .parameters import PROJECT_ROOT, SETTINGS_KEYS
 
 STEP_KINDS = ("get", "put", "task", "set_pipeline", "load_var", "in_parallel", "do", "try")
@@ -27,7 +27,8 @@ STEP_KEYS = {"get", "put", "task", "set_pipeline", "load_var", "in_parallel", "d
              "vars", "input_mapping", "output_mapping", "container_limits", "var_files", "instance_vars",
              "team", "format", "reveal", "on_success", "on_failure", "on_error", "on_abort", "ensure", "attempts",
              "timeout", "tags", "across", "no_get", "steps", "limit", "fail_fast"}
-HOOKS = ("on_success", "on_failure", "on_error", "on_abort", "ensure")
+# What the tasks read or run from their `src` input (ci/tasks/lib.sh puts src/lib first on PYTHONPATH).
+TASK_READS = ("lib/", "notebooks/", "templates/", "params/", "ci/tasks/", "ci/task-image/")
 SECRET_WORDS = ("password", "secret", "token", "key", "credential")
 VAR = re.compile(r"\(\(([A-Za-z0-9_.-]+)\)\)")
 PAPERMILL_CALL = re.compile(r"run_notebook\s+(\w+)\s+\S+((?:\s*\\?\n?\s*-p\s+\S+\s+\S+)*)")
@@ -54,6 +55,7 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
     ci = root / "ci"
     text = (ci / "pipeline.yml").read_text()
     data = yaml.safe_load(text)
+    report.problems += load_rules(text)  # Concourse's own rules first: each names what fly would
     try:
         Pipeline.model_validate(data)
     except Exception as exc:  # noqa: BLE001 - pydantic's message is the finding
@@ -61,7 +63,8 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
         return report
     resources = {r["name"]: r for r in data.get("resources", [])}
     jobs = {j["name"]: j for j in data.get("jobs", [])}
-    report.problems += _steps(jobs, resources)
+    report.problems += _steps(jobs)
+    report.problems += _sources(root, jobs, resources)
     report.problems += _tasks(root, jobs)
     report.problems += _vars(ci, text)
     report.problems += _paths(root, resources)
@@ -72,51 +75,36 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
 
 # ------------------------------------------------------------------------------ steps and references
 
-def walk(steps: list[dict]) -> Iterator[dict]:
-    """Every step of a plan, nested ones and hooks included."""
-    for step in steps:
-        yield step
-        nested = step.get("in_parallel")
-        if isinstance(nested, dict):
-            nested = nested.get("steps", [])
-        for inner in (nested or []), step.get("do") or [], [step["try"]] if "try" in step else []:
-            yield from walk(inner)
-        for hook in HOOKS:
-            if isinstance(step.get(hook), dict):
-                yield from walk([step[hook]])
-
-
-def _job_steps(job: dict) -> Iterator[dict]:
-    yield from walk(job.get("plan", []))
-    for hook in HOOKS:
-        if isinstance(job.get(hook), dict):
-            yield from walk([job[hook]])
-
-
-def _steps(jobs: dict[str, dict], resources: dict[str, dict]) -> list[str]:
+def _steps(jobs: dict[str, dict]) -> list[str]:
+    """Step keys: ol-concourse's models accept some steps Concourse refuses (atc/steps.go decodes a step
+    with DisallowUnknownFields and picks its kind from exactly one of get/put/task/...)."""
     problems = []
-    used: dict[str, set[str]] = {name: set() for name in jobs}
     for name, job in jobs.items():
-        for step in _job_steps(job):
+        for step in job_steps(job):
             kinds = [k for k in STEP_KINDS if k in step]
             unknown = sorted(set(step) - STEP_KEYS)
             if len(kinds) != 1 or unknown:
                 problems.append(f"job {name}: a step has {'unknown key(s) ' + ', '.join(unknown) if unknown else ''}"
                                 f"{'' if len(kinds) == 1 else ' no single kind (get/put/task/...)'}".strip())
-            for kind in ("get", "put"):
-                if kind in step:
-                    resource = step.get("resource", step[kind])
-                    used[name].add(resource)
-                    if resource not in resources:
-                        problems.append(f"job {name}: {kind} of unknown resource {resource}")
+    return problems
+
+
+def _sources(root: Path, jobs: dict[str, dict], resources: dict[str, dict]) -> list[str]:
+    """A task's `src` must be a git resource whose `paths` cover everything the tasks read or run: a change
+    its filter ignores never makes a new version, so it would never be tested or reach an environment."""
+    files = [f for f in _repo_files(root) if f.startswith(TASK_READS)]
+    problems = []
     for name, job in jobs.items():
-        for step in _job_steps(job):
-            for upstream in step.get("passed", []) or []:
-                resource = step.get("resource", step.get("get"))
-                if upstream not in jobs:
-                    problems.append(f"job {name}: {resource} passed: names unknown job {upstream}")
-                elif resource not in used[upstream]:
-                    problems.append(f"job {name}: {resource} passed: {upstream}, which never uses {resource}")
+        for step in job_steps(job):
+            if "task" not in step:
+                continue
+            source = (step.get("input_mapping") or {}).get("src", "src")
+            patterns = ((resources.get(source) or {}).get("source") or {}).get("paths")
+            missed = [f for f in files if patterns and not any(fnmatch.fnmatch(f, p) for p in patterns)]
+            if missed:
+                problems.append(f"job {name}: task {step['task']} takes src from {source}, whose paths filter "
+                                f"ignores {', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''}: a change there "
+                                "would never be tested or reach an environment")
     return problems
 
 
@@ -125,7 +113,7 @@ def _tasks(root: Path, jobs: dict[str, dict]) -> list[str]:
 
     problems = []
     for name, job in jobs.items():
-        for step in _job_steps(job):
+        for step in job_steps(job):
             if "task" not in step:
                 continue
             if "file" not in step:
@@ -186,7 +174,7 @@ def _policy(jobs: dict[str, dict]) -> list[str]:
         for step in walk(job.get("plan", [])):
             if "get" in step and step.get("trigger"):
                 problems.append(f"job {name}: production deploys are manual, but {step['get']} triggers it")
-            if "get" in step and step["get"] != "task-image" and not step.get("passed"):
+            if "get" in step and not step.get("passed"):
                 problems.append(f"job {name}: {step['get']} has no passed:, so production could deploy what "
                                 "staging never verified")
         if not job.get("serial_groups"):

@@ -59,17 +59,17 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
         "passes upstream_token with -p: secrets stay in the environment"),
     "missing passed": (remove_production_passed, "src-runbooks has no passed:"),
     "path filter matching nothing": (
-        lambda r: (r / "templates/cf/mirror-manifest.yml.j2").rename(r / "templates/cf/mirror.yml.j2"),
-        "paths filter 'templates/cf/mirror-manifest.yml.j2' matches no file"),
+        lambda r: (r / "environment.yml").rename(r / "conda-environment.yml"),
+        "paths filter 'environment.yml' matches no file"),
     "undefined var": (lambda r: edit(r / "ci/pipeline.yml", "((git_branch))", "((git_brnch))"),
                       "uses ((git_brnch)), which no ci/vars/*.yml defines"),
     "unknown resource": (lambda r: edit(r / "ci/pipeline.yml", "    - get: security-rules\n      trigger: true\n",
                                         "    - get: security-ruels\n      trigger: true\n"),
-                         "get of unknown resource security-ruels"),
+                         "unknown resource 'security-ruels'"),
     "passed job that never used the resource": (
         lambda r: edit(r / "ci/pipeline.yml", "      passed: [deploy-registry-staging]\n      params: {skip_download: true}",
                        "      passed: [test]\n      params: {skip_download: true}"),
-        "passed: test, which never uses registry-image"),
+        "job 'test' does not interact with resource 'registry-image'"),
     "production triggered automatically": (
         lambda r: edit(r / "ci/pipeline.yml", "    - get: src-runbooks\n      passed: [verify-staging]\n",
                        "    - get: src-runbooks\n      trigger: true\n      passed: [verify-staging]\n"),
@@ -77,7 +77,48 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "task param the task does not declare": (
         lambda r: edit(r / "ci/pipeline.yml", "      COMPONENT: registry\n", "      COMPONENT: registry\n      CMOPONENT: x\n"),
         "gets param(s) CMOPONENT"),
+    # Concourse's own load rules (lib/registry_mirror/concourse_rules.py names where each lives).
+    "unused resource": (lambda r: append_resource(r, "- name: spare\n  type: git\n  source: {uri: ((git_uri))}\n"),
+                        "resource 'spare' is not used"),
+    "job in no group": (lambda r: edit(r / "ci/pipeline.yml", " report-staging,\n", "\n"),
+                        "job 'report-staging' belongs to no group"),
+    "group naming an unknown job": (lambda r: edit(r / "ci/pipeline.yml", "jobs: [set-self, test,", "jobs: [set-self, tset, test,"),
+                                    "no jobs match 'tset' for group 'all'"),
+    "same resource fetched twice in a job": (
+        lambda r: edit(r / "ci/pipeline.yml", "    - get: proxy-logs\n", "    - get: proxy-logs\n    - get: proxy-logs\n"),
+        "jobs.report-staging: .get(proxy-logs): repeated name"),
+    "duplicate YAML key": (lambda r: edit(r / "ci/pipeline.yml", "  serial_groups: [staging]\n",
+                                          "  serial_groups: [staging]\n  serial_groups: [production]\n"),
+                           "key 'serial_groups' is set twice"),
+    "passed: cycle": (lambda r: edit(r / "ci/pipeline.yml", "      trigger: true\n    - get: task-image\n  - task: test",
+                                     "      trigger: true\n      passed: [verify-staging]\n    - get: task-image\n  - task: test"),
+                      "pipeline contains a cycle"),
+    "task with file and config": (
+        lambda r: edit(r / "ci/pipeline.yml", "    file: src-runbooks/ci/tasks/test/task.yml\n",
+                       "    file: src-runbooks/ci/tasks/test/task.yml\n    config: {platform: linux, run: {path: 'true'}}\n"),
+        "must specify one of `file:` or `config:`, not both"),
+    "unknown key in a resource": (lambda r: edit(r / "ci/pipeline.yml", "  icon: lock\n", "  icon: lock\n  check_evry: 1h\n"),
+                                  "resources[2] (security-rules): unknown field(s) check_evry"),
+    "unknown key in a job": (lambda r: edit(r / "ci/pipeline.yml", "  serial_groups: [production]\n",
+                                            "  serial_groups: [production]\n  serial_group: [production]\n"),
+                             "unknown field(s) serial_group"),
+    "unknown key in a group": (lambda r: edit(r / "ci/pipeline.yml", "- name: all\n", "- name: all\n  job: [test]\n"),
+                               "groups[0] (all): unknown field(s) job"),
+    "duplicate job name": (lambda r: edit(r / "ci/pipeline.yml", "- name: deploy-proxy-production\n",
+                                          "- name: deploy-registry-production\n"),
+                           "have the same name ('deploy-registry-production')"),
+    # What only this project needs: every task reads the commit its src resource's filter watches.
+    "src filter ignoring params": (lambda r: edit(r / "ci/pipeline.yml", " params/*,", ""),
+                                   "ignores params/"),
+    "production task image not from staging": (
+        lambda r: edit(r / "ci/pipeline.yml", "    - get: task-image\n      passed: [verify-staging]\n",
+                       "    - get: task-image\n"),
+        "task-image has no passed:"),
 }
+
+
+def append_resource(repo: Path, block: str) -> None:
+    edit(repo / "ci/pipeline.yml", "\ngroups:\n", "\n" + block + "\ngroups:\n")
 
 
 @pytest.mark.parametrize("name", list(BREAKS))

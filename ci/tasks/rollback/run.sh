@@ -10,7 +10,12 @@ require ENVIRONMENT COMPONENT
 params="$(task_params)"
 record="$BUILD_DIR/deploy-notebooks/before-deploy.json"
 guard=()
-if [ -z "${REVISION:-}" ] && [ -f "$record" ]; then
+if [ -z "${REVISION:-}" ] && [ -d "$BUILD_DIR/deploy-notebooks" ] && [ ! -f "$record" ]; then
+  # The deploy task stopped before it recorded what served, so before it could change anything.
+  echo "NO ROLLBACK: the deploy failed before it touched the environment (no before-deploy.json)" \
+    | tee "$OUT_DIR/rollback-decision.txt"
+  exit 0
+elif [ -z "${REVISION:-}" ] && [ -f "$record" ]; then
   guard=(--params "$params" --component "$COMPONENT" --record "$record")
   decision=0
   python -m registry_mirror.pipeline_rollback decide "${guard[@]}" >"$OUT_DIR/rollback-decision.txt" || decision=$?
