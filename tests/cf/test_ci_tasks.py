@@ -13,6 +13,7 @@ import yaml
 from tests.cf.conftest import CF_PASSWORD, CF_USER, CHECK_IMAGE, HUB_TOKEN, RULES, ROOT, CfRunner, public_route
 from tests.concourse_task import TaskImage, TaskRun, run_task, source_input, task_image
 from tests.fakes.cf_api import FakeCloudFoundry
+from registry_mirror.processes import free_port
 
 TASKS = ROOT / "ci" / "tasks"
 
@@ -162,3 +163,31 @@ def test_the_test_task_runs_the_unit_suite(tmp_path: Path, image: TaskImage, src
                     params={"PYTEST_ARGS": "-q -x -p no:warnings -p no:cacheprovider -k committed_pipeline"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
+
+
+def test_the_analyse_task_leaves_one_record_with_its_html_reports(tmp_path: Path, image: TaskImage,
+                                                                   src: Path) -> None:
+    """One archive for the s3 put's one-file glob, holding both executed notebooks and the HTML rendered
+    from them, even when one report fails (here: no S3 answers for the cache inventory)."""
+    logs = tmp_path / "proxy-logs"
+    logs.mkdir()
+    line = ('NginxLog "10.10.2.3, 10.0.0.7" "GET /v2/library/hello/manifests/1 HTTP/1.1" 200 500 client=10.10.2.3 '
+            'rt=0.010 urt=0.009 ua="10.255.1.2:5000" cache={} t=2026-11-01T01:00:00+00:00')
+    (logs / "proxy.log").write_text(line.format("MISS") + "\n" + line.format("HIT") + "\n")
+    rules = tmp_path / "security-rules"
+    rules.mkdir()
+    (rules / "security-rules.yaml").write_text(yaml.safe_dump(RULES))
+    done = run_task(TASKS / "analyse" / "task.yml", workdir=tmp_path / "builds", image=image,
+                    inputs={"src": src, "security-rules": rules, "proxy-logs": logs},
+                    params={"ENVIRONMENT": "staging", "BUCKET": "mirror-cache", "AWS_ACCESS_KEY_ID": "AKIAFAKESTANDIN",
+                            "AWS_SECRET_ACCESS_KEY": "fake-s3-secret-DO-NOT-LEAK",
+                            "S3_ENDPOINT": f"http://127.0.0.1:{free_port()}", "AWS_DEFAULT_REGION": "us-east-1",
+                            "LIMIT_PER_WINDOW": "100"})
+    assert done.returncode != 0  # cache_usage found no S3: the task fails, and still keeps its record
+    [packed] = records(done)
+    assert packed.name.startswith("analyse-staging-src-")
+    names = tarfile.open(packed).getnames()
+    for member in ("./pull_savings.ipynb", "./pull_savings.html", "./cache_usage.ipynb", "./cache_usage.html"):
+        assert member in names, names
+    html = (done.output("notebooks") / "pull_savings.html").read_text()
+    assert "The mirror served" in html and "fake-s3-secret-DO-NOT-LEAK" not in html

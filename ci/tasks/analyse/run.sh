@@ -12,7 +12,7 @@ run_notebook cache_usage "$params" -p bucket "$BUCKET" -p s3_endpoint "${S3_ENDP
 mirror_logs=()
 [ -d "$BUILD_DIR/mirror-logs" ] && mirror_logs=(-p mirror_logs "$BUILD_DIR/mirror-logs")
 run_notebook pull_savings "$params" -p log_sources "$BUILD_DIR/proxy-logs" "${mirror_logs[@]}" \
-  -p output_dir "$OUT_DIR/tables" || status=$?
+  -p limit_per_window "${LIMIT_PER_WINDOW:-0}" -p output_dir "$OUT_DIR/tables" || status=$?
 # Rendered before the task exits, so the one archive lib.sh packs at exit holds the HTML too.
 for name in cache_usage pull_savings; do
   if [ -f "$OUT_DIR/$name.ipynb" ]; then
