@@ -1,9 +1,9 @@
 """Offline checks of the Concourse pipeline (ci/pipeline.yml) and its tasks, without a Concourse.
 
 `fly validate-pipeline` cannot be built here (the Go module proxy refuses every github.com/concourse
-module), so the structure is checked with ol-concourse's pydantic models of Concourse's config, and
-what `fly` checks about references (atc/configvalidate: resources a step names, `passed:` jobs that
-use the resource) plus what only this project knows is checked here: task files and scripts exist,
+module), so Concourse's own load rules are applied by `concourse_rules` (read from Concourse's source),
+the structure is checked with ol-concourse's pydantic models of Concourse's config, and what only this
+project knows is checked here: each task's `src` filter covers what tasks read, task files and scripts exist,
 every papermill `-p` is an option the notebook declares and never a secret, every var is defined,
 every git `paths` filter still matches a file, production is manual and gated on verification.
 """
