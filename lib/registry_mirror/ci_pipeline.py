@@ -69,6 +69,7 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
     report.problems += _vars(ci, text)
     report.problems += _paths(root, resources)
     report.problems += _policy(jobs)
+    report.problems += _hygiene(jobs, resources)
     report.problems += _scripts(root)
     return report
 
@@ -179,6 +180,29 @@ def _policy(jobs: dict[str, dict]) -> list[str]:
                                 "staging never verified")
         if not job.get("serial_groups"):
             problems.append(f"job {name}: no serial_groups, so it could run beside another deploy")
+    return problems
+
+
+def _hygiene(jobs: dict[str, dict], resources: dict[str, dict]) -> list[str]:
+    """What keeps the pipeline itself safe and heard: signed commits for what sets the pipeline, a
+    timeout on every step that can hang, a notification for every way a job can end badly."""
+    problems = []
+    for name, job in jobs.items():
+        for hook in ("on_failure", "on_error", "on_abort"):
+            if hook == "on_abort" and name == "set-self":
+                continue  # an aborted set-self was aborted by a person, who knows
+            if not isinstance(job.get(hook), dict):
+                problems.append(f"job {name}: no {hook} notification, so that end goes unheard")
+        for step in job_steps(job):
+            kind = next((k for k in ("task", "set_pipeline", "put") if k in step), None)
+            if kind and "timeout" not in step:
+                problems.append(f"job {name}: {kind} {step[kind]} has no timeout, so a hung step holds its serial "
+                                "group forever")
+            if step.get("set_pipeline") == "self":
+                source = (step.get("file") or "").split("/", 1)[0]
+                if not ((resources.get(source) or {}).get("source") or {}).get("commit_verification_keys"):
+                    problems.append(f"job {name}: {source} sets the pipeline but verifies no commit signatures "
+                                    "(commit_verification_keys)")
     return problems
 
 

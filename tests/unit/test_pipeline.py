@@ -114,6 +114,15 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda r: edit(r / "ci/pipeline.yml", "    - get: task-image\n      passed: [verify-staging]\n",
                        "    - get: task-image\n"),
         "task-image has no passed:"),
+    # The pipeline's own safety and noise.
+    "unsigned self-setting": (lambda r: edit(r / "ci/pipeline.yml",
+                                             "    commit_verification_keys: ((git_commit_verification_keys))\n", ""),
+                              "verifies no commit signatures"),
+    "task without a timeout": (lambda r: edit(r / "ci/pipeline.yml", "  - task: verify\n    timeout: 30m\n",
+                                              "  - task: verify\n"),
+                               "task verify has no timeout"),
+    "errors unheard": (lambda r: edit(r / "ci/pipeline.yml", "  on_error: *notify-error\n", "", 1),
+                       "no on_error notification"),
 }
 
 
