@@ -72,16 +72,20 @@ def task_image(cache: Path | None = None) -> TaskImage:
 
 
 def source_input(dest: Path, root: Path = ROOT) -> Path:
-    """What the git resource's `get` leaves: the commit's tracked files, and `.git/ref` naming the commit."""
+    """What the git resource's `get` leaves: a clone at one commit (here: the working tree's tracked and
+    new files, committed afresh, so uncommitted work is what runs) and `.git/ref` naming the commit."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     for name in files:
         if (root / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, dest / name)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+    git = ["git", "-c", "user.name=pipeline-test", "-c", "user.email=pipeline-test@localhost", "-c",
+           "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the commit under test"]):
+        subprocess.run([*git, *command], cwd=dest, capture_output=True, check=True, timeout=120)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True,
                             check=True).stdout.strip()
-    (dest / ".git").mkdir(parents=True, exist_ok=True)
     (dest / ".git" / "ref").write_text(commit + "\n")
     (dest / ".git" / "short_ref").write_text(commit[:7] + "\n")
     return dest

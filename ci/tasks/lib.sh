@@ -9,6 +9,11 @@ OUT_DIR="${OUT_DIR:-$BUILD_DIR/notebooks}"
 mkdir -p "$OUT_DIR"
 # The library, templates/ and params/ of the checked commit: the image holds dependencies only.
 export PYTHONPATH="$ROOT/lib"
+# Jupyter, IPython and matplotlib write under HOME; a task's user may have none, or none it can write.
+if [ -z "${HOME:-}" ] || [ ! -w "${HOME:-/nonexistent}" ]; then
+  HOME="$(mktemp -d)"
+  export HOME
+fi
 
 require() {
   for name in "$@"; do

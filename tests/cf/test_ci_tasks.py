@@ -159,8 +159,9 @@ def test_a_task_without_its_required_parameter_stops_before_anything(runner: CfR
 
 
 def test_the_test_task_runs_the_unit_suite(tmp_path: Path, image: TaskImage, src: Path) -> None:
+    # The pipeline mutation tests list the repository with git: they need the clone the git resource gives.
     done = run_task(TASKS / "test" / "task.yml", workdir=tmp_path, image=image, inputs={"src": src},
-                    params={"PYTEST_ARGS": "-q -x -p no:warnings -p no:cacheprovider -k committed_pipeline"})
+                    params={"PYTEST_ARGS": "-q -x -p no:warnings -p no:cacheprovider -k duplicate"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert " passed" in done.stdout
 
