@@ -21,12 +21,6 @@ import yaml
 from .concourse_rules import job_steps, load_rules, walk
 from .parameters import PROJECT_ROOT, SETTINGS_KEYS
 
-STEP_KINDS = ("get", "put", "task", "set_pipeline", "load_var", "in_parallel", "do", "try")
-STEP_KEYS = {"get", "put", "task", "set_pipeline", "load_var", "in_parallel", "do", "try", "resource", "passed",
-             "trigger", "params", "version", "inputs", "get_params", "file", "config", "image", "privileged",
-             "vars", "input_mapping", "output_mapping", "container_limits", "var_files", "instance_vars",
-             "team", "format", "reveal", "on_success", "on_failure", "on_error", "on_abort", "ensure", "attempts",
-             "timeout", "tags", "across", "no_get", "steps", "limit", "fail_fast"}
 # What the tasks read or run from their `src` input (ci/tasks/lib.sh puts src/lib first on PYTHONPATH).
 TASK_READS = ("lib/", "notebooks/", "templates/", "params/", "ci/tasks/", "ci/task-image/")
 SECRET_WORDS = ("password", "secret", "token", "key", "credential")
@@ -63,7 +57,6 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
         return report
     resources = {r["name"]: r for r in data.get("resources", [])}
     jobs = {j["name"]: j for j in data.get("jobs", [])}
-    report.problems += _steps(jobs)
     report.problems += _sources(root, jobs, resources)
     report.problems += _tasks(root, jobs)
     report.problems += _vars(ci, text)
@@ -75,20 +68,6 @@ def check_pipeline(root: Path = PROJECT_ROOT) -> PipelineReport:
 
 
 # ------------------------------------------------------------------------------ steps and references
-
-def _steps(jobs: dict[str, dict]) -> list[str]:
-    """Step keys: ol-concourse's models accept some steps Concourse refuses (atc/steps.go decodes a step
-    with DisallowUnknownFields and picks its kind from exactly one of get/put/task/...)."""
-    problems = []
-    for name, job in jobs.items():
-        for step in job_steps(job):
-            kinds = [k for k in STEP_KINDS if k in step]
-            unknown = sorted(set(step) - STEP_KEYS)
-            if len(kinds) != 1 or unknown:
-                problems.append(f"job {name}: a step has {'unknown key(s) ' + ', '.join(unknown) if unknown else ''}"
-                                f"{'' if len(kinds) == 1 else ' no single kind (get/put/task/...)'}".strip())
-    return problems
-
 
 def _sources(root: Path, jobs: dict[str, dict], resources: dict[str, dict]) -> list[str]:
     """A task's `src` must be a git resource whose `paths` cover everything the tasks read or run: a change

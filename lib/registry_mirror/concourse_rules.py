@@ -9,6 +9,8 @@ Each rule names where Concourse applies it (paths in github.com/concourse/concou
   `validateGroups` (unknown job globs, a job in no group when groups exist, unknown resources,
   duplicate groups), `validateResourcesUnused` ("resource 'x' is not used"), `validateCycle` (a cycle of
   `passed:` constraints);
+- atc/steps.go: each step is decoded strictly by its kind (modifiers first), so a key that kind does not
+  have (`trigger` on a put, a `get` and a `put` in one step) is refused;
 - atc/step_validator.go: a `get` name repeated in one job ("repeated name"), unknown resources, `passed:`
   globs that match no job or a job that never gets or puts the resource, a task with both or neither of
   `file:` and `config:`.
@@ -31,6 +33,21 @@ JOB_KEYS = {"name", "old_name", "public", "disable_manual_trigger", "disable_rer
             "on_failure", "on_abort", "on_error", "ensure", "plan"}
 GROUP_KEYS = {"name", "jobs", "resources"}
 HOOKS = ("on_success", "on_failure", "on_error", "on_abort", "ensure")
+# atc/steps.go: a step is decoded in StepPrecedence order, modifiers first, then the first core kind;
+# what neither the modifiers nor that kind's struct knows is an unknown field (the config is refused).
+MODIFIERS = {*HOOKS, "across", "attempts", "timeout"}
+CORE_STEPS = {
+    "run": {"run", "type", "params", "privileged", "tags", "container_limits"},
+    "task": {"task", "privileged", "hermetic", "file", "container_limits", "config", "params", "vars", "tags",
+             "input_mapping", "output_mapping", "image"},
+    "put": {"put", "resource", "params", "inputs", "tags", "get_params", "no_get"},
+    "get": {"get", "resource", "version", "params", "passed", "trigger", "tags"},
+    "set_pipeline": {"set_pipeline", "file", "team", "vars", "var_files", "instance_vars"},
+    "load_var": {"load_var", "file", "format", "reveal"},
+    "try": {"try"},
+    "do": {"do", "tags"},
+    "in_parallel": {"in_parallel", "tags"},
+}
 
 
 def load_rules(text: str) -> list[str]:
@@ -129,6 +146,7 @@ def step_rules(config: dict[str, Any]) -> list[str]:
         where = f"jobs.{job.get('name')}"
         seen_gets: set[str] = set()
         for step in job_steps(job):
+            problems += _step_fields(where, step)
             if "get" in step:
                 if step["get"] in seen_gets:
                     problems.append(f"{where}: .get({step['get']}): repeated name")
@@ -192,6 +210,15 @@ def walk(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for hook in HOOKS:
             if isinstance(step.get(hook), dict):
                 yield from walk([step[hook]])
+
+
+def _step_fields(where: str, step: dict[str, Any]) -> list[str]:
+    kind = next((k for k in CORE_STEPS if k in step), None)
+    if kind is None:
+        return [f"{where}: a step ({', '.join(sorted(map(str, step)))}) declares no core step (get, put, task, ...)"]
+    allowed = MODIFIERS | CORE_STEPS[kind] | ({"fail_fast"} if "across" in step else set())
+    extra = sorted(set(step) - allowed)
+    return [f"{where}: .{kind}({step[kind]}): unknown fields {extra}"] if extra else []
 
 
 def _resource(step: dict[str, Any]) -> str:

@@ -107,6 +107,13 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "duplicate job name": (lambda r: edit(r / "ci/pipeline.yml", "- name: deploy-proxy-production\n",
                                           "- name: deploy-registry-production\n"),
                            "have the same name ('deploy-registry-production')"),
+    "a key the step's kind does not have": (
+        lambda r: edit(r / "ci/pipeline.yml", "      put: artifacts\n      timeout: 15m\n",
+                       "      put: artifacts\n      trigger: true\n      timeout: 15m\n"),
+        ".put(artifacts): unknown fields ['trigger']"),
+    "two kinds in one step": (
+        lambda r: edit(r / "ci/pipeline.yml", "    - get: proxy-logs\n", "    - get: proxy-logs\n      put: slack\n"),
+        ".put(slack): unknown fields ['get']"),
     # What only this project needs: every task reads the commit its src resource's filter watches.
     "src filter ignoring params": (lambda r: edit(r / "ci/pipeline.yml", " params/*,", ""),
                                    "ignores params/"),
