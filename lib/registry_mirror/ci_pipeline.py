@@ -166,7 +166,12 @@ def _hygiene(jobs: dict[str, dict], resources: dict[str, dict]) -> list[str]:
     """What keeps the pipeline itself safe and heard: signed commits for what sets the pipeline, a
     timeout on every step that can hang, a notification for every way a job can end badly."""
     problems = []
+    gated = {s["get"] for s in job_steps(jobs.get("set-self", {})) if "get" in s}
     for name, job in jobs.items():
+        for step in job_steps(job):
+            if name != "set-self" and step.get("get") in gated and not step.get("passed"):
+                problems.append(f"job {name}: {step['get']} has no passed:, so it can run before set-self has set "
+                                "the pipeline from that commit")
         for hook in ("on_failure", "on_error", "on_abort"):
             if hook == "on_abort" and name == "set-self":
                 continue  # an aborted set-self was aborted by a person, who knows

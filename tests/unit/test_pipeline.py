@@ -90,8 +90,8 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "duplicate YAML key": (lambda r: edit(r / "ci/pipeline.yml", "  serial_groups: [staging]\n",
                                           "  serial_groups: [staging]\n  serial_groups: [production]\n"),
                            "key 'serial_groups' is set twice"),
-    "passed: cycle": (lambda r: edit(r / "ci/pipeline.yml", "      trigger: true\n    - get: task-image\n  - task: test",
-                                     "      trigger: true\n      passed: [verify-staging]\n    - get: task-image\n  - task: test"),
+    "passed: cycle": (lambda r: edit(r / "ci/pipeline.yml", "      passed: [set-self]\n    - get: task-image\n  - task: test",
+                                     "      passed: [set-self, verify-staging]\n    - get: task-image\n  - task: test"),
                       "pipeline contains a cycle"),
     "task with file and config": (
         lambda r: edit(r / "ci/pipeline.yml", "    file: src-runbooks/ci/tasks/test/task.yml\n",
@@ -128,6 +128,9 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "task without a timeout": (lambda r: edit(r / "ci/pipeline.yml", "  - task: verify\n    timeout: 30m\n",
                                               "  - task: verify\n"),
                                "task verify has no timeout"),
+    "a job not waiting on set-self": (
+        lambda r: edit(r / "ci/pipeline.yml", "      trigger: true\n      passed: [set-self]\n", "      trigger: true\n"),
+        "job test: src-runbooks has no passed:, so it can run before set-self"),
     "errors unheard": (lambda r: edit(r / "ci/pipeline.yml", "  on_error: *notify-error\n", "", 1),
                        "no on_error notification"),
 }
