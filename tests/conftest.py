@@ -1,8 +1,9 @@
 """Shared fixtures. One local stack per test run for every test whose settings allow it (SeaweedFS
 alone takes about 580 MB), deployed by the deploy runbook itself under papermill, on free ports in a
 temporary folder, and torn down by the teardown runbook at the end with every process it ever started
-checked gone by PID. Tests that break it put it back (see `shared_stack`); tests that need other
-settings start one stack per settings variant (module-scoped `private_stack`).
+checked gone by PID. Tests that break it put it back (see `shared_stack`). Settings only the proxy's
+config holds are deployed onto it and back (tests/integration/test_resilience.py); a settings variant
+the shared stack cannot take gets one stack of its own per module (`tests.support.tracked_stack`).
 
 Markers (declared in pyproject.toml) split the suite for `make test-fast` (no local stack, no kernel):
   integration  needs a local stack (the shared one or its own): real SeaweedFS, registry, nginx

@@ -119,13 +119,6 @@ def tracked_stack(settings: Settings, *, deploy: Callable[[LocalPlatform], objec
             watch.assert_all_gone()
 
 
-@contextmanager
-def private_stack(settings: Settings) -> Iterator[LocalPlatform]:
-    """A stack of the test's own (for settings the shared stack does not have), deployed by the library."""
-    with tracked_stack(settings) as platform:
-        yield platform
-
-
 def _running_from(folder: Path) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
