@@ -1,6 +1,8 @@
 # Two commands set up a fresh Debian 12 machine (both idempotent):
 #   make demo   bootstrap, then deploy the local stack with the deploy runbook and pull through it
-#   make test   bootstrap, then run every test
+#   make test   bootstrap, then run every test (the nbmake pass included); never touches a stack you run
+# The developer loop, once bootstrapped:
+#   make test-fast   the tests that need no local stack and no kernel (pytest markers, see pyproject.toml)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +12,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap apt users venv tools demo test nbmake down status lab lab-prepare clean bench
+.PHONY: bootstrap apt users venv tools demo test test-fast nbmake nbmake-in-place throwaway-only down status lab \
+	lab-prepare clean bench
 
 bootstrap: apt users venv tools
 
@@ -50,14 +53,34 @@ demo: bootstrap
 	$(BIN)/papermill notebooks/deploy.ipynb $(OUT)/deploy.ipynb -f params/local.yaml --log-level WARNING
 	@$(BIN)/python -m registry_mirror endpoint
 
+# pytest exits 5 when it collected nothing: a broken suite, said so here (make itself exits 2 on any
+# failed recipe, so whoever runs make cannot tell 5 from other failures).
 test: bootstrap
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests, which is a broken suite" >&2; fi; \
+	  exit $$status
 
-# Every runbook under nbmake with its default parameters: the local platform, every gate closed. The
-# stack comes up first (deploy.ipynb then finds it unchanged) and goes down after, pass or fail.
-nbmake: demo
-	@status=0; $(BIN)/python -m pytest --nbmake notebooks/ -p no:cacheprovider -o addopts= -q || status=$$?; \
+# Unit tests, the CF stand-in and in-process seam tests: no local stack, no kernel, no nbmake pass.
+FAST_MARKERS := not integration and not notebooks and not nbmake
+test-fast: venv
+	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
+# Every runbook under nbmake with its default parameters (the local platform, every gate closed), run
+# by tests/notebooks/test_nbmake_pass.py in a throwaway copy of the project inside a private network
+# namespace, so the default stack's folder and ports are never the ones you use. `make test` runs it too.
+nbmake: bootstrap
+	$(BIN)/python -m pytest -m nbmake $(PYTEST_ARGS)
+
+# The body of that pass, only ever run inside the throwaway copy: the stack comes up first (`make demo`;
+# deploy.ipynb then finds it unchanged) and goes down after, pass or fail.
+nbmake-in-place: throwaway-only
+	@status=0; $(MAKE) -s -o bootstrap demo && \
+	  $(BIN)/python -m pytest --nbmake notebooks/ -p no:cacheprovider -o addopts= -q || status=$$?; \
 	  $(BIN)/python -m registry_mirror down >/dev/null; exit $$status
+
+throwaway-only:
+	@[ -n "$(NBMAKE_THROWAWAY)" ] || { echo "nbmake-in-place deploys the default stack where it runs; \
+	use make nbmake, which runs it in a throwaway copy" >&2; exit 1; }
 
 status:
 	@$(BIN)/python -m registry_mirror status
@@ -94,3 +117,4 @@ bench: bootstrap
 	cd bench && ../$(BIN)/python log_analysis.py
 	cd bench && ../$(BIN)/python cache_inventory.py
 	cd bench && ../$(BIN)/python triage.py
+	cd bench && ../$(BIN)/python lifecycle.py

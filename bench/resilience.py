@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import secrets
 import signal
 import statistics
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, local_test_settings  # noqa: F401 - also puts the project on sys.path
+from common import ROOT, local_test_settings, machine  # noqa: F401 - also puts the project on sys.path
 
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
 from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
@@ -199,12 +198,6 @@ def latency(stack: LocalPlatform) -> dict[str, object]:
     proxied, alone = percentiles(load(through)), percentiles(load(direct))
     return {"threads": 8, "requests": 800, "through_public_endpoint": proxied, "straight_to_one_mirror": alone,
             "ratio_p50": proxied["p50_ms"] / alone["p50_ms"], "ratio_p99": proxied["p99_ms"] / alone["p99_ms"]}
-
-
-def machine() -> dict[str, object]:
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from common import ROOT, local_test_settings, settings_as_parameters
 from registry_mirror.checks.client import pull_over_api
 from registry_mirror.http_clients import client_from
 from registry_mirror.platforms.local import faults
-from registry_mirror.platforms.local.evidence import LocalEvidence
 from registry_mirror.incidents.triage import Triage
 from registry_mirror.platforms.local import LocalPlatform
 
@@ -43,7 +42,8 @@ def main() -> int:
                     faults.inject(stack, name)
                 try:
                     started = time.monotonic()
-                    triage = Triage(lambda: LocalEvidence(stack))
+                    triage = Triage(stack, lambda: stack.triage_evidence(probe_image="library/hello:latest", recent_minutes=15,
+                                                                    stuck_minutes=10))
                     triage.walk()
                     diagnosis = triage.diagnose()
                     library = time.monotonic() - started

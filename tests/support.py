@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,32 +53,71 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-@contextmanager
-def private_stack(settings: Settings) -> Iterator[LocalPlatform]:
-    """A stack of the test's own, deployed; afterwards every process it ever recorded is gone, its
-    leftovers (an nginx master's workers) included. Frozen processes (SIGSTOP) are woken first."""
-    platform = LocalPlatform(settings, settings.load_security_rules())
-    seen: dict[str, ProcessRecord] = {}
+class StackWatch:
+    """Every process a test stack recorded while the tests ran, so teardown checks each one gone by PID.
 
-    def recorded() -> dict[str, ProcessRecord]:
-        return dict(StackState.load(platform.paths.state_file).processes)
+    The stack's state names only what runs now; a test that replaces instances or kills a component
+    leaves earlier records behind, so the watch looks after every test (`observe_stacks`) and once
+    more at the end, and also finds anything still running from the stack's folder that it never saw.
+    """
 
-    try:
-        platform.deploy()
-        yield platform
-    finally:
-        seen.update(recorded())
-        for record in seen.values():
+    def __init__(self, platform: LocalPlatform) -> None:
+        self.platform = platform
+        self.seen: dict[tuple[str, int], ProcessRecord] = {}
+
+    def observe(self) -> None:
+        for record in StackState.load(self.platform.paths.state_file).processes.values():
+            self.seen[(record.name, record.pid)] = record
+
+    def wake(self) -> None:
+        """Frozen processes (SIGSTOP) cannot act on a stop: wake them first."""
+        for record in self.seen.values():
             if record.alive():
                 os.kill(record.pid, signal.SIGCONT)
-        platform.down()
-        left = [f"{r.name} (pid {r.pid})" for r in [*seen.values(), *recorded().values()] if not gone(r)]
-        assert not left, f"processes left running: {left}"
-        # Also those the stack lost track of: anything still running from its folder.
-        strays = _running_from(platform.paths.root)
+
+    def assert_all_gone(self) -> None:
+        self.observe()
+        left = [f"{r.name} (pid {r.pid})" for r in self.seen.values() if not gone(r)]
+        strays = _running_from(self.platform.paths.root)
         for pid in strays:
             os.kill(pid, signal.SIGKILL)
-        assert not strays, f"processes the stack forgot, still running from {platform.paths.root}: {strays}"
+        assert not left, f"processes left running: {left}"
+        assert not strays, f"processes the stack forgot, still running from {self.platform.paths.root}: {strays}"
+
+
+_WATCHED: list[StackWatch] = []
+
+
+def observe_stacks() -> None:
+    """Record what every open test stack runs now (tests/conftest.py calls it after each test)."""
+    for watch in _WATCHED:
+        watch.observe()
+
+
+@contextmanager
+def tracked_stack(settings: Settings, *, deploy: Callable[[LocalPlatform], object] | None = None,
+                  teardown: Callable[[LocalPlatform], object] | None = None) -> Iterator[LocalPlatform]:
+    """A stack deployed for tests (by `deploy`, else `LocalPlatform.deploy`); afterwards `teardown` runs
+    (if given), then `down()` mops up, and every process the stack ever recorded is checked gone."""
+    platform = LocalPlatform(settings, settings.load_security_rules())
+    watch = StackWatch(platform)
+    _WATCHED.append(watch)
+    try:
+        try:
+            (deploy or LocalPlatform.deploy)(platform)
+        finally:
+            watch.observe()
+        yield platform
+    finally:
+        _WATCHED.remove(watch)
+        watch.observe()
+        watch.wake()
+        try:
+            if teardown is not None:
+                teardown(platform)
+        finally:
+            platform.down()
+            watch.assert_all_gone()
 
 
 def _running_from(folder: Path) -> list[int]:

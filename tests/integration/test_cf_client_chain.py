@@ -20,8 +20,6 @@ from registry_mirror.rendering import BlobCache, NginxTarget, cf_real_ip_sources
 from registry_mirror.security_rules import SecurityRules
 from tests.fakes.cf_edge import CONTAINER_IP, LOAD_BALANCER, NEIGHBOUR_APP, cf_edge
 
-pytestmark = pytest.mark.integration
-
 RULES = SecurityRules(allow=["127.0.0.10/32", "127.0.0.11/32", "127.0.0.64/29"], deny=["127.0.0.66/32"],
                       trusted_routers=[f"{LOAD_BALANCER}/32"])
 

@@ -1,6 +1,12 @@
-"""incident_triage.ipynb against every fault of the drill library, on a local stack of its own: it must
-name the fault's layer and cause, and where a remedy exists, fix it behind the gate and prove it by
-walking the chain again."""
+"""incident_triage.ipynb's calls against every fault of the drill library, on the shared stack (each
+fault undone after): the walk must name the fault's layer and cause, and where a remedy exists, fix it
+behind the gate and prove it by walking the chain again.
+
+The walk runs in-process, through the same library calls in the same order as the notebook's cells
+(`triage` below); the notebooks themselves run under papermill once each here: incident_triage.ipynb
+headless and in JupyterLab (same verdict, no secret in it) and with a bad parameter (non-zero exit),
+and drill.ipynb injecting a fault that this process then finds and undoes.
+"""
 from __future__ import annotations
 
 import json
@@ -16,13 +22,15 @@ import requests
 import yaml
 
 from registry_mirror.checks.client import PullFailed, pull_over_api
+from registry_mirror.errors import VerificationError
 from registry_mirror.platforms.local import faults
+from registry_mirror.incidents.drill import open_drill
+from registry_mirror.incidents.remedies import apply_remedy
+from registry_mirror.incidents.runbook import check_again, final_verdict, require_fixed, start_triage, write_results
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import (
-    client, jupyterlab, local_test_settings, private_stack, run_all_cells, settings_as_parameters,
-)
+from tests.support import client, jupyterlab, run_all_cells, settings_as_parameters
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +53,39 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def drill_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    settings = local_test_settings(str(tmp_path_factory.mktemp("triage") / "state"))
-    with private_stack(settings) as stack:
-        # The probe image in the cache, as on any mirror that has served a day.
-        pull_over_api(f"http://{stack.endpoint}", client("127.0.0.10"), *PROBE)
-        yield stack
+def probe_cached(stack: LocalPlatform) -> None:
+    """The probe image in the cache, as on any mirror that has served a day."""
+    pull_over_api(f"http://{stack.endpoint}", client("127.0.0.10"), *PROBE)
+
+
+@pytest.fixture
+def drill_stack(shared_stack: LocalPlatform, probe_cached: None) -> Iterator[LocalPlatform]:
+    yield shared_stack
+
+
+def triage(stack: LocalPlatform, folder: Path, *, apply: bool = False, dry_run: bool = False, remedy: str = "",
+           scale_to: int = 0) -> str:
+    """incident_triage.ipynb with these options, in-process: its cells' calls in order, with its defaults
+    for every other option; returns what its cells print (each layer, the diagnosis, the remedy, the
+    verdict after it, the files written). A remedy that did not fix the chain raises, as the notebook's
+    cell does; neither the printed text nor the files hold a secret of the stack."""
+    walk = start_triage(stack.settings, remedy=remedy, scale_to=scale_to)
+    printed = [repr(layer) for layer in walk.walk()]
+    diagnosis = walk.diagnose()
+    printed.append(diagnosis.verdict())
+    result = apply_remedy(walk.target, diagnosis, remedy=remedy, confirm=apply, dry_run=dry_run, scale_to=scale_to)
+    printed.append(repr(result))
+    again = check_again(walk, result)
+    if again is not None:
+        printed.extend(layer.verdict for layer in again.layers)
+    printed.append(final_verdict(diagnosis, result, again))
+    assert not any(value in "\n".join(printed) for value in _secret_values(stack))
+    require_fixed(result, again)
+    written = write_results(folder / "out", walk, diagnosis, result, again)
+    printed.extend(str(path) for path in written)
+    for path in written:
+        assert not any(value in path.read_text() for value in _secret_values(stack)), path.name
+    return "\n".join(printed)
 
 
 def test_every_fault_is_diagnosed_and_a_remedy_behind_the_gate_fixes_it(drill_stack: LocalPlatform,
@@ -60,12 +95,16 @@ def test_every_fault_is_diagnosed_and_a_remedy_behind_the_gate_fixes_it(drill_st
     for name, (layer, cause, fixable) in EXPECTED.items():
         faults.inject(drill_stack, name)
         try:
-            text = run_triage(drill_stack, tmp_path / name)
+            text = triage(drill_stack, tmp_path / name)
             if layer not in text or cause not in text:
                 missed.append(f"{name}: {_verdict(text)}")
                 continue
             if fixable:
-                fixed = run_triage(drill_stack, tmp_path / f"{name}-remedy", apply_remedy=True)
+                try:
+                    fixed = triage(drill_stack, tmp_path / f"{name}-remedy", apply=True)
+                except VerificationError as exc:  # the notebook's cell fails the run the same way
+                    missed.append(f"{name} (remedy): {exc}")
+                    continue
                 if "FIXED by" not in fixed:
                     missed.append(f"{name} (remedy): {_verdict(fixed)}")
             else:
@@ -73,7 +112,7 @@ def test_every_fault_is_diagnosed_and_a_remedy_behind_the_gate_fixes_it(drill_st
         finally:
             faults.undo(drill_stack)
     assert not missed, "\n".join(missed)
-    assert "HEALTHY: every layer answers" in run_triage(drill_stack, tmp_path / "after")
+    assert "HEALTHY: every layer answers" in triage(drill_stack, tmp_path / "after")
 
 
 @pytest.mark.parametrize("fault", ["upstream-down", "upstream-rate-limited"])
@@ -88,7 +127,7 @@ def test_cached_images_still_pull_while_docker_hub_fails_and_the_notebook_says_s
         assert pulled.blobs >= 2
         with pytest.raises(PullFailed):  # what the mirror never saw cannot come from Docker Hub now
             pull_over_api(url, session, fresh.repository, fresh.tag)
-        text = run_triage(drill_stack, tmp_path)
+        text = triage(drill_stack, tmp_path)
         assert "STILL WORKS: cached images still pull through the mirror" in text
         assert "images and tags not yet cached fail" in text
     finally:
@@ -98,22 +137,16 @@ def test_cached_images_still_pull_while_docker_hub_fails_and_the_notebook_says_s
 def test_the_gate_fails_closed_and_a_dry_run_changes_nothing(drill_stack: LocalPlatform, tmp_path: Path) -> None:
     faults.inject(drill_stack, "mirror-dead")
     try:
-        closed = run_triage(drill_stack, tmp_path / "closed")
+        closed = triage(drill_stack, tmp_path / "closed")
         assert "NOT APPLIED: replace-mirrors: the gate is closed" in closed
-        planned = run_triage(drill_stack, tmp_path / "dry", dry_run=True)
+        planned = triage(drill_stack, tmp_path / "dry", dry_run=True)
         assert "DRY RUN: replace-mirrors" in planned
         # Nothing was replaced: the walk still finds the dead instance.
-        assert "not running" in _verdict(run_triage(drill_stack, tmp_path / "still"))
+        assert "not running" in _verdict(triage(drill_stack, tmp_path / "still"))
         summary = json.loads((tmp_path / "still" / "out" / "triage_diagnosis.json").read_text())
         assert summary["remedy"]["applied"] is False and summary["diagnosis"]["remedy"] == "replace-mirrors"
     finally:
         faults.undo(drill_stack)
-
-
-def test_bad_parameters_are_refused_before_anything_is_looked_at(drill_stack: LocalPlatform, tmp_path: Path) -> None:
-    result = run_papermill(drill_stack, tmp_path, remedy="reboot-everything")
-    assert result.returncode != 0
-    assert "parameter 'remedy' must be one of redeploy, redeploy-proxy" in result.stderr
 
 
 def test_faults_refuse_unknown_names_and_a_second_fault(drill_stack: LocalPlatform) -> None:
@@ -130,26 +163,31 @@ def test_faults_refuse_unknown_names_and_a_second_fault(drill_stack: LocalPlatfo
     assert requests.get(f"http://{drill_stack.endpoint}/v2/", timeout=10).status_code in (200, 403)
 
 
-def run_triage(stack: LocalPlatform, folder: Path, **options: object) -> str:
-    result = run_papermill(stack, folder, **options)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = nbformat.read(folder / "triage.ipynb", as_version=4)
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                     for c in out.cells for o in c.get("outputs", []))
-    secret_values = [v for v in json.loads(stack.paths.secrets_file.read_text()).values()
-                     if isinstance(v, str) and len(v) >= 12]
-    assert not any(v in (folder / "triage.ipynb").read_text() for v in secret_values)
-    return text
-
-
-def run_papermill(stack: LocalPlatform, folder: Path, **options: object) -> subprocess.CompletedProcess[str]:
+def run_papermill(stack: LocalPlatform, folder: Path, notebook: str = "incident_triage",
+                  **options: object) -> subprocess.CompletedProcess[str]:
     folder.mkdir(parents=True, exist_ok=True)
     params = folder / "params.yaml"
-    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "output_dir": str(folder / "out"),
-                                      **options}))
+    defaults = {"output_dir": str(folder / "out")} if notebook == "incident_triage" else {}
+    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), **defaults, **options}))
     return subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                           str(ROOT / "notebooks/incident_triage.ipynb"), str(folder / "triage.ipynb"), "-f",
+                           str(ROOT / f"notebooks/{notebook}.ipynb"), str(folder / f"{notebook}.ipynb"), "-f",
                            str(params)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def notebook_triage(stack: LocalPlatform, folder: Path) -> str:
+    """incident_triage.ipynb under papermill, as the pipeline runs it: exit 0, no secret in the executed
+    notebook; returns what its cells printed."""
+    result = run_papermill(stack, folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    executed = folder / "incident_triage.ipynb"
+    assert not any(v in executed.read_text() for v in _secret_values(stack))
+    out = nbformat.read(executed, as_version=4)
+    return "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                     for c in out.cells for o in c.get("outputs", []))
+
+
+def _secret_values(stack: LocalPlatform) -> list[str]:
+    return [v for v in json.loads(stack.paths.secrets_file.read_text()).values() if isinstance(v, str) and len(v) >= 12]
 
 
 def _verdict(text: str) -> str:
@@ -157,39 +195,43 @@ def _verdict(text: str) -> str:
                                                                           "NOT FIXED"))), text[-500:])
 
 
+@pytest.mark.notebooks
 def test_the_drill_notebook_injects_and_undoes_what_triage_then_finds(drill_stack: LocalPlatform,
                                                                       tmp_path: Path) -> None:
-    def drill(**options: object) -> None:
-        params = tmp_path / "drill-params.yaml"
-        params.write_text(yaml.safe_dump({**settings_as_parameters(drill_stack.settings), **options}))
-        run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                              str(ROOT / "notebooks/drill.ipynb"), str(tmp_path / "drill.ipynb"), "-f", str(params)],
-                             capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert run.returncode == 0, run.stderr[-3000:]
+    """drill.ipynb under papermill injects (its state crosses to this process through faults.json); its
+    other two modes run here through `open_drill`, the call the notebook makes."""
+    def drill(fault: str = "") -> object:
+        return open_drill(drill_stack.settings, fault=fault)
 
-    drill(fault="proxy-denies-everyone")  # inject is off by default: nothing changes
+    assert drill("proxy-denies-everyone").inject(dry_run=True).startswith("DRY RUN")  # inject is off by default
     assert faults.active_faults(drill_stack) == []
-    drill(fault="proxy-denies-everyone", inject=True)
+    run = run_papermill(drill_stack, tmp_path / "inject", "drill", fault="proxy-denies-everyone", inject=True)
     try:
+        assert run.returncode == 0, run.stderr[-3000:]
         assert faults.active_faults(drill_stack) == ["proxy-denies-everyone"]
-        assert "BROKEN LAYER: security proxy." in run_triage(drill_stack, tmp_path / "found")
+        assert "BROKEN LAYER: security proxy." in triage(drill_stack, tmp_path / "found")
     finally:
-        drill(undo=True)
+        drill().undo(dry_run=False)
     assert faults.active_faults(drill_stack) == []
-    assert "HEALTHY" in run_triage(drill_stack, tmp_path / "healthy")
+    assert "HEALTHY" in triage(drill_stack, tmp_path / "healthy")
 
 
+@pytest.mark.notebooks
 def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_verdict(
         drill_stack: LocalPlatform, tmp_path: Path) -> None:
     """`make lab`'s notebook (papermill --prepare-only), opened in JupyterLab in headless Chromium, run
-    with the Run menu's "Run All Cells", as an operator would; the page shows papermill's verdict."""
+    with the Run menu's "Run All Cells", as an operator would; the page shows what the notebook says
+    under papermill, which says what the walk in-process says."""
     faults.inject(drill_stack, "mirror-dead")
     try:
-        expected = _verdict(run_triage(drill_stack, tmp_path / "headless"))
+        expected = _verdict(notebook_triage(drill_stack, tmp_path / "headless"))
         assert expected.startswith("BROKEN LAYER: mirror instance")
+        assert expected == _verdict(triage(drill_stack, tmp_path / "in-process"))
         params = tmp_path / "lab-params.yaml"
         params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))
-        prepared = subprocess.run(["make", "-s", "lab-prepare", f"LAB_PARAMS={params}", f"LAB_DIR={tmp_path / 'lab'}",
+        # -o venv: the recipe as `make lab` runs it, without reinstalling the venv it may share.
+        prepared = subprocess.run(["make", "-s", "-o", "venv", "lab-prepare", f"LAB_PARAMS={params}",
+                                   f"LAB_DIR={tmp_path / 'lab'}",
                                    f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}"], cwd=ROOT, capture_output=True,
                                   text=True, timeout=600)
         assert prepared.returncode == 0, prepared.stderr[-2000:]
@@ -204,7 +246,7 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
 def test_scale_mirrors_runs_more_instances_until_the_next_deploy(drill_stack: LocalPlatform, tmp_path: Path) -> None:
     from registry_mirror.platforms.local.state import StackState
 
-    text = run_triage(drill_stack, tmp_path / "scale", remedy="scale-mirrors", scale_to=3, apply_remedy=True)
+    text = triage(drill_stack, tmp_path / "scale", remedy="scale-mirrors", scale_to=3, apply=True)
     assert "APPLIED scale-mirrors: the same checks pass again" in text
     state = StackState.load(drill_stack.paths.state_file)
     assert len(state.mirrors) == 3 and all(state.running(n) for n in state.mirrors)

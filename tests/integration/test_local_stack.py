@@ -11,13 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from registry_mirror.access_logs import log_size, read_nginx_log, read_registry_log, upstream_manifest_gets
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
-from registry_mirror.processes import session_members, tcp_listeners
+from registry_mirror.processes import session_members, tcp_listeners, wait_until
 from registry_mirror.sample_images import SAMPLE_IMAGES, SampleImage, build_image, seed_registry
 from registry_mirror.unix_http import unix_request
 from registry_mirror.platforms.local.worker_access import WORKER_USER, worker_uids
@@ -57,9 +58,13 @@ def test_cold_pull_fetches_upstream_and_warm_pull_makes_no_manifest_get(stack: L
 def test_pull_went_through_the_proxy_with_the_clients_address(stack: LocalPlatform) -> None:
     before = log_size(stack.paths.logs / "proxy.access.log")
     pull_with_skopeo("docker.io/library/hello:latest", registries_conf=stack.client_configs().registries_conf)
-    log = read_nginx_log(stack.paths.logs / "proxy.access.log", offset=before)
-    manifests = log[log["uri"].str.startswith("/v2/library/hello/manifests/")]
-    assert not manifests.empty
+
+    def manifest_lines() -> list[pd.DataFrame]:
+        log = read_nginx_log(stack.paths.logs / "proxy.access.log", offset=before)
+        found = log[log["uri"].str.startswith("/v2/library/hello/manifests/")]
+        return [found] if not found.empty else []
+    # A tag served stale is logged once its background revalidation is done, after the client has it.
+    [manifests] = wait_until(manifest_lines, timeout=30, what="the pull's manifest requests in the proxy's log")
     assert set(manifests["client"]) == {"127.0.0.1"}
     assert set(manifests["status"]) == {200}
 

@@ -1,5 +1,9 @@
-"""pull_savings.ipynb on the local stack: known requests in, the same counts out, with the Docker Hub
-stand-in's own log as ground truth for what reached upstream."""
+"""pull_savings.ipynb and cache_usage.ipynb on the local stack: known requests in, the same counts out,
+with the Docker Hub stand-in's own log as ground truth for what reached upstream.
+
+The scenarios call what the notebooks' cells call, in-process; both notebooks run under papermill in
+the analyse task below, as the pipeline runs them, with their outputs checked for secrets.
+"""
 from __future__ import annotations
 
 import re
@@ -8,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 import yaml
 
 from registry_mirror.access_logs import log_size, read_registry_log, upstream_manifest_gets
 from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
+from registry_mirror.parameters import resolve_project_path, runbook_parameters
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
@@ -46,8 +50,8 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     (tmp_path / "mirrors").mkdir()
     for log, at in mirror_at.items():
         _slice(log, at, tmp_path / "mirrors" / log.name)
-    out = run_notebook(stack, tmp_path, "pull_savings", log_sources=str(tmp_path / "slice.log"),
-                       mirror_logs=str(tmp_path / "mirrors"), output_dir=str(tmp_path / "tables"), raw_clients=True)
+    text = pull_savings_cells(stack, log_sources=str(tmp_path / "slice.log"), mirror_logs=str(tmp_path / "mirrors"),
+                              output_dir=str(tmp_path / "tables"), raw_clients=True)
     summary = pd.read_csv(tmp_path / "tables" / "pull_savings_summary.csv").iloc[0]
     assert (summary["pulls_served"], summary["pulls_by_tag"], summary["pulls_by_digest"]) == (3, 2, 1)
     assert (summary["version_checks"], summary["denied"], summary["writes_refused"]) == (1, 1, 1)
@@ -59,8 +63,30 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     assert summary["pulls_upstream"] == fetched
     clients = pd.read_csv(tmp_path / "tables" / "pull_savings_clients.csv").set_index("client")
     assert clients.loc["127.0.0.10", "pulls"] == 3 and clients.loc["127.0.0.66", "denied"] == 1
-    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
     assert "The mirror served 3 pulls; 1 reached Docker Hub (the mirrors' logs), so it saved 2" in text
+
+
+def pull_savings_cells(stack: LocalPlatform, **values: object) -> str:
+    """pull_savings.ipynb's cells, in-process, with the stack's settings and these options over the
+    notebook's defaults; returns what the cells print."""
+    from registry_mirror.analysis.mirror_logs import upstream_fetches
+    from registry_mirror.analysis.pull_savings import log_sources, pull_savings
+    from registry_mirror.checks.upstream import docker_hub_limit
+
+    defaults: dict[str, object] = {"log_sources": "", "mirror_logs": "", "mirror_metrics": "", "limit_per_window": 0,
+                                   "window_hours": 6, "raw_clients": False, "output_dir": ".out/pull-savings"}
+    settings, options = runbook_parameters({**settings_as_parameters(stack.settings), **defaults, **values},
+                                           notebook="pull_savings.ipynb",
+                                           options={k: type(v) for k, v in defaults.items()})
+    limit = options["limit_per_window"] or docker_hub_limit(settings)
+    upstream = upstream_fetches(settings, options["mirror_logs"], options["mirror_metrics"])
+    savings = pull_savings(log_sources(settings, options["log_sources"]), rules=settings.load_security_rules(),
+                           limit=limit, window_hours=options["window_hours"], raw_clients=options["raw_clients"],
+                           upstream=upstream)
+    printed = [str(savings.load.summary()), str(upstream.summary()) if upstream else "no mirror logs or counters",
+               savings.verdict()]
+    printed += [str(path) for path in savings.write(resolve_project_path(options["output_dir"]))]
+    return "\n".join(printed)
 
 
 def _slice(log: Path, offset: int, to: Path) -> None:
@@ -88,23 +114,31 @@ def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_pat
     walked = take_inventory(cache, progress=False)
     assert sorted(walked.objects["key"]) == sorted(inv.objects["key"])
 
-    out = run_notebook(stack, tmp_path, "cache_usage", output_dir=str(tmp_path / "usage"), quota_gb=10.0)
+    printed = cache_usage_cells(stack, output_dir=str(tmp_path / "usage"), quota_gb=10.0)
     summary = pd.read_csv(tmp_path / "usage" / "cache_summary.csv").iloc[0]
     assert summary["repositories"] >= 1 and (tmp_path / "usage" / "cache_history.csv").exists()
     secrets_file = stack.paths.secrets_file.read_text()
-    assert not any(value in out.read_text() for value in _secret_values(secrets_file))
+    assert not any(value in printed for value in _secret_values(secrets_file))
 
 
-def run_notebook(stack: LocalPlatform, tmp_path: Path, name: str, **options: object) -> Path:
-    """papermill, as the pipeline runs it: the stack's params plus the runbook's options."""
-    params = tmp_path / f"{name}-params.yaml"
-    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), **options}))
-    out = tmp_path / f"{name}.ipynb"
-    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                          str(ROOT / f"notebooks/{name}.ipynb"), str(out), "-f", str(params)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return out
+def cache_usage_cells(stack: LocalPlatform, **values: object) -> str:
+    """cache_usage.ipynb's cells, in-process, with the stack's settings and these options over the
+    notebook's defaults; returns what the cells show (the cache's repr, the verdict, the files)."""
+    from registry_mirror.analysis.cache_inventory import open_cache, take_inventory, write
+
+    defaults: dict[str, object] = {"bucket": "", "s3_endpoint": "", "quota_gb": 0.0, "price_per_gb_month": 0.0,
+                                   "inventory_report": "", "output_dir": ".out/cache-usage"}
+    settings, options = runbook_parameters({**settings_as_parameters(stack.settings), **defaults, **values},
+                                           notebook="cache_usage.ipynb",
+                                           options={k: type(v) for k, v in defaults.items()})
+    cache = open_cache(settings, bucket=options["bucket"], endpoint=options["s3_endpoint"])
+    inv = take_inventory(cache, report=options["inventory_report"])
+    printed = [repr(cache), inv.verdict(options["quota_gb"], options["price_per_gb_month"]),
+               inv.summary().T.to_string(),
+               inv.headroom(options["quota_gb"], options["price_per_gb_month"]).to_string()]
+    printed += [str(path) for path in write(inv, resolve_project_path(options["output_dir"]), options["quota_gb"],
+                                            options["price_per_gb_month"])]
+    return "\n".join(printed)
 
 
 def _secret_values(text: str) -> list[str]:
@@ -113,6 +147,7 @@ def _secret_values(text: str) -> list[str]:
     return [v for v in json.loads(text).values() if isinstance(v, str) and len(v) >= 12]
 
 
+@pytest.mark.notebooks
 def test_the_analyse_task_runs_green_against_the_stack(stack: LocalPlatform, tmp_path: Path) -> None:
     """ci/tasks/analyse as Concourse runs it: saved proxy logs and the bucket's keys in, reports out."""
     import json
@@ -140,6 +175,11 @@ def test_the_analyse_task_runs_green_against_the_stack(stack: LocalPlatform, tmp
     html = (out / "pull_savings.html").read_text()
     assert "The mirror served" in html and "import registry_mirror" not in html  # no code, the verdict
     assert keys["s3_secret_key"] not in html + (out / "cache_usage.html").read_text()
+    # The executed notebooks are the build's record: no secret of the stack in either.
+    executed = [out / "cache_usage.ipynb", out / "pull_savings.ipynb"]
+    assert all(path.exists() for path in executed)
+    for path in executed:
+        assert not any(value in path.read_text() for value in _secret_values(json.dumps(keys))), path.name
     # As a reader sees it: headless Chromium renders the report; the verdict and the plots are there.
     for name, verdict in (("pull_savings", "The mirror served"), ("cache_usage", "The cache holds")):
         dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

@@ -1,5 +1,10 @@
-"""The bad days, on a stack of its own: Docker Hub hung, S3 down, a herd of cold clients. Through the
-public endpoint with real clients, every digest verified."""
+"""The bad days: Docker Hub hung, S3 down, a herd of cold clients. Through the public endpoint with real
+clients, every digest verified.
+
+They need a short tag window and manifest timeout, which only the proxy's config holds: so they run on
+the shared stack with those two settings deployed (the proxy reloads, nothing else restarts), and the
+shared settings are deployed back after them.
+"""
 from __future__ import annotations
 
 import os
@@ -21,7 +26,7 @@ from registry_mirror.platforms.local.state import StackState
 from registry_mirror.platforms import verify_pull
 from registry_mirror.processes import ProcessRecord, stop_process, wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import client, local_test_settings, private_stack
+from tests.support import client
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +36,29 @@ TIMEOUT_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
-def tough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
-    base = local_test_settings(str(tmp_path_factory.mktemp("resilience") / "state"))
-    proxy = base.proxy.model_copy(update={"tag_cache_seconds": TAG_SECONDS,
-                                          "manifest_timeout_seconds": TIMEOUT_SECONDS})
-    with private_stack(base.model_copy(update={"proxy": proxy})) as platform:
-        yield platform
+def tough(stack: LocalPlatform) -> Iterator[LocalPlatform]:
+    proxy = stack.settings.proxy.model_copy(update={"tag_cache_seconds": TAG_SECONDS,
+                                                    "manifest_timeout_seconds": TIMEOUT_SECONDS})
+    variant = LocalPlatform(stack.settings.model_copy(update={"proxy": proxy}), stack.rules)
+    report = variant.deploy()
+    assert report.ok and {s.component for s in report.steps if s.status == "done"} == {"proxy"}, report
+    yield variant
+    back = stack.deploy()
+    assert back.ok and stack.status().condition.startswith("RUNNING"), back
+
+
+@pytest.fixture(autouse=True)
+def left_running(tough: LocalPlatform) -> Iterator[None]:
+    """Each test leaves the stack running with these settings; one that did not fails, and the stack is
+    deployed again for the next."""
+    yield
+    condition = tough.status().condition
+    if not condition.startswith("RUNNING"):
+        for record in processes(tough).values():
+            if record.alive():
+                os.kill(record.pid, signal.SIGCONT)
+        tough.deploy()
+        pytest.fail(f"the test left the stack {condition}; deployed it again")
 
 
 def fresh_image(stack: LocalPlatform, layers: tuple[int, ...] = (65536, 4096)) -> str:

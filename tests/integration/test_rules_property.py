@@ -20,8 +20,6 @@ from registry_mirror.processes import ProcessRecord, free_port, stop_process
 from registry_mirror.rendering import NginxTarget, render_nginx_conf
 from registry_mirror.security_rules import SecurityRules, parse_security_rules
 
-pytestmark = pytest.mark.integration
-
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 

@@ -1,6 +1,11 @@
 """verify_policies on the local stack: all checks pass on a good deploy, and each deliberately broken
 deployment fails exactly the checks that prove what it broke (plus config drift, since each break is
-a hand edit of what runs)."""
+a hand edit of what runs). After each break the stack is repaired where it was broken: a deploy
+re-renders and reloads the proxy; only a break of the mirrors replaces them.
+
+The passing run calls what verify_policies.ipynb's cells call, in-process; the notebook runs under
+papermill on a broken stack, where it must exit non-zero and name the check.
+"""
 from __future__ import annotations
 
 import json
@@ -15,9 +20,11 @@ import pytest
 import yaml
 
 from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.parameters import resolve_project_path, runbook_parameters
+from registry_mirror.platforms import platform_for
 from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
 from registry_mirror.platforms.local.nginx import reload_nginx
+from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.state import StackState
 from registry_mirror.checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
@@ -26,23 +33,25 @@ from tests.support import settings_as_parameters
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+VERIFY_OPTIONS = {"results_json": str, "public_url": str, "check_image": str}  # verify_policies.ipynb's
 
 
 def test_every_check_passes_on_a_good_deploy_and_the_notebook_says_so(stack: LocalPlatform, tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
+    """verify_policies.ipynb's cells, in-process, with its defaults and a results file."""
     results = tmp_path / "results.json"
-    params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "results_json": str(results)}))
-    out = tmp_path / "verify.ipynb"
-    run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                          str(ROOT / "notebooks/verify_policies.ipynb"), str(out), "-f", str(params)],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
+    settings, options = runbook_parameters({**settings_as_parameters(stack.settings), "results_json": str(results),
+                                            "public_url": "", "check_image": ""},
+                                           notebook="verify_policies.ipynb", options=VERIFY_OPTIONS)
+    target = platform_for(settings, settings.load_security_rules())
+    report = verify_policies(target, public_url=options["public_url"] or None, image=options["check_image"] or None)
+    report.write_json(resolve_project_path(options["results_json"]))
+    report.raise_for_failures()
     data = json.loads(results.read_text())
     assert data["ok"] and data["failed"] == []
     statuses = {c["id"]: c["status"] for c in data["checks"]}
     assert {s for s in statuses.values()} <= {"pass", "n/a"}
     assert statuses["network-policy"] == "n/a" and statuses["forged-xff"] == "pass"
-    assert "ALL CHECKS PASSED on local" in out.read_text()
+    assert report.verdict().startswith("ALL CHECKS PASSED on local")
 
 
 def _edit_proxy(stack: LocalPlatform, old: str, new: str) -> Callable[[], None]:
@@ -138,24 +147,40 @@ if os.geteuid() == 0:
                                  {"mirror-not-exposed", "config-matches"})
 
 
+# Breaks of the mirror instances: a deploy keeps instances that run healthy, so only a replacement
+# puts these back. Every other break is undone by a plain deploy (config re-rendered, proxy reloaded,
+# socket folder mode reset, the extra instance stopped by the repair below).
+MIRROR_BREAKS = {"redirect-enabled", "unpinned-registry"}
+
+
 @pytest.fixture
-def restore(stack: LocalPlatform) -> Iterator[None]:
-    yield
+def broken(stack: LocalPlatform) -> Iterator[Callable[[str], set[str]]]:
+    """Applies a break and returns the checks it must fail; afterwards repairs what it broke and proves
+    the stack whole again with every check."""
+    applied: list[str] = []
+
+    def apply(name: str) -> set[str]:
+        applied.append(name)
+        breaker, expected = BREAKS[name]
+        breaker(stack)
+        return expected
+
+    yield apply
     state = StackState.load(stack.paths.state_file)
     extra = state.processes.pop("mirror-99-0", None)
     if extra is not None:
         stop_process(extra)
         state.save(stack.paths.state_file)
-    stack.deploy(replace_mirrors=True)
+    stack.deploy(replace_mirrors=bool(MIRROR_BREAKS & set(applied)))
     assert verify_policies(stack).ok, "the stack was not restored"
 
 
 @pytest.mark.parametrize("name", list(BREAKS))
-def test_a_broken_deployment_fails_exactly_the_check_that_proves_it(stack: LocalPlatform, restore: None,
+def test_a_broken_deployment_fails_exactly_the_check_that_proves_it(stack: LocalPlatform,
+                                                                     broken: Callable[[str], set[str]],
                                                                      name: str) -> None:
-    breaker, expected = BREAKS[name]
     assert verify_policies(stack).ok
-    breaker(stack)
+    expected = broken(name)
     report = verify_policies(stack)
     # A hand-edited config also fails config-matches: what runs is not what the params render.
     assert set(report.failed) == expected, report
@@ -166,15 +191,21 @@ def test_a_broken_deployment_fails_exactly_the_check_that_proves_it(stack: Local
     assert "127.0.0.66/32" not in report.to_frame().to_string()
 
 
-def test_the_notebook_fails_and_names_the_broken_check(stack: LocalPlatform, restore: None, tmp_path: Path) -> None:
-    BREAKS["missing-deny-all"][0](stack)
+@pytest.mark.notebooks
+def test_the_notebook_fails_and_names_the_broken_check(stack: LocalPlatform, broken: Callable[[str], set[str]],
+                                                       tmp_path: Path) -> None:
+    broken("missing-deny-all")
     params = tmp_path / "params.yaml"
     results = tmp_path / "results.json"
     params.write_text(yaml.safe_dump({**settings_as_parameters(stack.settings), "results_json": str(results)}))
+    out = tmp_path / "out.ipynb"
     run = subprocess.run([sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar",
-                          str(ROOT / "notebooks/verify_policies.ipynb"), str(tmp_path / "out.ipynb"), "-f", str(params)],
+                          str(ROOT / "notebooks/verify_policies.ipynb"), str(out), "-f", str(params)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode != 0
     assert "VerificationError" in run.stderr and "denied-by-default" in run.stderr
     assert "the geo block's default must be 0" in run.stderr  # what to do next
     assert set(json.loads(results.read_text())["failed"]) == {"denied-by-default", "config-matches"}
+    secrets = [v for v in json.loads(stack.paths.secrets_file.read_text()).values() if isinstance(v, str)
+               and len(v) >= 12]
+    assert not any(value in out.read_text() for value in secrets), "the executed notebook holds a secret"

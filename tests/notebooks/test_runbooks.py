@@ -1,21 +1,32 @@
-"""Runbooks run headless, as Concourse runs them: papermill with parameters, exit codes asserted."""
+"""Runbooks run headless, as Concourse runs them: papermill with parameters, exit codes asserted.
+
+On the local platform each runbook runs under papermill once in the suite (deploy and teardown here, by
+the session's stack; the others beside the tests of what they do); a scenario that only needs another
+value of a parameter calls what the notebook's cells call, in-process (those tests carry no marker and
+run in `make test-fast`).
+"""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 import yaml
 
+from registry_mirror.errors import ParameterError
+from registry_mirror.parameters import runbook_parameters
+from registry_mirror.platforms import check_component, platform_for, verify_pull
 from registry_mirror.platforms.local import LocalPlatform
 from tests.support import local_test_settings, settings_as_parameters
 
-pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parents[2]
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar"]
+DEPLOY_OPTIONS = {"dry_run": bool, "component": str}  # deploy.ipynb's runbook options
 
 
 def outputs(path: Path) -> str:
@@ -27,6 +38,8 @@ def outputs(path: Path) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.integration
+@pytest.mark.notebooks
 def test_deploy_notebook_deployed_and_verified(deployed_notebook: tuple[LocalPlatform, Path]) -> None:
     _, executed = deployed_notebook
     text = outputs(executed)
@@ -35,6 +48,8 @@ def test_deploy_notebook_deployed_and_verified(deployed_notebook: tuple[LocalPla
     assert "PULLED docker.io/library/hello:latest" in text
 
 
+@pytest.mark.integration
+@pytest.mark.notebooks
 def test_executed_notebook_holds_no_generated_secret(deployed_notebook: tuple[LocalPlatform, Path]) -> None:
     platform, executed = deployed_notebook
     secrets = json.loads((platform.paths.secrets_file).read_text())
@@ -47,48 +62,83 @@ def test_executed_notebook_holds_no_generated_secret(deployed_notebook: tuple[Lo
             assert value not in content, f"{log.name} leaks a stack secret"
 
 
+def deploy_cells(values: dict[str, Any]) -> str:
+    """deploy.ipynb's cells, in-process, with these parameter values: validate, choose the platform,
+    render, preflight, deploy, verify the pull; returns what the cells show."""
+    settings, options = runbook_parameters(values, notebook="deploy.ipynb", options=DEPLOY_OPTIONS)
+    check_component(options["component"], settings)
+    target = platform_for(settings, settings.load_security_rules())
+    shown = [target.rendered_configs()["registry config (per instance)"]]
+    preflight = target.preflight()
+    shown.append(repr(preflight))
+    preflight.raise_for_failures()
+    shown.append(repr(target.deploy(dry_run=options["dry_run"], component=options["component"])))
+    pull = verify_pull(target, dry_run=options["dry_run"])
+    shown.append(pull.verdict() if pull else "dry run: no pull")
+    return "\n".join(shown)
+
+
 def test_dry_run_plans_everything_and_starts_nothing(tmp_path: Path) -> None:
     settings = local_test_settings(str(tmp_path / "state"))
-    out = tmp_path / "plan.ipynb"
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({**settings_as_parameters(settings), "dry_run": True}))
-    result = subprocess.run([*PAPERMILL, str(ROOT / "notebooks/deploy.ipynb"), str(out), "-f", str(params)],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    text = outputs(out)
+    text = deploy_cells({**settings_as_parameters(settings), "dry_run": True, "component": "all"})
     assert "DRY RUN:" in text and "start SeaweedFS" in text and "dry run: no pull" in text
     assert not (tmp_path / "state").exists(), "a dry run wrote state"
 
 
-@pytest.mark.parametrize("mutate,expected", [
-    (lambda p: p["registry"].update(instances=0), "registry.instances"),
-    (lambda p: p.update(colour="blue"), "unknown parameter 'colour'"),
-    (lambda p: p["proxy"]["security_rules"]["allow"].append("10.0.0.0/33"), "proxy.security_rules.allow[3]"),
-    (lambda p: p.update(component="everything"), "component"),
-])
-def test_bad_parameters_fail_the_run_before_anything_starts(tmp_path: Path, mutate, expected: str) -> None:
-    settings = local_test_settings(str(tmp_path / "state"))
-    values = {**settings_as_parameters(settings)}
+BAD_PARAMETERS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "instances": (lambda p: p["registry"].update(instances=0), "registry.instances"),
+    "unknown": (lambda p: p.update(colour="blue"), "unknown parameter 'colour'"),
+    "cidr": (lambda p: p["proxy"]["security_rules"]["allow"].append("10.0.0.0/33"), "proxy.security_rules.allow[3]"),
+    "component": (lambda p: p.update(component="everything"), "component"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARAMETERS))
+def test_bad_parameters_fail_the_cells_before_anything_starts(tmp_path: Path, case: str) -> None:
+    mutate, expected = BAD_PARAMETERS[case]
+    values = {**settings_as_parameters(local_test_settings(str(tmp_path / "state"))), "dry_run": False,
+              "component": "all"}
     mutate(values)
+    with pytest.raises(ParameterError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        deploy_cells(values)
+    assert not (tmp_path / "state").exists(), "a failed validation created state"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("notebook,mutate,expected", [
+    # deploy.ipynb: the component is checked in the second cell, after the rules are loaded.
+    ("deploy", BAD_PARAMETERS["component"][0], BAD_PARAMETERS["component"][1]),
+    ("incident_triage", lambda p: p.update(remedy="reboot-everything"),
+     "parameter 'remedy' must be one of redeploy, redeploy-proxy"),
+], ids=["deploy", "incident_triage"])
+def test_bad_parameters_fail_the_run_before_anything_starts(tmp_path: Path, notebook: str, mutate,
+                                                            expected: str) -> None:
+    """Under papermill a refused parameter is a non-zero exit with the reason, and nothing is created."""
+    values = {**settings_as_parameters(local_test_settings(str(tmp_path / "state")))}
+    mutate(values)
+    if notebook == "incident_triage":
+        values["output_dir"] = str(tmp_path / "out")
     params = tmp_path / "bad.yaml"
     params.write_text(yaml.safe_dump(values))
     out = tmp_path / "out.ipynb"
-    result = subprocess.run([*PAPERMILL, str(ROOT / "notebooks/deploy.ipynb"), str(out), "-f", str(params)],
+    result = subprocess.run([*PAPERMILL, str(ROOT / f"notebooks/{notebook}.ipynb"), str(out), "-f", str(params)],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0
     assert "ParameterError" in result.stderr and expected in result.stderr
     assert not (tmp_path / "state").exists(), "a failed validation created state"
+    assert not (tmp_path / "out").exists(), "a failed validation wrote results"
 
 
-def test_teardown_without_confirmation_stops_nothing(deployed_notebook: tuple[LocalPlatform, Path],
-                                                     tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_teardown_without_confirmation_stops_nothing(deployed_notebook: tuple[LocalPlatform, Path]) -> None:
+    """teardown.ipynb's cells with its default (confirm_teardown False), in-process; the confirmed run is
+    the session stack's own teardown, under papermill."""
     platform, _ = deployed_notebook
     before = platform.running_processes()
-    out = tmp_path / "teardown.ipynb"
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(settings_as_parameters(platform.settings)))
-    result = subprocess.run([*PAPERMILL, str(ROOT / "notebooks/teardown.ipynb"), str(out), "-f", str(params)],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "DRY RUN" in outputs(out)
+    settings, options = runbook_parameters({**settings_as_parameters(platform.settings), "confirm_teardown": False},
+                                           notebook="teardown.ipynb", options={"confirm_teardown": bool})
+    target = platform_for(settings, settings.load_security_rules())
+    target.status()  # the notebook shows it first
+    report = target.down(dry_run=not options["confirm_teardown"])
+    assert "DRY RUN" in repr(report)
     assert {n: r.pid for n, r in platform.running_processes().items()} == {n: r.pid for n, r in before.items()}

@@ -176,23 +176,35 @@ def _nbstripout() -> str:
     return found
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_nbstripout_verify(path: Path) -> None:
-    result = subprocess.run([_nbstripout(), *VERIFY, str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_nbstripout_verify_control(tmp_path: Path) -> None:
-    """The check above can fail: a notebook with an output does not verify."""
+@pytest.fixture(scope="module")
+def nbstripout_verdict(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, set[str], str]:
+    """One `nbstripout --verify` over every notebook plus two controls: a copy with an output (must be
+    named) and a clean copy serialised the same way (must not be). Returns the exit code, the files it
+    would strip, and its whole output."""
     nbstripout = _nbstripout()
+    folder = tmp_path_factory.mktemp("nbstripout")
     nb = _nb(NOTEBOOKS[0])
     cell = _code_cells(nb)[-1]
     cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]}]
     cell["execution_count"] = 3
-    dirty = tmp_path / "dirty.ipynb"
-    dirty.write_text(json.dumps(nb, indent=1))
-    clean = tmp_path / "clean.ipynb"
-    clean.write_text(json.dumps(_nb(NOTEBOOKS[0]), indent=1))  # serialised like the dirty one
-    assert subprocess.run([nbstripout, *VERIFY, str(clean)], capture_output=True, timeout=60).returncode == 0
-    result = subprocess.run([nbstripout, *VERIFY, str(dirty)], capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+    (folder / "dirty.ipynb").write_text(json.dumps(nb, indent=1))
+    (folder / "clean.ipynb").write_text(json.dumps(_nb(NOTEBOOKS[0]), indent=1))
+    result = subprocess.run([nbstripout, *VERIFY, *map(str, NOTEBOOKS), str(folder / "clean.ipynb"),
+                             str(folder / "dirty.ipynb")], capture_output=True, text=True, timeout=120)
+    marker = "would have stripped "
+    named = {line.split(marker, 1)[1].strip() for line in result.stdout.splitlines() if marker in line}
+    return result.returncode, named, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbstripout_verify(nbstripout_verdict: tuple[int, set[str], str], path: Path) -> None:
+    _, named, output = nbstripout_verdict
+    assert str(path) not in named, output
+
+
+def test_nbstripout_verify_control(nbstripout_verdict: tuple[int, set[str], str]) -> None:
+    """The check above can fail: the same run names the notebook with an output, and only that one
+    (so the clean copy passes and the exit code is the control's)."""
+    code, named, output = nbstripout_verdict
+    assert code == 1, output
+    assert {Path(n).name for n in named} == {"dirty.ipynb"}, output

@@ -167,7 +167,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         _stop(process)
 
 
-@pytest.mark.integration
 def test_seed_pushes_once_and_is_idempotent(registry: Registry) -> None:
     seeded = seed_registry(registry.url, (USER, PASSWORD), timeout=10.0)
 
@@ -206,7 +205,6 @@ def test_seed_pushes_once_and_is_idempotent(registry: Registry) -> None:
     assert registry.requests_logged("PUT") == puts_after_first
 
 
-@pytest.mark.integration
 def test_wrong_credentials_raise_seed_error(registry: Registry) -> None:
     image = SAMPLE_IMAGES[0]
     with pytest.raises(SeedError) as caught:
@@ -217,7 +215,6 @@ def test_wrong_credentials_raise_seed_error(registry: Registry) -> None:
     assert "401" in message
 
 
-@pytest.mark.integration
 def test_unreachable_registry_raises_seed_error() -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(SeedError, match=url):
