@@ -174,6 +174,7 @@ def test_rollback_cancels_an_active_deployment(foundation: Foundation, cf: FakeC
     assert "POST" in set(calls["method"])  # the calls table the notebook shows last
 
 
+@pytest.mark.notebooks
 def test_rollback_notebook_redeploys_the_previous_revision(foundation: Foundation, runner: CfRunner,
                                                            cf: FakeCloudFoundry) -> None:
     """The one papermill run of rollback.ipynb on CF: exit code, calls, state, and no secret in it."""
@@ -196,6 +197,7 @@ def test_rollback_notebook_redeploys_the_previous_revision(foundation: Foundatio
     run.assert_no_secret()
 
 
+@pytest.mark.notebooks
 def test_deploy_notebook_fails_non_zero_and_leaks_no_secret(runner: CfRunner, cf: FakeCloudFoundry) -> None:
     """The one papermill run of deploy.ipynb on CF: a failing deploy (after the secrets were set) exits
     non-zero, and neither the executed notebook nor the log holds a secret. The pipeline's deploy task

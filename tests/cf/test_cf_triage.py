@@ -109,6 +109,7 @@ def test_scale_mirrors_adds_instances_and_is_refused_during_a_deployment(foundat
     assert [r for r in cf.requests if r.mutating] == []
 
 
+@pytest.mark.notebooks
 def test_the_notebook_exits_non_zero_when_the_remedy_is_refused(foundation: Foundation, runner: CfRunner,
                                                                 cf: FakeCloudFoundry, mirror_app: str) -> None:
     """The one papermill run of incident_triage.ipynb on CF: it walks every layer, the remedy CC would

@@ -191,6 +191,7 @@ def test_each_drift_fails_the_check_that_proves_it(foundation: Foundation, cf: F
     assert set(report.failed) == expected
 
 
+@pytest.mark.notebooks
 def test_the_notebook_fails_non_zero_on_a_drift_and_shows_no_private_range(
         foundation: Foundation, runner: CfRunner, cf: FakeCloudFoundry, mirror_app: str) -> None:
     """The one papermill run of verify_policies.ipynb on CF: every check runs and is shown, the failed one

@@ -17,6 +17,9 @@ from registry_mirror.processes import free_port
 
 TASKS = ROOT / "ci" / "tasks"
 
+# Each task runs in the task image's own interpreter, notebooks under papermill included: not the fast loop.
+pytestmark = pytest.mark.notebooks
+
 
 @pytest.fixture(scope="session")
 def image() -> TaskImage:
