@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,10 @@ NOT_COPIED = {".git", ".venv", ".tools", ".state", ".out", "__pycache__", ".pyte
 LINKED = (".venv", ".tools")
 
 
-def test_every_notebook_runs_with_its_defaults_in_a_throwaway_copy(tmp_path: Path) -> None:
+def test_every_notebook_runs_with_its_defaults_in_a_throwaway_copy() -> None:
     unshare = private_network_command()
+    # A short folder: the stack's unix sockets live under it, and a socket path has 107 bytes at most.
+    tmp_path = Path(tempfile.mkdtemp(prefix="nbmake-"))
     copy = tmp_path / "project"
     shutil.copytree(ROOT, copy, symlinks=True,
                     ignore=lambda _, names: [n for n in names if n in NOT_COPIED or n.endswith(".egg-info")])
@@ -45,11 +48,12 @@ def test_every_notebook_runs_with_its_defaults_in_a_throwaway_copy(tmp_path: Pat
                              timeout=1500)
     finally:
         left = leftovers(copy, namespace_file)
-    assert run.returncode == 0, (run.stdout[-4000:] + run.stderr[-3000:])
+    assert run.returncode == 0, f"{copy}: " + run.stdout[-4000:] + run.stderr[-3000:]
     notebooks = sorted((copy / "notebooks").glob("*.ipynb"))
     assert f"{len(notebooks)} passed" in run.stdout, run.stdout[-2000:]
     assert (copy / ".state" / "local" / "stack.json").exists(), "the pass did not deploy in the copy"
     assert not left, f"processes of the nbmake pass left running (killed now): {left}"
+    shutil.rmtree(tmp_path)  # kept when the pass failed, to read its logs
 
 
 def private_network_command() -> list[str]:
