@@ -71,15 +71,21 @@ def task_image(cache: Path | None = None) -> TaskImage:
     return TaskImage(root, _image_env(root, instructions))
 
 
-def source_input(dest: Path, root: Path = ROOT) -> Path:
-    """What the git resource's `get` leaves: a clone at one commit (here: the working tree's tracked and
-    new files, committed afresh, so uncommitted work is what runs) and `.git/ref` naming the commit."""
+def copy_tracked_files(root: Path, dest: Path) -> Path:
+    """The working tree's tracked and new files (what a clone of it would hold), copied into `dest`."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.splitlines()
     for name in files:
         if (root / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, dest / name)
+    return dest
+
+
+def source_input(dest: Path, root: Path = ROOT) -> Path:
+    """What the git resource's `get` leaves: a clone at one commit (here: the working tree's tracked and
+    new files, committed afresh, so uncommitted work is what runs) and `.git/ref` naming the commit."""
+    copy_tracked_files(root, dest)
     git = ["git", "-c", "user.name=pipeline-test", "-c", "user.email=pipeline-test@localhost", "-c",
            "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the commit under test"]):

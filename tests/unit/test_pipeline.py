@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from registry_mirror.ci_pipeline import check_pipeline
+from tests.concourse_task import copy_tracked_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,14 +23,7 @@ def test_the_committed_pipeline_passes() -> None:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository's tracked files (what a clone holds)."""
-    copy = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in files:
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    return copy
+    return copy_tracked_files(ROOT, tmp_path_factory.mktemp("repo"))
 
 
 def edit(path: Path, old: str, new: str, count: int = 1) -> None:
