@@ -76,7 +76,7 @@ nbmake: bootstrap
 nbmake-in-place: throwaway-only
 	@status=0; $(MAKE) -s -o bootstrap demo && \
 	  $(BIN)/python -m pytest --nbmake notebooks/ -p no:cacheprovider -o addopts= -q || status=$$?; \
-	  $(BIN)/python -m registry_mirror down >/dev/null; exit $$status
+	  $(BIN)/python -m registry_mirror down --confirm >/dev/null; exit $$status
 
 throwaway-only:
 	@[ -n "$(NBMAKE_THROWAWAY)" ] || { echo "nbmake-in-place deploys the default stack where it runs; \
