@@ -66,12 +66,7 @@ def stop_process(record: ProcessRecord, *, timeout: float = 30.0,
     the listening socket) is killed too, so a restart can bind again and nothing is orphaned.
     """
     if record.alive():
-        try:
-            os.kill(record.pid, signal.SIGTERM)
-            # A stopped (SIGSTOP) process would sit on the SIGTERM until the deadline.
-            os.kill(record.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+        request_stop(record)
         if signalled is not None:
             signalled()
         if not _wait_gone(record, timeout):
@@ -86,6 +81,17 @@ def stop_process(record: ProcessRecord, *, timeout: float = 30.0,
     if record.alive():
         raise RuntimeError(f"{record.name} (pid {record.pid}) did not stop")
     reap_session(record)
+
+
+def request_stop(record: ProcessRecord) -> None:
+    """SIGTERM without waiting, to let several processes wind down at once before `stop_process` waits
+    on each (its own SIGTERM then finds a program already stopping, which the registry ignores)."""
+    try:
+        os.kill(record.pid, signal.SIGTERM)
+        # A stopped (SIGSTOP) process would sit on the SIGTERM until the deadline.
+        os.kill(record.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 
 
 def session_members(record: ProcessRecord) -> set[int]:

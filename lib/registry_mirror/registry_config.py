@@ -22,6 +22,9 @@ SECRET_ENV = {
     "http_secret": "REGISTRY_HTTP_SECRET",
 }
 
+# How long a mirror finishes in-flight pulls after SIGTERM before it exits.
+DRAIN_SECONDS = 9
+
 
 @dataclass(frozen=True)
 class VersionProfile:
@@ -98,7 +101,7 @@ def registry_config(settings: Settings, *, s3: S3Location, listener: Listener,
     http: dict[str, Any] = {
         "addr": listener.addr,
         # CF sends SIGTERM and kills after 10 s; finish in-flight pulls inside that window.
-        "draintimeout": "9s",
+        "draintimeout": f"{DRAIN_SECONDS}s",
         "headers": {"X-Content-Type-Options": ["nosniff"]},
     }
     if listener.net != "tcp":

@@ -13,14 +13,15 @@ Purpose = Literal["probe", "inventory"]
 
 def s3_client(*, endpoint: str | None, access_key: str | None = None, secret_key: str | None = None,
               region: str | None = "us-east-1",
-              purpose: Purpose = "probe") -> Any:
+              purpose: Purpose = "probe", probe_timeout: float = 10) -> Any:
     """`probe`: readiness and triage calls under a deadline, so one attempt and short timeouts (a hung
     S3 must not hold a probe past it). `inventory`: long parallel listings, so 64 pooled connections,
     retries, and LastModified kept as text (botocore's per-object dateutil parse was half of a
-    100,000-object listing's time; the inventory parses them all at once). Without keys, boto3's own
+    100,000-object listing's time; the inventory parses them all at once). A probe polled under a
+    shorter deadline passes that deadline as `probe_timeout`. Without keys, boto3's own
     chain finds them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, as a service key gives them)."""
     if purpose == "probe":
-        config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1},
+        config = Config(connect_timeout=min(2, probe_timeout), read_timeout=probe_timeout, retries={"max_attempts": 1},
                         s3={"addressing_style": "path"})
         session = boto3.Session()
     else:

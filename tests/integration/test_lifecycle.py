@@ -18,7 +18,7 @@ from registry_mirror.errors import DeployError
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.daemons import daemon_env
 from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
-from registry_mirror.platforms.local.seaweedfs import SEAWEEDFS_PARTS
+from registry_mirror.platforms.local.seaweedfs import SEAWEEDFS_PARTS, stop_seaweedfs_part
 from registry_mirror.platforms.local.state import StackState
 from registry_mirror.processes import ProcessRecord, gone, session_members, start_process, stop_process, wait_until
 from registry_mirror.registry_config import registry_config_yaml
@@ -147,7 +147,7 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
     life.deploy()
     records = _records(life)
     filer = records["s3-filer"]
-    stop_process(filer, timeout=30)  # the gateway stays up and answers every request with an error
+    stop_seaweedfs_part(filer)  # the gateway stays up and answers every request with an error
     name = "mirror-retry-test"
     config = tmp_path / f"{name}.yml"
     config.write_text(registry_config_yaml(life.configs.mirror_config(name)))
@@ -178,7 +178,7 @@ def test_a_mirror_that_exits_because_storage_is_not_ready_is_started_again(life:
         if started is not None:
             stop_process(started.record)
         for record in restarted:
-            stop_process(record, timeout=30)
+            stop_seaweedfs_part(record)
         life.deploy()  # the filer the test started is not the stack's: deploy restarts SeaweedFS
     assert life.status().condition.startswith("RUNNING")
 

@@ -2,7 +2,9 @@
 the programs), each method a few lines."""
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +17,7 @@ from ...deploy_report import DeployReport, DeployStep, StepRecorder
 from ...errors import DeployError, ParameterError, VerificationError
 from ...parameters import LocalSettings, Settings, resolve_project_path
 from ...preflight import PreflightReport
-from ...processes import ProcessRecord, gone
+from ...processes import ProcessRecord, gone, request_stop
 from ...rendering import ClientConfigs
 from ...security_rules import SecurityRules
 from ..base import COMPONENTS, CheckFn, PlatformStatus
@@ -23,15 +25,17 @@ from .configs import StackConfigs
 from .mirrors import mirror_healthy, mirror_secret_env, upstream_answers
 from .nginx import nginx_answers
 from .paths import StackPaths
-from .rollout import Rollout, hub_url, preflight, stop_recorded
-from .seaweedfs import s3_round_trip
-from .state import StackState, process_table, stack_status, stop_rank
+from .rollout import Rollout, hub_url, mirror_stop_seconds, preflight, stop_recorded
+from .seaweedfs import s3_round_trip, storage_parts_alive
+from .state import StackState, is_mirror, process_table, stack_status, stop_rank
 
 if TYPE_CHECKING:
     from .evidence import LocalEvidence
     from .faults import LocalFaults
 
 API_CALL_COLUMNS = ["method", "path", "status", "request_id", "sent"]
+# Seconds each S3 call of status's round trip may take: a storage that answers slower is not ready.
+STATUS_PROBE_SECONDS = 3
 
 
 class LocalPlatform:
@@ -97,7 +101,11 @@ class LocalPlatform:
     def status(self) -> PlatformStatus:
         """What runs, what answers, and which of the lifecycle states the stack is in."""
         state = StackState.load(self.paths.state_file)
-        processes = process_table(state, running=ProcessRecord.alive, ready=self._answers)
+        # Probed all at once: a hung part costs one probe timeout, not one per process that waits on it.
+        live = [n for n, r in state.processes.items() if r.alive()]
+        with ThreadPoolExecutor(max_workers=max(1, len(live))) as pool:
+            answers = dict(zip(live, pool.map(self._answers, live)))
+        processes = process_table(state, running=ProcessRecord.alive, ready=lambda n: answers.get(n, False))
         return stack_status(state, processes, has_state=self.paths.state_file.exists())
 
     def down(self, *, dry_run: bool = False) -> DeployReport:
@@ -105,6 +113,13 @@ class LocalPlatform:
         report = DeployReport(platform=self.name, dry_run=dry_run, endpoint=self.endpoint, action="down")
         steps = StepRecorder(report)
         state = StackState.load(self.paths.state_file)
+        drain_deadline = None
+        if not dry_run:
+            # Every mirror drains at once, so a down takes one drain window, not one per instance.
+            drain_deadline = time.monotonic() + mirror_stop_seconds()
+            for rec in (r for n, r in state.processes.items() if is_mirror(n) and r.alive()):
+                request_stop(rec)
+        storage_alive = storage_parts_alive(state.processes)
         for name in sorted(state.processes, key=stop_rank):
             rec = state.processes[name]
             if gone(rec):
@@ -115,7 +130,7 @@ class LocalPlatform:
 
             def stop(rec: ProcessRecord = rec, name: str = name) -> str:
                 was_alive = rec.alive()
-                stop_recorded(rec)
+                stop_recorded(rec, storage_alive=storage_alive, drain_deadline=drain_deadline)
                 del state.processes[name]
                 state.save(self.paths.state_file)
                 return f"pid {rec.pid} stopped" if was_alive else f"leftovers of pid {rec.pid} stopped"
@@ -256,7 +271,7 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
                 secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)
                 assert self.settings.storage is not None
                 s3_round_trip(self.configs.s3_endpoint, secrets.s3_access_key.reveal(),
-                              secrets.s3_secret_key.reveal(), self.settings.storage.bucket)
+                              secrets.s3_secret_key.reveal(), self.settings.storage.bucket, timeout=STATUS_PROBE_SECONDS)
             return True
         except Exception:  # noqa: BLE001 - a probe that fails means "not ready", which is what we report
             return False

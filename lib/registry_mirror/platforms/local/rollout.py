@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ...deploy_report import StepRecorder, Unchanged
 from ...errors import ComponentNotReady, DeployError
 from ...preflight import Check, PreflightReport
 from ...processes import ProcessRecord, port_is_free, reap_session, session_members, stop_process, wait_until
-from ...registry_config import registry_config_yaml
+from ...registry_config import DRAIN_SECONDS, registry_config_yaml
 from ...sample_images import SAMPLE_IMAGES, seed_registry
 from .configs import Nginx, StackConfigs
 from .daemons import binary
@@ -27,9 +28,18 @@ from .mirrors import (
 from .nginx import nginx_answers, reload_nginx, start_nginx
 from .seaweedfs import (
     SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, ensure_bucket, s3_round_trip, start_seaweedfs, stop_seaweedfs_part,
+    storage_parts_alive,
 )
-from .state import StackState, stop_rank
+from .state import StackState, is_mirror, stop_rank
 from .worker_access import WorkerUserMissing
+
+# Seconds a mirror may take to exit after its drain window before it is killed.
+MIRROR_EXIT_GRACE_SECONDS = 3
+
+
+def mirror_stop_seconds() -> float:
+    """From SIGTERM to SIGKILL for a mirror instance."""
+    return DRAIN_SECONDS + MIRROR_EXIT_GRACE_SECONDS
 
 
 def preflight(configs: StackConfigs) -> PreflightReport:
@@ -86,9 +96,20 @@ def uses_hub_stand_in(configs: StackConfigs) -> bool:
     return configs.settings.upstream.url == hub_url(configs)
 
 
-def stop_recorded(record: ProcessRecord) -> None:
-    """Stop one process of the stack the way its program needs (SeaweedFS's parts have their own)."""
-    stop_seaweedfs_part(record) if record.name in SEAWEEDFS_PARTS else stop_process(record)
+def stop_recorded(record: ProcessRecord, *, storage_alive: bool = True, drain_deadline: float | None = None) -> None:
+    """Stop one process of the stack the way its program needs (SeaweedFS's parts have their own;
+    `storage_alive` says whether SeaweedFS's master and volume server ran when the stop began). A
+    mirror already asked to stop (`request_stop`) passes the `drain_deadline` that began with it."""
+    if record.name in SEAWEEDFS_PARTS:
+        stop_seaweedfs_part(record, storage_alive=storage_alive)
+    elif is_mirror(record.name):
+        # A mirror that has not exited once its drain is over is stuck (on a storage call that does not
+        # return); waiting longer would only hold up a deploy or a down that is already replacing it.
+        if drain_deadline is None:
+            drain_deadline = time.monotonic() + mirror_stop_seconds()
+        stop_process(record, timeout=max(0.0, drain_deadline - time.monotonic()))
+    else:
+        stop_process(record)
 
 
 def set_service(configs: StackConfigs, state: StackState, mirrors: list[str]) -> str:
@@ -197,7 +218,10 @@ class Rollout:
         fingerprint = self._mirror_fingerprint()
         # Running is not enough: an instance that stays unhealthy (its storage check fails) for the
         # whole deadline is replaced like a dead one. A healthy one answers at once, so this is cheap.
-        live = [n for n in state.mirrors if state.running(n) and self._mirror_recovers(n, wait=not steps.dry_run)]
+        # When every instance is being replaced anyway, one that does not answer now is not waited for:
+        # it leaves service first, and the healthy ones are retired one by one as usual.
+        wait = not steps.dry_run and not replace
+        live = [n for n in state.mirrors if state.running(n) and self._mirror_recovers(n, wait=wait)]
         current = (state.fingerprints.get("mirror") == fingerprint and len(live) == wanted
                    and live == state.mirrors)
         if current and not replace:
@@ -307,7 +331,7 @@ class Rollout:
     def _stop(self, name: str) -> str:
         rec = self.state.processes.get(name)
         if rec is not None:
-            stop_process(rec)
+            stop_recorded(rec)
         return self._forget(name)
 
     def _forget(self, name: str) -> str:
@@ -319,9 +343,10 @@ class Rollout:
 
     def _stop_all(self, names: tuple[str, ...]) -> None:
         """Stop these processes (live ones and the leftovers of dead ones) in stop order, and forget them."""
+        storage_alive = storage_parts_alive(self.state.processes)
         for name in sorted((n for n in names if n in self.state.processes), key=stop_rank):
             rec = self.state.processes[name]
-            stop_recorded(rec) if rec.alive() else reap_session(rec)
+            stop_recorded(rec, storage_alive=storage_alive) if rec.alive() else reap_session(rec)
             del self.state.processes[name]
         self.state.save(self.paths.state_file)
 

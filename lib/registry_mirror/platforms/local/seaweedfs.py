@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -26,6 +26,8 @@ SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
 SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list, no bucket auto-creation"
 # Seconds each part may take to stop on SIGTERM before it is killed.
 STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
+# ... and when the master or the volume server is already gone, so there is nothing left to finish.
+ORPHANED_STOP_SECONDS = 3
 _PERMANENT_S3_ERRORS = {"InvalidBucketName", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                         "BucketAlreadyExists"}
 
@@ -90,8 +92,17 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     return records
 
 
-def stop_seaweedfs_part(record: ProcessRecord) -> None:
+def storage_parts_alive(processes: Mapping[str, ProcessRecord]) -> bool:
+    """Whether the master and the volume server both run: what the filer's last writes go to."""
+    return all(processes[p].alive() for p in ("s3-master", "s3-volume") if p in processes)
+
+
+def stop_seaweedfs_part(record: ProcessRecord, *, storage_alive: bool = True) -> None:
     """SIGTERM one part and wait until it has finished its writes and exited.
+
+    With the master or the volume server already gone (`storage_alive` false: a crash is why the
+    parts restart), the filer's final writes have nowhere to go and it retries until killed
+    (measured: the whole 30 s), so it gets a short window instead.
 
     The filer stops its gRPC server gracefully: no new calls, then it waits (15 s in 4.48) for every
     open stream to end before it drains its HTTP servers and closes its store. One stream never ends
@@ -103,16 +114,18 @@ def stop_seaweedfs_part(record: ProcessRecord) -> None:
     goes on with its own clean shutdown. Streams of other clients still end in their own time.
     """
     release = _end_own_subscriptions(record) if record.name == "s3-filer" else None
-    stop_process(record, timeout=STOP_SECONDS.get(record.name, 30), signalled=release)
+    timeout = STOP_SECONDS.get(record.name, 30) if storage_alive else ORPHANED_STOP_SECONDS
+    stop_process(record, timeout=timeout, signalled=release)
 
 
-def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) -> str:
-    """What the registry needs of S3, done once: an authenticated write, read and delete in the bucket.
+def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 10) -> str:
+    """What the registry needs of S3, done once: an authenticated write, read and delete in the bucket,
+    each call given at most `timeout` seconds.
 
     A port that answers is not enough: SeaweedFS restarted on kept data answers InternalError until
     its volume server has registered, and the registry panics on that at start.
     """
-    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
+    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key, probe_timeout=timeout)
     key = f"_readiness/{uuid.uuid4().hex}"
     body = os.urandom(64)
     s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -126,7 +139,8 @@ def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) 
 
 def ensure_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 60) -> bool:
     """Create the bucket if it is missing; True when it was created. The registry needs it to exist."""
-    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
+    # A gateway that accepts and never answers must not hold one attempt past the whole deadline.
+    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key, probe_timeout=min(10, timeout))
 
     def exists_or_created() -> bool | str:
         try:

@@ -60,9 +60,14 @@ class StackState:
         tmp.replace(path)
 
 
+def is_mirror(name: str) -> bool:
+    """Mirror instances are recorded as `mirror-<generation>-<index>`."""
+    return name.startswith("mirror-")
+
+
 def stop_rank(name: str) -> int:
-    """Where a process of the stack comes in the stop order (mirror instances are `mirror-<gen>-<i>`)."""
-    role = "mirror" if name.startswith("mirror-") else name
+    """Where a process of the stack comes in the stop order."""
+    role = "mirror" if is_mirror(name) else name
     return STOP_ORDER.index(role) if role in STOP_ORDER else len(STOP_ORDER)
 
 
