@@ -11,6 +11,9 @@ APT_PACKAGES := docker-registry nginx skopeo podman iproute2 curl goaccess chrom
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT := .out
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, one per core: the session stack's tests mostly wait on processes, so the
+# rest of the suite runs beside them (tests/conftest.py keeps every stack user on one worker).
+WORKERS ?= -n 2 --dist loadgroup
 
 .PHONY: bootstrap apt users venv tools demo test test-fast nbmake nbmake-in-place throwaway-only down status lab \
 	lab-prepare clean bench
@@ -56,14 +59,14 @@ demo: bootstrap
 # pytest exits 5 when it collected nothing: a broken suite, said so here (make itself exits 2 on any
 # failed recipe, so whoever runs make cannot tell 5 from other failures).
 test: bootstrap
-	@status=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(BIN)/python -m pytest $(WORKERS) $(PYTEST_ARGS) || status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests, which is a broken suite" >&2; fi; \
 	  exit $$status
 
 # Unit tests, the CF stand-in and in-process seam tests: no local stack, no kernel, no nbmake pass.
 FAST_MARKERS := not integration and not notebooks and not nbmake
 test-fast: venv
-	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" $(WORKERS) $(PYTEST_ARGS)
 
 # Every runbook under nbmake with its default parameters (the local platform, every gate closed), run
 # by tests/notebooks/test_nbmake_pass.py in a throwaway copy of the project inside a private network

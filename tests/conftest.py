@@ -89,6 +89,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if unmarked:
         raise pytest.UsageError("these tests use the local stack but are not marked integration: "
                                 + ", ".join(unmarked))
+    # Under pytest-xdist (`make test` runs two workers) every user of the session's stack goes to one
+    # worker, so the stack is deployed once and its tests keep their order; the rest share the other.
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("session-stack"))
 
 
 def _in_ci() -> bool:
