@@ -8,6 +8,7 @@ proxy exactly as rendered for CF (templated by a stand-in of the nginx buildpack
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +34,23 @@ class Chain:
     def ask(self, source: str, *, forged: str | None = None, direct: bool = False) -> tuple[int, str]:
         """GET /v2/ as `source`; returns the status and the client address nginx acted on."""
         headers = {"X-Forwarded-For": forged} if forged else {}
-        url = (f"http://{CONTAINER_IP}:{self.app_port}/v2/" if direct else f"http://127.0.0.1:{self.public}/v2/")
+        # A marked URI finds this request's line, not a line of the edge's readiness probes logged late.
+        marker = secrets.token_hex(6)
+        base = f"http://{CONTAINER_IP}:{self.app_port}" if direct else f"http://127.0.0.1:{self.public}"
+        url = f"{base}/v2/?ask={marker}"
         before = self.proxy_log.stat().st_size
         status = client_from(source).get(url, headers=headers, timeout=10).status_code
-        line = wait_until(lambda: _new_access_line(self.proxy_log, before), timeout=10, what="the access log line")
+        line = wait_until(lambda: _new_access_line(self.proxy_log, before, marker), timeout=10,
+                          what="the access log line")
         client = re.search(r"client=(\S+)", line)
         return status, client.group(1) if client else ""
 
 
-def _new_access_line(log: Path, offset: int) -> str | None:
+def _new_access_line(log: Path, offset: int, marker: str) -> str | None:
     with open(log, "rb") as f:
         f.seek(offset)
-        lines = [x for x in f.read().decode(errors="replace").splitlines() if x.startswith("NginxLog")]
+        lines = [x for x in f.read().decode(errors="replace").splitlines()
+                 if x.startswith("NginxLog") and marker in x]
     return lines[-1] if lines else None
 
 
