@@ -1,0 +1,47 @@
+"""What retention.ipynb's cells call: the steps, with the runbook's parameters, in the order it runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..analysis.cache_inventory import CacheLocation, Inventory, take_inventory
+from .layout import Layout, read_layout
+from .ledger import read_ledger
+from .plan import RetentionPlan, plan_retention
+from .policy import RetentionPolicy
+
+
+@dataclass(frozen=True)
+class PlannedRetention:
+    inventory: Inventory
+    layout: Layout
+    ledger: pd.DataFrame
+    plan: RetentionPlan
+
+
+def log_files(settings: object, proxy_logs: str, mirror_logs: str) -> tuple[list[str], list[str]]:
+    """The logs the ledger reads: as given (comma-separated files, folders, globs), else on the local
+    platform its proxy's access log and its mirrors' logs. On Cloud Foundry name the saved logs."""
+    from ..errors import ParameterError
+    from ..parameters import resolve_project_path
+
+    proxy = [p.strip() for p in proxy_logs.split(",") if p.strip()]
+    mirror = [p.strip() for p in mirror_logs.split(",") if p.strip()]
+    local = getattr(settings, "local", None)
+    if not proxy and not mirror:
+        if local is None:
+            raise ParameterError("parameters 'proxy_logs' and 'mirror_logs' are empty: on Cloud Foundry name the "
+                                 "saved proxy logs (the pipeline's Log Cache dump) for the ledger")
+        logs = resolve_project_path(local.state_dir) / "logs"
+        proxy = [str(logs / "proxy.access.log")]
+        mirror = sorted(str(p) for p in logs.glob("mirror-*.log"))
+    return proxy, mirror
+
+
+def plan_from_bucket(cache: CacheLocation, policy: RetentionPolicy, *, progress: bool = False) -> PlannedRetention:
+    """List the bucket, read its images and the ledger, and plan."""
+    inventory = take_inventory(cache, progress=progress)
+    layout = read_layout(inventory, cache.read)
+    ledger = read_ledger(cache, policy.ledger_prefix)
+    return PlannedRetention(inventory, layout, ledger, plan_retention(layout, ledger, policy))
