@@ -61,10 +61,10 @@ def test_eviction_to_a_budget_under_load(stack: LocalPlatform, tmp_path: Path) -
     ledger = read_ledger(cache, f"retention-test-{run}/")
     assert {f"retention-{run}/k0", f"retention-{run}/a0"} <= set(ledger["repository"])
 
-    others = sorted({r for r in take_inventory(cache, progress=False).objects["repository"].dropna()
-                     if not r.startswith(f"retention-{run}/")})
-    policy = RetentionPolicy(protect_days=0.0, grace_seconds=2.0, ledger_prefix=f"retention-test-{run}/",
-                             pinned=others, budget="1G")
+    policy = RetentionPolicy(protect_days=0.0, grace_seconds=2.0, ledger_prefix=f"retention-test-{run}/", budget="1G")
+    planned = plan_from_bucket(cache, policy)
+    others = sorted({r for r in planned.inventory.objects["repository"].dropna() if not r.startswith(f"retention-{run}/")})
+    policy = policy.model_copy(update={"pinned": others})
     planned = plan_from_bucket(cache, policy)
     # A budget that takes the four evicted images (and the rest of what nothing references) but no more.
     evictable = sum(e.bytes_freed for e in planned.plan.evictions)  # with 1G nothing is over budget yet
@@ -211,3 +211,30 @@ def _wait_for_next_second() -> None:
     deadline = time.monotonic() + 2
     while int(time.time()) == start and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@pytest.mark.notebooks
+def test_the_notebooks_dry_run_changes_nothing(stack: LocalPlatform, tmp_path: Path) -> None:
+    """retention.ipynb under papermill with the stack's settings (its one papermill run; the gate is
+    proven above through the same call): a dry run prints the plan and leaves every object as it was."""
+    import papermill as pm
+
+    from tests.support import settings_as_parameters
+
+    root = Path(__file__).resolve().parents[2]
+    cache = open_cache(stack.settings)
+    before = _listing(cache)
+    parameters = {**settings_as_parameters(stack.settings), "budget": "1K", "update_ledger": False,
+                  "output_dir": str(tmp_path / "out")}
+    out = tmp_path / "retention.ipynb"
+    pm.execute_notebook(str(root / "notebooks/retention.ipynb"), str(out), cwd=str(root / "notebooks"),
+                        parameters=parameters, progress_bar=False, kernel_name="python3")
+    text = out.read_text()
+    assert "Dry run: would delete" in text and "the 0.0 MB budget" in text
+    assert (tmp_path / "out" / "retention_plan.csv").exists()
+    assert _listing(cache) == before
+
+
+def _listing(cache) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """Every object and its size, but the proxy scheduler's state, which the registry rewrites on its own."""
+    return sorted((o["Key"], o["Size"]) for o in cache.listing("") if o["Key"] != "scheduler-state.json")

@@ -181,3 +181,17 @@ def test_ledger_appends_across_runs_and_keeps_the_latest_pull(tmp_path: Path) ->
     assert update.parts == 2 and all(not k.startswith("docker/") for k in bucket.objects)
     ledger = read_ledger(cache, "retention/ledger/").set_index("reference")
     assert ledger.loc["1", "last_pull"] == pd.Timestamp("2026-12-05T10:00Z") and len(ledger) == 2
+
+
+def test_cache_ttl_zero_needs_a_registry_that_survives_its_own_stop() -> None:
+    """Measured: registry 3.0.0 with `proxy.ttl: 0` exits 2 on SIGTERM (nil scheduler in Close)."""
+    import yaml
+
+    from registry_mirror.parameters import PROJECT_ROOT, validate_settings
+
+    data = yaml.safe_load((PROJECT_ROOT / "params" / "local.yaml").read_text())
+    data["registry"] = {**data["registry"], "version": "3.0.0", "cache_ttl": "0"}
+    with pytest.raises(ParameterError, match="'registry.cache_ttl' 0 needs registry 3.1 or later"):
+        validate_settings(data, source="params/local.yaml")
+    data["registry"]["version"] = "3.1.2"
+    assert validate_settings(data, source="params/local.yaml").registry.cache_ttl == "0"

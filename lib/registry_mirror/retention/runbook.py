@@ -45,3 +45,21 @@ def plan_from_bucket(cache: CacheLocation, policy: RetentionPolicy, *, progress:
     layout = read_layout(inventory, cache.read)
     ledger = read_ledger(cache, policy.ledger_prefix)
     return PlannedRetention(inventory, layout, ledger, plan_retention(layout, ledger, policy))
+
+
+def write_plan(planned: PlannedRetention, folder: object) -> list:  # type: ignore[type-arg]
+    """The plan (with its total row) and what was kept, as CSV, for the pipeline's archive."""
+    from pathlib import Path
+
+    out = Path(str(folder))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in (("plan", planned.plan.table()), ("kept", planned.plan.kept)):
+        path = out / f"retention_{name}.csv"
+        frame.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+POLICY_OPTIONS = ("budget", "evict_after_days", "protect_days", "pinned", "price_per_gb_month", "grace_seconds",
+                  "ledger_prefix")
