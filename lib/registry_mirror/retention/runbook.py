@@ -1,6 +1,7 @@
 """What retention.ipynb's cells call: the steps, with the runbook's parameters, in the order it runs."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,23 +21,13 @@ class PlannedRetention:
     plan: RetentionPlan
 
 
-def log_files(settings: object, proxy_logs: str, mirror_logs: str) -> tuple[list[str], list[str]]:
-    """The logs the ledger reads: as given (comma-separated files, folders, globs), else on the local
-    platform its proxy's access log and its mirrors' logs. On Cloud Foundry name the saved logs."""
-    from ..errors import ParameterError
-    from ..parameters import resolve_project_path
-
+def log_files(proxy_logs: str, mirror_logs: str,
+              platform_logs: Callable[[], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+    """The logs the ledger reads: as given (comma-separated files, folders, globs), else what the
+    platform has (the local stack's files; on Cloud Foundry both apps' lines from Log Cache)."""
     proxy = [p.strip() for p in proxy_logs.split(",") if p.strip()]
     mirror = [p.strip() for p in mirror_logs.split(",") if p.strip()]
-    local = getattr(settings, "local", None)
-    if not proxy and not mirror:
-        if local is None:
-            raise ParameterError("parameters 'proxy_logs' and 'mirror_logs' are empty: on Cloud Foundry name the "
-                                 "saved proxy logs (the pipeline's Log Cache dump) for the ledger")
-        logs = resolve_project_path(local.state_dir) / "logs"
-        proxy = [str(logs / "proxy.access.log")]
-        mirror = sorted(str(p) for p in logs.glob("mirror-*.log"))
-    return proxy, mirror
+    return (proxy, mirror) if proxy or mirror else platform_logs()
 
 
 def plan_from_bucket(cache: CacheLocation, policy: RetentionPolicy, *, progress: bool = False) -> PlannedRetention:
