@@ -39,7 +39,8 @@ def plan_from_bucket(cache: CacheLocation, policy: RetentionPolicy, *, progress:
 
 
 def write_plan(planned: PlannedRetention, folder: object) -> list:  # type: ignore[type-arg]
-    """The plan (with its total row) and what was kept, as CSV, for the pipeline's archive."""
+    """The plan (with its total row) and what was kept, as CSV, and the verdict line (the pipeline's
+    Slack message), for the pipeline's archive."""
     from pathlib import Path
 
     out = Path(str(folder))
@@ -49,6 +50,9 @@ def write_plan(planned: PlannedRetention, folder: object) -> list:  # type: igno
         path = out / f"retention_{name}.csv"
         frame.to_csv(path, index=False)
         written.append(path)
+    verdict = out / "retention_verdict.txt"
+    verdict.write_text(f"registry mirror retention: {planned.plan.verdict()}\n")
+    written.append(verdict)
     return written
 
 
