@@ -100,7 +100,8 @@ def test_budget_evicts_least_recently_pulled_first_and_keeps_shared_blobs() -> N
 
 def test_age_limit_protection_and_pins() -> None:
     ledger = pd.DataFrame([{"repository": "library/mid", "reference": "1", "last_pull": NOW - timedelta(hours=1)}])
-    plan = _plan(_filled(), RetentionPolicy(evict_after_days=7, pinned=["library/p*"], price_per_gb_month=23.0),
+    plan = _plan(_filled(), RetentionPolicy(evict_after_days=7, protect_days=1.0, pinned=["library/p*"],
+                                            price_per_gb_month=23.0),
                  ledger)
     # mid's tag link is 10 days old but the ledger saw a pull an hour ago: protected.
     assert [e.image for e in plan.evictions] == ["library/old"]
@@ -195,3 +196,11 @@ def test_cache_ttl_zero_needs_a_registry_that_survives_its_own_stop() -> None:
         validate_settings(data, source="params/local.yaml")
     data["registry"]["version"] = "3.1.2"
     assert validate_settings(data, source="params/local.yaml").registry.cache_ttl == "0"
+
+
+def test_upload_leftovers_go_once_idle_for_an_hour() -> None:
+    bucket = _filled()
+    bucket.put(f"{BASE}repositories/library/new/_uploads/abc/startedat", b"2026", NOW - timedelta(hours=2))
+    bucket.put(f"{BASE}repositories/library/new/_uploads/def/startedat", b"2026", NOW - timedelta(minutes=5))
+    plan = _plan(bucket, RetentionPolicy())
+    assert plan.evictions[0].keys == (f"{BASE}repositories/library/new/_uploads/abc/startedat",)

@@ -59,7 +59,7 @@ def apply_retention(plan: RetentionPlan, cache: CacheLocation, *, dry_run: bool 
     if cache.delete is None:
         raise RunbookError(f"no S3 client to delete from bucket {cache.bucket!r} with")
     started = time.monotonic()
-    for group in ("tags", "revisions", "layers"):  # in this order: each step leaves the store consistent
+    for group in ("tags", "revisions", "layers", "uploads"):  # in this order: each step leaves the store consistent
         _delete(cache, [k for k in links if link_kind(k) == group], workers)
     sleep(plan.policy.grace_seconds)
     linked = linked_digests(cache)

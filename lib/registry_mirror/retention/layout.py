@@ -44,16 +44,18 @@ class Layout:
     blob_keys: dict[str, str]  # digest -> its data
     modified: dict[str, pd.Timestamp] = field(repr=False)  # key -> last write
     total_bytes: int = 0  # every object under the storage root the inventory saw
+    uploads: tuple[str, ...] = ()  # leftover upload state: a pull-through cache finishes or abandons uploads
 
     def unreferenced(self) -> list[str]:
         """Links and blob data no image reaches: stray layer links (a blob fetched again after an
-        eviction, or by digest alone) and the blobs only they or nothing point at."""
+        eviction, or by digest alone) and the blobs only they or nothing point at; and upload
+        leftovers (a fetch whose client hung up before the blob was stored)."""
         reached_links = {self.revision_keys.get((i.repository, d)) for i in self.images for d in i.manifests}
         reached_links |= {self.layer_keys.get((i.repository, d)) for i in self.images for d in i.blobs}
         reached_blobs = {d for i in self.images for d in (*i.manifests, *i.blobs)}
         links = [k for k in (*self.revision_keys.values(), *self.layer_keys.values()) if k not in reached_links]
         blobs = [k for d, k in self.blob_keys.items() if d not in reached_blobs]
-        return links + blobs
+        return [*self.uploads, *links, *blobs]
 
 
 def read_layout(inventory: Inventory, read: Callable[[str], bytes], *, workers: int = 32) -> Layout:
@@ -92,7 +94,8 @@ def read_layout(inventory: Inventory, read: Callable[[str], bytes], *, workers: 
             reached |= {(repository, d) for d in image.manifests}
             images.append(image)
     total = int(objects["size"].sum())
-    return Layout(images, sizes, revision_keys, layer_keys, blob_keys, modified, total)
+    uploads = tuple(objects[objects["kind"] == "upload"]["key"])
+    return Layout(images, sizes, revision_keys, layer_keys, blob_keys, modified, total, uploads)
 
 
 def _image(repository: str, tag: str, digest: str, tag_keys: tuple[str, ...], manifests: dict[str, list[str]],

@@ -57,7 +57,7 @@ class RetentionPlan:
 
     def link_keys(self) -> list[str]:
         """Tag links, then revision links, then layer links: the order deletion must take."""
-        order = {"tags": 0, "revisions": 1, "layers": 2}
+        order = {"tags": 0, "revisions": 1, "layers": 2, "uploads": 3}
         keys = [k for e in self.evictions for k in e.keys if link_kind(k) != "blob"]
         return sorted(keys, key=lambda k: (order[link_kind(k)], k))
 
@@ -82,7 +82,9 @@ class RetentionPlan:
 
 
 def plan_retention(layout: Layout, ledger: pd.DataFrame, policy: RetentionPolicy, *,
-                   now: datetime | None = None) -> RetentionPlan:
+                   now: datetime | None = None, other_bytes: int = 0) -> RetentionPlan:
+    """`other_bytes`: what else the bucket holds (the ledger, the scheduler's state), counted against
+    the budget and never evicted."""
     now = now or datetime.now(timezone.utc)
     grace = timedelta(seconds=policy.grace_seconds)
     last = _last_pulls(layout.images, ledger)
@@ -97,7 +99,9 @@ def plan_retention(layout: Layout, ledger: pd.DataFrame, policy: RetentionPolicy
     evictions: list[Eviction] = []
     # Not a fetch in progress (younger than the grace period), and not a stray link of a pinned
     # repository (nor the blob it points at): pinned means untouched.
-    stray = [k for k in layout.unreferenced() if now - layout.modified[k] > grace]
+    # An upload may be a large fetch still running: only one idle for an hour is a leftover.
+    stray = [k for k in layout.unreferenced()
+             if now - layout.modified[k] > (max(grace, timedelta(hours=1)) if link_kind(k) == "uploads" else grace)]
     held = {k for k in stray if link_kind(k) != "blob" and policy.is_pinned(_repository(k), "")}
     held_digests = {"sha256:" + k.rsplit("/", 2)[-2] for k in held}
     stray = [k for k in stray if k not in held and not (link_kind(k) == "blob" and
@@ -145,13 +149,13 @@ def plan_retention(layout: Layout, ledger: pd.DataFrame, policy: RetentionPolicy
             remaining.append(image)
     budget = policy.budget_bytes
     for image in remaining:
-        if budget and layout.total_bytes - freed_total > budget:
+        if budget and layout.total_bytes + other_bytes - freed_total > budget:
             evict(image, "over budget, least recently pulled")
         else:
             kept_rows.append((image, "within budget"))
     kept = pd.DataFrame([{"image": i.repository, "tag": i.tag or f"@{i.digest}", "last_pull": last[i.name],
                           "kept": why} for i, why in kept_rows], columns=["image", "tag", "last_pull", "kept"])
-    return RetentionPlan(evictions, kept, layout.total_bytes, policy)
+    return RetentionPlan(evictions, kept, layout.total_bytes + other_bytes, policy)
 
 
 def _last_pulls(images: list[Image], ledger: pd.DataFrame) -> dict[str, pd.Timestamp | None]:
@@ -172,7 +176,9 @@ def _sortable(when: pd.Timestamp | None) -> pd.Timestamp:
 
 
 def link_kind(key: str) -> str:
-    """tags, revisions, layers, or blob: which step of the deletion a key belongs to."""
+    """tags, revisions, layers, uploads, or blob: which step of the deletion a key belongs to."""
+    if "/_uploads/" in key:
+        return "uploads"
     if "/_manifests/tags/" in key:
         return "tags"
     if "/_manifests/revisions/" in key:
@@ -184,7 +190,7 @@ def link_kind(key: str) -> str:
 
 def _repository(link_key: str) -> str:
     after = link_key.split("/repositories/", 1)[1]
-    return after.split("/_manifests/", 1)[0].split("/_layers/", 1)[0]
+    return after.split("/_manifests/", 1)[0].split("/_layers/", 1)[0].split("/_uploads/", 1)[0]
 
 
 def _mb(n: int) -> str:

@@ -35,7 +35,7 @@ class RetentionPolicy(BaseModel):
 
     budget: Annotated[str, AfterValidator(_budget)] = "0"  # the bucket's size limit; 0: no size bound
     evict_after_days: int = Field(default=0, ge=0, le=3650)  # evict what nobody pulled for this long; 0: never by age
-    protect_days: float = Field(default=1.0, ge=0, le=3650)  # never evict what was pulled this recently
+    protect_days: float = Field(default=0.0, ge=0, le=3650)  # never evict what was pulled this recently; 0: none
     pinned: Annotated[list[str], AfterValidator(_patterns)] = []  # images never evicted (repository[:tag] patterns)
     price_per_gb_month: float = Field(default=0.0, ge=0)  # the S3 price, for the verdict's monthly figure
     grace_seconds: float = Field(default=60.0, ge=0, le=3600)  # links gone -> blob data deleted: in-flight reads finish

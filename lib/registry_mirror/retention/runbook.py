@@ -35,7 +35,10 @@ def plan_from_bucket(cache: CacheLocation, policy: RetentionPolicy, *, progress:
     inventory = take_inventory(cache, progress=progress)
     layout = read_layout(inventory, cache.read)
     ledger = read_ledger(cache, policy.ledger_prefix)
-    return PlannedRetention(inventory, layout, ledger, plan_retention(layout, ledger, policy))
+    # The budget is the whole bucket's: the ledger and the scheduler's state count too.
+    state = f"{cache.root.strip('/')}/scheduler-state.json".lstrip("/")
+    other = sum(int(o["Size"]) for prefix in (policy.ledger_prefix, state) for o in cache.listing(prefix))
+    return PlannedRetention(inventory, layout, ledger, plan_retention(layout, ledger, policy, other_bytes=other))
 
 
 def write_plan(planned: PlannedRetention, folder: object) -> list:  # type: ignore[type-arg]
