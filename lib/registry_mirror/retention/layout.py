@@ -77,6 +77,10 @@ def read_layout(inventory: Inventory, read: Callable[[str], bytes], *, workers: 
         stored = sorted({d for _, d in revision_keys} & set(blob_keys))
         manifests = dict(zip(stored, pool.map(lambda d: _references(read, blob_keys[d]), stored)))
 
+    # A tag's index links, by the tag's folder (…/_manifests/tags/<tag>/), found once.
+    by_folder: dict[str, list[str]] = {}
+    for key in index_links["key"]:
+        by_folder.setdefault(key[: key.index("/index/sha256/") + 1], []).append(key)
     images: list[Image] = []
     reached: set[tuple[str, str]] = set()
     for repository, tag, key, target, when in zip(tags["repository"], tags["tag"], tags["key"], targets,
@@ -84,7 +88,7 @@ def read_layout(inventory: Inventory, read: Callable[[str], bytes], *, workers: 
         if not target:
             continue  # an empty or unreadable link: the registry cannot serve it either
         folder = key[: -len("current/link")]
-        own = tuple(sorted([key, *index_links[index_links["key"].str.startswith(folder)]["key"]]))
+        own = tuple(sorted([key, *by_folder.get(folder, [])]))
         image = _image(repository, tag, target, own, manifests, revision_keys, when)
         reached |= {(repository, d) for d in image.manifests}
         images.append(image)
