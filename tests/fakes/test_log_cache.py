@@ -53,3 +53,30 @@ def test_the_ledger_reads_the_proxys_lines_from_log_cache_page_by_page(tmp_path:
         window = requests.get(f"{cf.url}/api/v1/read/{guid}", timeout=10, headers={"Authorization": f"bearer {token}"},
                               params={"start_time": "1000", "end_time": "1003", "envelope_types": "LOG"}).json()
         assert [e["timestamp"] for e in window["envelopes"]["batch"]] == ["1000", "1001", "1002"]
+
+
+def test_the_cf_platform_hands_the_ledger_both_apps_lines(tmp_path: Path) -> None:
+    """Platform.access_logs on Cloud Foundry: the proxy's and the mirror's Log Cache lines, as files."""
+    import yaml
+
+    from registry_mirror.parameters import PROJECT_ROOT, validate_settings
+    from registry_mirror.platforms.cloudfoundry import CloudFoundryPlatform
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"allow": ["10.10.0.0/16"], "deny": [], "trusted_routers": ["10.0.0.0/24"]}))
+    data = yaml.safe_load((PROJECT_ROOT / "params" / "staging.yaml").read_text())
+    with FakeCloudFoundry(users={"deployer": "deployer-password"}, clock=ManualClock()) as cf:
+        data["cloudfoundry"]["api"] = cf.url
+        data["proxy"]["security_rules_file"] = str(rules)
+        settings = validate_settings(data, source="test")
+        api = Api(cf, None)
+        for app in (settings.cloudfoundry.proxy_app, settings.cloudfoundry.mirror_app):  # type: ignore[union-attr]
+            api.apply_manifest({"applications": [{"name": app}]}, space=settings.cloudfoundry.space)  # type: ignore[union-attr]
+        cf.emit_app_log(settings.cloudfoundry.proxy_app, LINE.format(repo="img0", day=3))  # type: ignore[union-attr]
+        cf.emit_app_log(settings.cloudfoundry.mirror_app, '{"msg":"response completed"}', stream="ERR")  # type: ignore[union-attr]
+        session = CfSession(cf.url, CfCredentials("password", "deployer", Secret("CF_PASSWORD", "deployer-password")))
+        platform = CloudFoundryPlatform(settings, settings.load_security_rules(), session=session)
+        proxy, mirror = platform.access_logs(str(tmp_path / "logs"))
+        assert Path(proxy[0]).read_text().startswith('NginxLog "-" "GET /v2/library/img0/')
+        assert Path(mirror[0]).read_text() == '{"msg":"response completed"}\n'
+        assert "deployer-password" not in Path(proxy[0]).read_text()
