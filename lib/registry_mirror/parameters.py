@@ -163,7 +163,9 @@ class RegistrySettings(_Model):
     image: PinnedImage | None = None  # CF only: the registry image, pinned by digest
     instances: int = Field(ge=1, le=64)
     memory: Size
-    cache_ttl: Duration = "168h"  # 3.x only: how long a cached tag lives; not emitted for 2.x
+    # 3.x only, not emitted for 2.x: how long the registry's own scheduler keeps what it cached; "0"
+    # (3.1+) leaves eviction to the retention runbook alone (docs/retention.md)
+    cache_ttl: Duration = "168h"
     log_level: Literal["error", "warn", "info", "debug"] = "info"
     # CF only: the account Diego pulls the registry image with (anonymous pulls share a small limit);
     # its password or access token comes from the environment variable named here.
@@ -174,6 +176,11 @@ class RegistrySettings(_Model):
     def _pull_credentials(self) -> RegistrySettings:
         if (self.image_pull_username is None) != (self.image_pull_password_env is None):
             raise KeyedValueError("image_pull_username", "and image_pull_password_env go together")
+        # ttl 0 runs no scheduler, and 3.0.x's shutdown then stops that nil scheduler: every stop and
+        # rolling replacement ends in a nil-pointer panic (exit 2). 3.1.0 checks for it.
+        if self.cache_ttl == "0" and self.version.startswith("3.0."):
+            raise KeyedValueError("cache_ttl", "0 needs registry 3.1 or later: 3.0.x panics at every stop "
+                                  "without a scheduler; keep a TTL on 3.0.x (retention evicts either way)")
         return self
 
     @property

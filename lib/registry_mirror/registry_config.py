@@ -126,7 +126,10 @@ def registry_config(settings: Settings, *, s3: S3Location, listener: Listener,
             "redirect": {"disable": True},
             # Expiry of cached content deletes blobs; without this the TTL can only grow the bucket.
             "delete": {"enabled": True},
-            "cache": {"blobdescriptor": "inmemory"},
+            # No blob descriptor cache: an in-memory one answers "present" for a blob retention (or the
+            # proxy TTL) deleted, and the registry then serves it from storage with nothing behind it
+            # instead of fetching it again. Without it every blob request asks storage: one more small
+            # S3 read per blob request (docs/retention.md has the measurement).
             # A pull-through cache takes no uploads; purging would list the bucket on every start.
             "maintenance": {"uploadpurging": {"enabled": False}},
         },

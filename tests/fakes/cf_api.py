@@ -32,6 +32,8 @@ Covered:
     that would touch the web process (FAILED), restart.
   * Docker staging through containers/image's reference rules: a tag with a digest, or an invalid
     reference, fails the build; the droplet's image is the stager's normalised name.
+  * Log Cache's read API (``GET /api/v1/read/<source id>``, the root's ``log_cache`` link) over the
+    lines ``emit_app_log`` adds: its auth proxy's bare 404s, the 1000 limit, time windows, protojson.
   * Networking policy API v1 external: list, create, delete policies; the network.write scope, or a
     space developer without it when ``space_developer_self_service`` is on.
   * Tokens expire by the clock (UAA's access-token validity) and through the faults, on every API the
@@ -43,7 +45,7 @@ Covered:
 
 Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
 stand-in, so a gap shows up as a failure and never as a silent success):
-  * v2 API, logs, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
+  * v2 API, logs other than Log Cache's read API, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
     deletes, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
     parameters, manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and
     canary, canary ``steps``, roles other than space developer, space quotas.
@@ -702,6 +704,7 @@ class FakeCloudFoundry:
         self._domains: list[_Domain] = [_Domain("app.cloud.gov", internal=False),
                                          _Domain("apps.internal", internal=True)]
         self._apps: list[_App] = []
+        self._app_logs: dict[str, list[dict[str, Any]]] = {}  # source id (app guid) -> LOG envelopes, oldest first
         self._packages: list[_Package] = []
         self._blob_key = secrets.token_bytes(32)  # signs the blobstore's pre-signed URLs
         self._droplets: list[_Droplet] = []
@@ -866,6 +869,8 @@ class FakeCloudFoundry:
             return "uaa"
         if path.startswith("/networking/"):
             return "networking"
+        if path.startswith("/api/v1/"):
+            return "logcache"
         if path.startswith(_BLOBSTORE + "/"):
             return "blobstore"
         return "cc"
@@ -980,6 +985,7 @@ class FakeCloudFoundry:
         table: list[tuple[str, str, _Handler]] = [
             ("GET", "/", self._h_root),
             ("GET", "/v3", self._h_v3_root),
+            ("GET", "/api/v1/read/(?P<source_id>[^/]+)", self._h_log_cache_read),
             ("POST", "/login/oauth/token", self._h_token),
             ("POST", "/uaa/oauth/token", self._h_token),
             ("GET", "/v3/organizations", self._h_list_orgs),
@@ -1231,6 +1237,64 @@ class FakeCloudFoundry:
     def _metadata(self) -> dict[str, dict[str, str]]:
         return {"labels": {}, "annotations": {}}
 
+    # ---- Log Cache -------------------------------------------------------------------------------
+
+    def emit_app_log(self, app_name: str, text: str, *, instance: int = 0, stream: str = "OUT",
+                     at_ns: int | None = None) -> None:
+        """One line an app instance wrote, as Loggregator hands it to Log Cache (a LOG envelope)."""
+        with self._lock:
+            app = next(a for a in self._apps if a.name == app_name)
+            logs = self._app_logs.setdefault(app.guid, [])
+            stamp = at_ns if at_ns is not None else max(time.time_ns(), (int(logs[-1]["timestamp"]) + 1) if logs else 0)
+            logs.append({"timestamp": str(stamp), "source_id": app.guid, "instance_id": str(instance),
+                         "deprecated_tags": {}, "tags": {"source_type": "APP/PROC/WEB", "app_name": app.name},
+                         "log": {"payload": base64.b64encode(text.encode()).decode(), "type": stream}})
+            logs.sort(key=lambda e: int(e["timestamp"]))
+
+    def _h_log_cache_read(self, req: _Req, source_id: str) -> _Resp:
+        """Log Cache's read API behind its cf-auth-proxy (log-cache-release, src/internal/auth/
+        cf_auth_middleware.go): no token, a token UAA rejects, or a source the user may not read (CAPI
+        knows no such app) all answer 404 with an empty body; admins (logs.admin, doppler.firehose)
+        read any source. Then the reader (src/internal/routing/local_store_reader.go): limit above
+        1000 or below 0 is an error (grpc-gateway's 500 body), 0 means 100, end_time defaults to now,
+        start_time is inclusive and end_time exclusive; envelopes are protojson (proto names, int64 as
+        strings, bytes as base64), oldest first unless descending."""
+        token = self._bearer(req.headers)
+        record = self._valid_token(token) if token else None
+        not_found = _RawError(_Resp(404, b"", {"Content-Type": "text/plain; charset=utf-8"}))
+        if record is None:
+            raise not_found
+        admin = {"logs.admin", "doppler.firehose"} & set(record.scope.split())
+        if not admin and not any(a.guid == source_id for a in self._apps):
+            raise not_found
+
+        def number(name: str, default: int) -> int:
+            values = req.query.get(name) or [""]
+            try:
+                return int(values[0]) if values[0] != "" else default
+            except ValueError:
+                raise _RawError(_json_resp(400, {"code": 3, "message": f"bad {name}", "details": []})) from None
+        start, end, limit = number("start_time", 0), number("end_time", 0), number("limit", 0)
+
+        def failure(message: str) -> _RawError:
+            return _RawError(_json_resp(500, {"code": 2, "message": message, "details": []}))
+        if end and start > end:
+            raise failure(f"StartTime ({start}) must be before EndTime ({end})")
+        if limit > 1000:
+            raise failure(f"limit ({limit}) must be 1000 or less")
+        if limit < 0:
+            raise failure(f"limit ({limit}) must be greater than zero")
+        end = end or time.time_ns()
+        limit = limit or 100
+        types = {t.upper() for v in req.query.get("envelope_types", []) for t in v.split(",") if t}
+        if types - {"ANY", "LOG", "COUNTER", "GAUGE", "TIMER", "EVENT"}:
+            raise _RawError(_json_resp(400, {"code": 3, "message": "invalid envelope_types", "details": []}))
+        wanted = [e for e in self._app_logs.get(source_id, []) if start <= int(e["timestamp"]) < end
+                  and (not (types - {"ANY"}) or "LOG" in types)]
+        if (req.query.get("descending") or ["false"])[0] == "true":
+            wanted = wanted[::-1]
+        return _json_resp(200, {"envelopes": {"batch": copy.deepcopy(wanted[:limit])}})
+
     # ---- root documents --------------------------------------------------------------------------
 
     def _h_root(self, req: _Req) -> _Resp:
@@ -1243,6 +1307,8 @@ class FakeCloudFoundry:
             "network_policy_v1": {"href": f"{base}/networking/v1/external"},
             "login": {"href": f"{base}/login"},
             "uaa": {"href": f"{base}/uaa"},
+            # The real one is its own host (log-cache.<system domain>); here the same server serves it.
+            "log_cache": {"href": base},
             "credhub": None,
         }})
 

@@ -265,6 +265,32 @@ def s3_reader(client, bucket: str) -> Callable[[str], bytes]:  # type: ignore[no
     return read
 
 
+def s3_writer(client, bucket: str) -> Callable[[str, bytes], None]:  # type: ignore[no-untyped-def]
+    def write(key: str, data: bytes) -> None:
+        client.put_object(Bucket=bucket, Key=key, Body=data)
+    return write
+
+
+def s3_deleter(client, bucket: str) -> Callable[[list[str]], None]:  # type: ignore[no-untyped-def]
+    """Delete keys, 1000 per request (S3's limit for one DeleteObjects); a key that is already gone
+    is not an error (S3 answers deleted for it), any other per-key error is."""
+    def delete(keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start:start + 1000]
+            answer = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in chunk],
+                                                                  "Quiet": True})
+            errors = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise RuntimeError(f"S3 refused to delete {len(errors)} object(s) of bucket {bucket!r}, "
+                                   f"first {errors[0].get('Key')!r}: {errors[0].get('Code')}")
+    return delete
+
+
+def base_prefix(root: str) -> str:
+    """Where the registry's layout starts under the storage root."""
+    return _base(root)
+
+
 def _base(root: str) -> str:
     root = root.strip("/")
     return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
@@ -329,6 +355,9 @@ class CacheLocation:
     root: str
     folders: Folders | None = None
     reader_for: Callable[[str], Callable[[str], bytes]] = lambda bucket: _no_reader(bucket)
+    # Writes and deletes, for retention's ledger and eviction; the analyses only read.
+    write: Callable[[str, bytes], None] | None = None
+    delete: Callable[[list[str]], None] | None = None
 
     def __repr__(self) -> str:
         return f"CacheLocation(bucket={self.bucket!r}, root={self.root!r})"  # no client, no keys
@@ -360,7 +389,8 @@ def open_cache(settings: object, *, bucket: str = "", endpoint: str = "") -> Cac
         client = s3_client(endpoint=endpoint or None, region=None, purpose="inventory")
         root = (storage.root_directory if storage is not None else "/")
     return CacheLocation(s3_listing(client, bucket), s3_reader(client, bucket), bucket, root,
-                         s3_folders(client, bucket), lambda other: s3_reader(client, other))
+                         s3_folders(client, bucket), lambda other: s3_reader(client, other),
+                         s3_writer(client, bucket), s3_deleter(client, bucket))
 
 
 def _no_reader(bucket: str) -> Callable[[str], bytes]:

@@ -49,6 +49,29 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
     # give `prefix NginxLog | xff | | request | status bytes [client= rt= urt= ua=] | [instance | cache= t=]`.
     db.execute(f"""
         CREATE OR REPLACE TABLE requests AS
+        {REQUEST_LINES}
+        -- Counted per kind of request and hour as the scan goes: the table holds one row per distinct
+        -- kind, not per line, so memory stays flat whatever the log's size.
+        SELECT coalesce(client, forwarded_for) AS seen, method, status, cache, original,
+               time_bucket(INTERVAL '{int(bucket_hours)} hours', time) AS hour,
+               CASE WHEN at_manifest > 5 THEN substr(path, 5, at_manifest - 5)
+                    WHEN at_blob > 5 THEN substr(path, 5, at_blob - 5) END AS repository,
+               CASE WHEN at_manifest > 5 THEN 'manifests' WHEN at_blob > 5 THEN 'blobs' END AS object,
+               at_manifest > 5 AND prefix(substr(path, at_manifest + 11), 'sha256:') AS by_digest,
+               count(*) AS n, sum(bytes) AS bytes
+        FROM located GROUP BY ALL
+    """)
+    lines, nginx = db.execute("""SELECT count(*), count(*) FILTER (WHERE contains(line, 'NginxLog "')) FROM lines"""
+                              ).fetchone()
+    parsed = db.execute("SELECT coalesce(sum(n), 0) FROM requests").fetchone()[0]
+    return LogLoad(db, lines=lines, requests=parsed, skipped=lines - nginx, malformed=nginx - parsed)
+
+
+# Common table expressions over the view `lines`, ending in `located`: one row per NginxLog request
+# line that parses whole, with method, path, status, bytes, client, cache, instance, time, and where
+# in the path /manifests/ and /blobs/ start. The savings analysis counts them; the retention ledger
+# takes each image's last pull from them.
+REQUEST_LINES = f"""
         WITH quoted AS (
             SELECT line, string_split(line, '"') AS p FROM lines WHERE contains(line, 'NginxLog "')
         ), fields AS (
@@ -73,21 +96,7 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
             SELECT *, strpos(path, '/manifests/') AS at_manifest, strpos(path, '/blobs/') AS at_blob
             FROM parsed WHERE status IS NOT NULL AND bytes IS NOT NULL AND whole
         )
-        -- Counted per kind of request and hour as the scan goes: the table holds one row per distinct
-        -- kind, not per line, so memory stays flat whatever the log's size.
-        SELECT coalesce(client, forwarded_for) AS seen, method, status, cache, original,
-               time_bucket(INTERVAL '{int(bucket_hours)} hours', time) AS hour,
-               CASE WHEN at_manifest > 5 THEN substr(path, 5, at_manifest - 5)
-                    WHEN at_blob > 5 THEN substr(path, 5, at_blob - 5) END AS repository,
-               CASE WHEN at_manifest > 5 THEN 'manifests' WHEN at_blob > 5 THEN 'blobs' END AS object,
-               at_manifest > 5 AND prefix(substr(path, at_manifest + 11), 'sha256:') AS by_digest,
-               count(*) AS n, sum(bytes) AS bytes
-        FROM located GROUP BY ALL
-    """)
-    lines, nginx = db.execute("""SELECT count(*), count(*) FILTER (WHERE contains(line, 'NginxLog "')) FROM lines"""
-                              ).fetchone()
-    parsed = db.execute("SELECT coalesce(sum(n), 0) FROM requests").fetchone()[0]
-    return LogLoad(db, lines=lines, requests=parsed, skipped=lines - nginx, malformed=nginx - parsed)
+"""
 
 
 def lines_view(db: duckdb.DuckDBPyConnection, files: list[str]) -> None:

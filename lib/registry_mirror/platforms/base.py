@@ -142,3 +142,7 @@ class Platform(Protocol):
 
     def api_calls(self) -> pd.DataFrame:
         """The platform API calls this run made (method, path, status, request_id, sent); empty if none."""
+
+    def access_logs(self, folder: str, *, since_ns: int = 0) -> tuple[list[str], list[str]]:
+        """Log files holding the security proxy's access lines and the mirrors' JSON lines (for the
+        usage ledger): where the platform keeps them, or written into `folder` from its log store."""

@@ -232,6 +232,25 @@ class CloudFoundryPlatform:
             return pd.DataFrame(columns=CALL_COLUMNS)
         return pd.DataFrame([vars(c) for c in self._session.calls], columns=CALL_COLUMNS)
 
+    def access_logs(self, folder: str, *, since_ns: int = 0) -> tuple[list[str], list[str]]:
+        """Both apps' recent lines from Log Cache (same UAA token, the root's log_cache link), written
+        into `folder` as proxy.log and mirror.log. Log Cache keeps a bounded number of envelopes per
+        app: read it on a schedule (the pipeline's daily retention job) so the ledger misses nothing."""
+        from pathlib import Path
+
+        from ...retention.log_cache import read_app_logs, write_lines
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for component, name in (("proxy", "proxy.log"), ("registry", "mirror.log")):
+            app = self.space.existing_app(component, doing="read its logs")
+            lines = read_app_logs(lambda path, query: self.session.get_linked("log_cache", path, query),
+                                  app["guid"], since_ns)
+            write_lines(lines, str(out / name))
+            written.append(str(out / name))
+        return [written[0]], [written[1]]
+
 
 def _component(component: str) -> Component:
     if component not in APPS:

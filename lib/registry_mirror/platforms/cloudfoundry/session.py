@@ -165,6 +165,16 @@ class CfSession:
     def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         return self._call("GET", path, params=params).json()
 
+    def get_linked(self, link: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A GET on another service of the platform that takes the same UAA token, found by its link in
+        the root document (e.g. `log_cache`: Log Cache's read API on the log-cache host)."""
+        if self._token is None:
+            self.login()
+        href = (((self.root or {}).get("links") or {}).get(link) or {}).get("href")
+        if not href:
+            raise PreflightError(f"Cloud Foundry API {self.api} names no {link} in GET /")
+        return self._call("GET", path, params=params, base=href.rstrip("/")).json()
+
     def list_all(self, path: str, params: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Every resource of a paginated list, following `pagination.next`."""
         page = self.get(path, params)
@@ -230,7 +240,8 @@ class CfSession:
         return [c for c in self.calls
                 if c.sent and (isinstance(c.status, str) or c.status >= 400)]
 
-    def _call(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
+    def _call(self, method: str, path: str, *, idempotent: bool = True, base: str | None = None,
+              **kwargs: Any) -> requests.Response:
         if self._token is None:
             self.login()
         attempt, renewed = 0, False
@@ -239,7 +250,7 @@ class CfSession:
             assert self._token is not None
             headers = {**(kwargs.pop("headers", None) or {}), "Authorization": f"bearer {self._token.access}"}
             try:
-                response = self.http.request(method, self.api + path, timeout=self.timeout, headers=headers,
+                response = self.http.request(method, (base or self.api) + path, timeout=self.timeout, headers=headers,
                                              **_clean(kwargs))
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self.calls.append(CfCall(method, path, exc.__class__.__name__))

@@ -238,6 +238,12 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
         """The local platform calls no platform API."""
         return pd.DataFrame(columns=API_CALL_COLUMNS)
 
+    def access_logs(self, folder: str, *, since_ns: int = 0) -> tuple[list[str], list[str]]:
+        """The stack's own log files, read where they are (`folder` and `since_ns` are not needed: the
+        files hold everything since the stack first started)."""
+        logs = self.paths.logs
+        return [str(logs / "proxy.access.log")], sorted(str(p) for p in logs.glob("mirror-*.log"))
+
     # ------------------------------------------------------------------ read views
 
     def running_processes(self) -> dict[str, ProcessRecord]:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Ledger update and plan (and, when the job asks, eviction) with retention.ipynb; the verdict line is
+# kept beside the notebook for the Slack message.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/../../.." && pwd)"
+. "$here/ci/tasks/lib.sh"
+require ENVIRONMENT BUCKET
+params="$(task_params)"
+status=0
+run_notebook retention "$params" -p bucket "$BUCKET" -p s3_endpoint "${S3_ENDPOINT:-}" \
+  -r budget "${BUDGET:-0}" -p evict_after_days "${EVICT_AFTER_DAYS:-0}" \
+  -p protect_days "${PROTECT_DAYS:-1}" \
+  -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" -p update_ledger True \
+  -p dry_run "$(bool "${DRY_RUN:-true}")" -p confirm_eviction "$(bool "${CONFIRM_EVICTION:-false}")" \
+  -p output_dir "$OUT_DIR/tables" || status=$?
+if [ -f "$OUT_DIR/tables/retention_verdict.txt" ]; then
+  cp "$OUT_DIR/tables/retention_verdict.txt" "$OUT_DIR/retention-verdict.txt"
+else
+  echo "registry mirror: the retention run failed before its plan; see the build" > "$OUT_DIR/retention-verdict.txt"
+fi
+exit "$status"
