@@ -30,7 +30,7 @@ from registry_mirror.incidents.runbook import check_again, final_verdict, requir
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import client, jupyterlab, run_all_cells, settings_as_parameters
+from tests.support import chromium, client, make_lab, run_all_cells, settings_as_parameters, throwaway_copy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,14 +229,12 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
         assert expected == _verdict(triage(drill_stack, tmp_path / "in-process"))
         params = tmp_path / "lab-params.yaml"
         params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))
-        # -o venv: the recipe as `make lab` runs it, without reinstalling the venv it may share.
-        prepared = subprocess.run(["make", "-s", "-o", "venv", "lab-prepare", f"LAB_PARAMS={params}",
-                                   f"LAB_DIR={tmp_path / 'lab'}",
-                                   f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=600)
-        assert prepared.returncode == 0, prepared.stderr[-2000:]
-        with jupyterlab(tmp_path / "lab") as (url, browser):
-            page = run_all_cells(browser, f"{url}/lab/tree/incident_triage.ipynb", until="triage_diagnosis.json")
+        # `make lab` in a throwaway copy of the project: its lab/ folder is the copy's, not the developer's.
+        project = throwaway_copy(ROOT, tmp_path / "project")
+        with make_lab(project, f"LAB_PARAMS={params}", f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}") as url, \
+                chromium(tmp_path / "chromium") as browser:
+            assert "/lab/tree/incident_triage.ipynb?token=" in url
+            page = run_all_cells(browser, url, until="triage_diagnosis.json")
         assert expected in page
         assert (tmp_path / "lab-out" / "triage_diagnosis.json").exists()
     finally:
