@@ -64,12 +64,12 @@ def drill_stack(shared_stack: LocalPlatform, probe_cached: None) -> Iterator[Loc
 
 
 def triage(stack: LocalPlatform, folder: Path, *, apply: bool = False, dry_run: bool = False, remedy: str = "",
-           scale_to: int = 0) -> str:
+           scale_to: int = 0, probe_image: str = "library/hello:latest") -> str:
     """incident_triage.ipynb with these options, in-process: its cells' calls in order, with its defaults
     for every other option; returns what its cells print (each layer, the diagnosis, the remedy, the
     verdict after it, the files written). A remedy that did not fix the chain raises, as the notebook's
     cell does; neither the printed text nor the files hold a secret of the stack."""
-    walk = start_triage(stack.settings, remedy=remedy, scale_to=scale_to)
+    walk = start_triage(stack.settings, remedy=remedy, scale_to=scale_to, probe_image=probe_image)
     printed = [repr(layer) for layer in walk.walk()]
     diagnosis = walk.diagnose()
     printed.append(diagnosis.verdict())
@@ -113,6 +113,46 @@ def test_every_fault_is_diagnosed_and_a_remedy_behind_the_gate_fixes_it(drill_st
             faults.undo(drill_stack)
     assert not missed, "\n".join(missed)
     assert "HEALTHY: every layer answers" in triage(drill_stack, tmp_path / "after")
+
+
+def test_a_router_whose_master_is_gone_is_named_although_its_orphaned_worker_answers(
+        drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    """Triage reads the process facts `make status` reads: the router's nginx master SIGKILLed leaves a
+    worker serving the public port, and the stack DEGRADED; the redeploy remedy brings it back."""
+    import os
+    import signal
+
+    from registry_mirror.platforms.local.state import StackState
+    from registry_mirror.processes import wait_until
+
+    router = StackState.load(drill_stack.paths.state_file).processes["router"]
+    os.kill(router.pid, signal.SIGKILL)
+    try:
+        wait_until(lambda: not router.alive(), timeout=10, what="the router's master to go")
+        assert drill_stack.status().condition.startswith("DEGRADED: not running: router")
+        assert client("127.0.0.10").get(f"http://{drill_stack.endpoint}/v2/", timeout=10).status_code == 200
+        text = triage(drill_stack, tmp_path / "found")
+        assert "BROKEN LAYER: router. CAUSE: not running: router" in text and "Remedy: redeploy" in text
+        assert "FIXED by redeploy" in triage(drill_stack, tmp_path / "fixed", apply=True)
+    finally:
+        if not drill_stack.status().condition.startswith("RUNNING"):
+            drill_stack.deploy()
+    assert drill_stack.status().condition.startswith("RUNNING")
+
+
+def test_a_probe_image_the_upstream_lacks_is_a_parameter_error_and_telemetry_noise_is_no_error(
+        drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    """A mistyped probe image: the upstream answers 404 for it, so no layer is blamed and no remedy
+    offered. And on a healthy stack the recent errors hold no trace-export failure (registry 3.x logs
+    one every 10 s when nothing collects traces)."""
+    text = triage(drill_stack, tmp_path / "typo", probe_image="library/helo:latest")
+    verdict = _verdict(text)
+    assert verdict.startswith("PARAMETER ERROR: probe_image: the upstream has no library/helo:latest (HEAD "
+                              "answered 404)"), verdict
+    assert "BROKEN LAYER" not in text and "Remedy:" not in text
+    healthy = triage(drill_stack, tmp_path / "healthy")
+    assert "HEALTHY: every layer answers" in healthy
+    assert "traces export" not in healthy and "4318" not in healthy
 
 
 @pytest.mark.parametrize("fault", ["upstream-down", "upstream-rate-limited"])
@@ -191,8 +231,8 @@ def _secret_values(stack: LocalPlatform) -> list[str]:
 
 
 def _verdict(text: str) -> str:
-    return next((line for line in text.splitlines() if line.startswith(("BROKEN LAYER", "HEALTHY", "FIXED",
-                                                                          "NOT FIXED"))), text[-500:])
+    heads = ("BROKEN LAYER", "HEALTHY", "FIXED", "NOT FIXED", "PARAMETER ERROR")
+    return next((line for line in text.splitlines() if line.startswith(heads)), text[-500:])
 
 
 @pytest.mark.notebooks
