@@ -129,6 +129,20 @@ def test_bad_parameters_fail_the_run_before_anything_starts(tmp_path: Path, note
     assert not (tmp_path / "out").exists(), "a failed validation wrote results"
 
 
+@pytest.mark.notebooks
+def test_an_empty_params_file_is_refused_naming_it_instead_of_running_the_local_defaults(tmp_path: Path) -> None:
+    """`papermill deploy.ipynb out.ipynb -f empty.yaml` injects nothing: the notebook must not run on its
+    parameters cell's local defaults. (-p dry_run True: where the refusal is missing, the run plans the
+    default stack instead of starting it.)"""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = subprocess.run([*PAPERMILL, str(ROOT / "notebooks/deploy.ipynb"), str(tmp_path / "out.ipynb"),
+                             "-f", str(empty), "-p", "dry_run", "True"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert f"ParameterError: params file {empty}: is empty" in result.stderr
+
+
 @pytest.mark.integration
 def test_teardown_without_confirmation_stops_nothing(deployed_notebook: tuple[LocalPlatform, Path]) -> None:
     """teardown.ipynb's cells with its default (confirm_teardown False), in-process; the confirmed run is
