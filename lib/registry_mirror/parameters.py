@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import ParameterError
 from .papermill_files import check_papermill_files
+from .runbook_summary import install_failure_line
 from .security_rules import Cidr, SecurityRules, load_security_rules
 from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
@@ -52,6 +53,7 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
         given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
     else:  # in a kernel: only what the parameters cell and papermill's injected cell assigned
         given = {k: namespace[k] for k in names if k in namespace}
+        install_failure_line()  # from here on a failing cell says its one sentence first, headless too
         check_papermill_files()  # an empty -f file injects nothing: refuse it rather than run on defaults
     source = f"{notebook} parameters"
     expected = set(SETTINGS_KEYS) | set(options)

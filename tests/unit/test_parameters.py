@@ -655,6 +655,7 @@ def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_p
     import subprocess
 
     from registry_mirror.papermill_files import check_papermill_files, papermill_files
+    from registry_mirror.processes import wait_until
 
     if text is not None:
         (tmp_path / "env.yaml").write_text(text)
@@ -662,6 +663,8 @@ def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_p
     parent = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
                                "params/local.yaml", "--parameters_file", "env.yaml"], cwd=tmp_path)
     try:
+        # The new process's command line reads empty for a moment after the fork.
+        wait_until(lambda: Path(f"/proc/{parent.pid}/cmdline").read_bytes(), timeout=10, what="sh's command line")
         (tmp_path / "params").mkdir()
         (tmp_path / "params" / "local.yaml").write_text((PARAMS / "local.yaml").read_text())
         with pytest.raises(ParameterError) as info:
