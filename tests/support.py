@@ -230,3 +230,48 @@ def run_all_cells(browser: Any, notebook_url: str, *, until: str, timeout: float
         return b.execute_script("return document.querySelector('.jp-Notebook').textContent") or ""
     WebDriverWait(browser, timeout).until(lambda b: until in text(b) or "Traceback" in text(b))
     return text(browser)
+
+
+SCIENTIFIC = r"\b\d(\.\d+)?[eE][+-]?\d+\b"
+
+
+def first_screen(executed: Path, folder: Path) -> str:
+    """An executed runbook as an operator first sees it: exported to HTML without its code
+    (`jupyter nbconvert --no-input`), opened in headless Chromium 1400x800, screenshot kept in `folder`.
+    Asserts the verdict is on that first screen, whole (not cut or wrapped out of its box), and no number
+    there is in scientific notation; returns the first screen's text."""
+    import re
+
+    import nbformat
+    from nbconvert import HTMLExporter
+    from selenium.webdriver.common.by import By
+
+    folder.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                           exclude_output_prompt=True).from_notebook_node(nbformat.read(executed, as_version=4))
+    page = folder / f"{executed.stem}.html"
+    page.write_text(body)
+    with chromium(folder / "chromium") as browser:
+        browser.set_window_size(1400, 800)
+        browser.get(page.as_uri())
+        browser.save_screenshot(str(folder / f"{executed.stem}-first-screen.png"))
+        boxes = browser.find_elements(By.CSS_SELECTOR, "[data-runbook-verdict]")
+        assert boxes, f"{executed.name}: no runbook summary in its output"
+        headline = boxes[0]
+        geometry = browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            "return [r.top, r.bottom, arguments[0].scrollWidth, arguments[0].clientWidth, window.innerHeight];",
+            headline)
+        top, bottom, scroll_width, client_width, height = geometry
+        verdict = headline.text.strip()
+        assert 0 <= top and bottom <= min(800, height), f"{executed.name}: verdict not on the first screen {geometry}"
+        assert scroll_width <= client_width and not verdict.endswith(("...", "…")), f"{executed.name}: verdict cut"
+        assert not verdict.split(" ", 1)[-1].startswith("RUNNING"), f"{executed.name}: verdict never filled in"
+        screen = browser.execute_script(
+            "const out = []; const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
+            "while (walker.nextNode()) { const n = walker.currentNode; const range = document.createRange();"
+            "range.selectNodeContents(n); const r = range.getBoundingClientRect();"
+            "if (r.height && r.top < arguments[0]) out.push(n.textContent); } return out.join(' ');", 800)
+    scientific = re.search(SCIENTIFIC, screen)
+    assert scientific is None, f"{executed.name}: scientific notation on the first screen: {scientific.group(0)}"
+    return screen

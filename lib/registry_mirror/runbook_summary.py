@@ -99,7 +99,8 @@ class RunbookSummary:
                      if self.next_step else "")
         return (f"<div style='border-left:6px solid {colour};padding:.6em 1em;margin:.3em 0;"
                 f"background:#f7f7f7;max-width:100%;white-space:normal'>"
-                f"<div style='font-size:1.25em;font-weight:bold;color:{colour};overflow-wrap:anywhere'>"
+                f"<div data-runbook-verdict style='font-size:1.25em;font-weight:bold;color:{colour};"
+                f"overflow-wrap:anywhere'>"
                 f"{mark} {html.escape(self.headline)}</div>"
                 f"<div style='margin-top:.3em'><b>{html.escape(self.environment)}</b> on "
                 f"<b>{html.escape(self.platform)}</b> &middot; {html.escape(self.notebook)} with "

@@ -30,7 +30,8 @@ from registry_mirror.incidents.runbook import check_again, final_verdict, requir
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import chromium, client, make_lab, run_all_cells, settings_as_parameters, throwaway_copy
+from tests.support import (chromium, client, first_screen, make_lab, run_all_cells, settings_as_parameters,
+                           throwaway_copy)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,6 +250,8 @@ def test_the_drill_notebook_injects_and_undoes_what_triage_then_finds(drill_stac
     try:
         assert run.returncode == 0, run.stderr[-3000:]
         assert faults.active_faults(drill_stack) == ["proxy-denies-everyone"]
+        screen = first_screen(tmp_path / "inject" / "drill.ipynb", tmp_path / "screen")
+        assert "FAULT INJECTED: proxy-denies-everyone" in screen and "incident_triage" in screen
         assert "BROKEN LAYER: security proxy." in triage(drill_stack, tmp_path / "found")
     finally:
         drill().undo(dry_run=False)
@@ -266,6 +269,8 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
     try:
         expected = _verdict(notebook_triage(drill_stack, tmp_path / "headless"))
         assert expected.startswith("BROKEN LAYER: mirror instance")
+        # Its HTML export (no code) opens on that verdict.
+        assert expected[:60] in first_screen(tmp_path / "headless" / "incident_triage.ipynb", tmp_path / "screen")
         assert expected == _verdict(triage(drill_stack, tmp_path / "in-process"))
         params = tmp_path / "lab-params.yaml"
         params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))

@@ -22,7 +22,7 @@ from registry_mirror.errors import ParameterError
 from registry_mirror.parameters import runbook_parameters
 from registry_mirror.platforms import check_component, platform_for, verify_pull
 from registry_mirror.platforms.local import LocalPlatform
-from tests.support import local_test_settings, settings_as_parameters
+from tests.support import first_screen, local_test_settings, settings_as_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar"]
@@ -141,6 +141,16 @@ def test_an_empty_params_file_is_refused_naming_it_instead_of_running_the_local_
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0, result.stdout[-2000:]
     assert f"ParameterError: params file {empty}: is empty" in result.stderr
+
+
+@pytest.mark.integration
+def test_the_deployed_runbook_opens_on_its_verdict(deployed_notebook: tuple[LocalPlatform, Path],
+                                                   tmp_path: Path) -> None:
+    """The session's deploy.ipynb, executed by papermill, as its HTML export's first screen."""
+    _, executed = deployed_notebook
+    screen = first_screen(executed, tmp_path)
+    assert "DEPLOYED: endpoint" in screen or "UNCHANGED:" in screen
+    assert "verify_policies.ipynb" in screen and "local-hub-only-password" not in screen
 
 
 @pytest.mark.integration
