@@ -114,6 +114,7 @@ class RunbookSummary:
 def open_summary(notebook: str, settings: Any, options: dict[str, Any]) -> RunbookSummary:
     """The summary box of this run, shown now (the verdict pending); `conclude` fills it in."""
     from .papermill_files import check_papermill_files
+    from .readable import configure_display
 
     from .parameters import PROJECT_ROOT
 
@@ -125,6 +126,7 @@ def open_summary(notebook: str, settings: Any, options: dict[str, Any]) -> Runbo
     parameters = {**options, **flatten(settings.model_dump(mode="json"))}
     summary = RunbookSummary(notebook, settings.environment, settings.platform, params_file, mask(parameters))
     _CURRENT[:] = [summary]
+    configure_display()
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -184,7 +186,8 @@ def install_failure_line() -> None:
     def handler(self: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> Any:
         sentence = one_line(str(value)) or etype.__name__
         if _CURRENT and not _CURRENT[0].verdict:
-            _CURRENT[0].conclude(f"FAILED: {sentence}", ok=False)
+            _CURRENT[0].conclude(f"FAILED: {sentence}", ok=False,
+                                 next_step="correct what the sentence names, then run the same command again")
         else:
             to_terminal(f"FAILED: {sentence}")
         return self.showtraceback((etype, value, tb), tb_offset=tb_offset)

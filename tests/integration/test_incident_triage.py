@@ -184,7 +184,10 @@ def test_the_gate_fails_closed_and_a_dry_run_changes_nothing(drill_stack: LocalP
         assert "DRY RUN: replace-mirrors" in planned
         # Nothing was replaced: the walk still finds the dead instance.
         assert "not running" in _verdict(triage(drill_stack, tmp_path / "still"))
-        summary = json.loads((tmp_path / "still" / "out" / "triage_diagnosis.json").read_text())
+        records = sorted((tmp_path / "still" / "out").glob("triage_diagnosis-*.json"))
+        assert len(records) == 1
+        summary = json.loads(records[0].read_text())
+        assert summary["environment"] == "local" and summary["versions"]["registry"] and summary["time"]
         assert summary["remedy"]["applied"] is False and summary["diagnosis"]["remedy"] == "replace-mirrors"
     finally:
         faults.undo(drill_stack)
@@ -276,12 +279,13 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
         params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))
         # `make lab` in a throwaway copy of the project: its lab/ folder is the copy's, not the developer's.
         project = throwaway_copy(ROOT, tmp_path / "project")
-        with make_lab(project, f"LAB_PARAMS={params}", f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}") as url, \
+        with make_lab(project, f"LAB_PARAMS={params}", f"LAB_ARGS=-p output_dir {tmp_path / 'headless' / 'out'}") as url, \
                 chromium(tmp_path / "chromium") as browser:
             assert "/lab/tree/incident_triage.ipynb?token=" in url
-            page = run_all_cells(browser, url, until="triage_diagnosis.json")
+            page = run_all_cells(browser, url, until="triage_diagnosis-")
         assert expected in page
-        assert (tmp_path / "lab-out" / "triage_diagnosis.json").exists()
+        # The headless run and this one wrote into one folder: two records, neither overwritten.
+        assert len(list((tmp_path / "headless" / "out").glob("triage_diagnosis-*.json"))) == 2
     finally:
         faults.undo(drill_stack)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..readable import summary_table
+
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
 Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
 SHARDS = [f"{i:02x}" for i in range(256)]
@@ -90,6 +92,11 @@ class Inventory:
             "upload_objects": len(uploads), "upload_bytes": int(uploads["size"].sum()),
             "scheduler_entries": len(self.scheduler), "untracked_by_scheduler": len(self.untracked()),
         }])
+
+    def summary_table(self) -> pd.DataFrame:
+        """The summary as an operator reads it: whole counts, sizes in human units."""
+        return summary_table(self.summary().iloc[0], sizes=("bytes", "physical_blob_bytes", "logical_bytes",
+                                                            "reclaimable_bytes", "upload_bytes"))
 
     def ages(self, now: datetime | None = None) -> pd.DataFrame:
         """Blob bytes by age bucket (last write), for what an expiry policy would free."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..readable import percent, summary_table
 from ..security_rules import SecurityRules
 from .mirror_logs import UpstreamFetches
 from .proxy_logs import LogLoad, load_proxy_logs
@@ -58,9 +59,14 @@ class PullSavings:
                    f"at most {upstream} reached Docker Hub, so it saved at least {saved}")
         because = f" Upper bound: {self.upper_bound_because}." if self.upper_bound_because else ""
         ratio = saved / served if served else 0.0
-        return (f"The mirror served {served} pulls; {reached} ({ratio:.0%}). It refused {int(row['denied'])} request(s) from clients outside "
+        return (f"The mirror served {served} pulls; {reached} ({percent(ratio)}). It refused {int(row['denied'])} request(s) from clients outside "
                 f"the allow-list and {int(row['writes_refused'])} write(s).{limit_text} {self.load.summary()}."
                 + (f" {self.upstream.summary()}." if self.upstream is not None else "") + because)
+
+    def summary_table(self) -> pd.DataFrame:
+        """The summary as an operator reads it: whole counts, sizes in human units, the ratio in percent."""
+        return summary_table(self.summary.iloc[0], sizes=("bytes_served", "bytes_from_proxy_cache"),
+                             ratios=("saved_ratio",))
 
     def write(self, folder: Path) -> list[Path]:
         """Every table as Parquet and CSV beside the executed notebook."""

@@ -30,6 +30,9 @@ class Finding:
     evidence: str  # what was seen: a status, a time, a log line; never a secret
 
 
+OK_MARKS = {True: "\u2714 ok", False: "\u2718 FAILING", None: "\u00b7 info"}
+
+
 @dataclass(frozen=True)
 class LayerResult:
     """One step of the walk: its findings as a table and a one-line verdict."""
@@ -52,11 +55,15 @@ class LayerResult:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([f.__dict__ for f in self.findings], columns=["layer", "check", "ok", "evidence"])
 
+    def shown(self) -> pd.DataFrame:
+        """The findings as read: a clear mark for ok, evidence never cut short."""
+        return self.to_frame().assign(ok=lambda f: f["ok"].map(OK_MARKS))
+
     def _repr_html_(self) -> str:
-        return f"<p><b>{self.verdict}</b></p>" + self.to_frame().to_html(index=False)
+        return f"<p><b>{self.verdict}</b></p>" + self.shown().to_html(index=False)
 
     def __repr__(self) -> str:
-        return f"{self.verdict}\n{self.to_frame().to_string(index=False)}"
+        return f"{self.verdict}\n{self.shown().to_string(index=False)}"
 
 
 @dataclass(frozen=True)
