@@ -218,20 +218,37 @@ def plot(savings: PullSavings):  # type: ignore[no-untyped-def]
     # The kernel's backend draws it (inline in Jupyter and under papermill): never forced here.
     import matplotlib.pyplot as plt
 
+    import matplotlib.dates as mdates
+
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     windows = savings.windows
+    # The exact count when the mirrors' logs were read (and matched), else the proxy's upper bound.
+    exact = "pulls_upstream" in windows
+    upstream, label = (("pulls_upstream", "reached Docker Hub (mirrors' logs)") if exact else
+                       ("pulls_upstream_at_most", "reached Docker Hub (at most)"))
     if len(windows):
-        left.plot(windows["window_start"], windows["pulls_served"], label="pulls served", marker="o")
-        left.plot(windows["window_start"], windows["pulls_upstream_at_most"], label="reached Docker Hub (at most)",
-                  marker="o")
+        starts = pd.to_datetime(windows["window_start"])
+        if len(windows) == 1:  # one window: two bars, not two lone dots on a one-point time axis
+            where = starts.dt.strftime("%Y-%m-%d %H:%M UTC").iloc[0]
+            left.bar(["pulls served", label], [windows["pulls_served"].iloc[0], windows[upstream].iloc[0]])
+            left.set_xlabel(f"window from {where}")
+        else:
+            left.plot(starts, windows["pulls_served"], label="pulls served", marker="o")
+            left.plot(starts, windows[upstream], label=label, marker="o")
+            locator = mdates.AutoDateLocator()
+            left.xaxis.set_major_locator(locator)
+            left.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        left.yaxis.get_major_locator().set_params(integer=True)
         if savings.limit:
             left.axhline(savings.limit, color="red", linestyle="--", label="Docker Hub limit per window")
-        left.legend()
+        if len(windows) > 1 or savings.limit:
+            left.legend()
     left.set_title("Pulls per Docker Hub limit window")
     top = savings.images.head(10)
     right.barh(top["repository"], top["pulls_served"], label="served")
-    right.barh(top["repository"], top["pulls_upstream_at_most"], label="reached Docker Hub (at most)")
+    right.barh(top["repository"], top[upstream if upstream in top else "pulls_upstream_at_most"], label=label)
     right.invert_yaxis()
+    right.xaxis.get_major_locator().set_params(integer=True)
     right.set_title("Top images")
     right.legend()
     figure.tight_layout()
