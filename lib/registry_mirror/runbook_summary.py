@@ -126,13 +126,13 @@ def open_summary(notebook: str, settings: Any, options: dict[str, Any]) -> Runbo
     parameters = {**options, **flatten(settings.model_dump(mode="json"))}
     summary = RunbookSummary(notebook, settings.environment, settings.platform, params_file, mask(parameters))
     _CURRENT[:] = [summary]
-    configure_display()
     try:
         from IPython import get_ipython
         from IPython.display import display
     except ImportError:
         return summary
-    if get_ipython() is not None:
+    if get_ipython() is not None:  # pandas' display options are the kernel's own, never a library caller's
+        configure_display()
         summary._display = display(summary, display_id=True)
         install_failure_line()
     return summary
