@@ -168,9 +168,7 @@ def inventory(listing: Listing, root: str = "", *, read: Callable[[str], bytes] 
         prefixes = [f"{base}blobs/sha256/{shard}/" for shard in SHARDS] + repositories
         results = pool.map(lambda prefix: list(listing(prefix)), prefixes)
         if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=len(prefixes), desc="listing the cache", unit="prefix")
+            results = _progress(results, True, "listing the cache", total=len(prefixes))
         for objects in results:
             rows.extend(objects)
     return Inventory(classify(rows, base), _scheduler(read, root))
@@ -306,12 +304,18 @@ def _find_repositories(pool: ThreadPoolExecutor, folders: Folders, top: str) -> 
     return loose, repositories
 
 
-def _progress(items: list, enabled: bool, desc: str):  # type: ignore[no-untyped-def]
+def _progress(items: Iterable, enabled: bool, desc: str, total: int | None = None):  # type: ignore[no-untyped-def]
     if not enabled:
         return items
-    from tqdm.auto import tqdm
+    # tqdm.auto wants ipywidgets in a kernel and warns (TqdmWarning) into the run's output without it;
+    # the text bar works everywhere, updated at most every few seconds so a log stays short.
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
 
-    return tqdm(items, desc=desc)
+    return tqdm(items, desc=desc, total=total, mininterval=5)
 
 
 def _scheduler(read: Callable[[str], bytes] | None, root: str) -> pd.DataFrame:
