@@ -11,12 +11,11 @@ its one sentence there before papermill's traceback (`install_failure_line`).
 from __future__ import annotations
 
 import html
-import os
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .progress import to_terminal
 from .yaml_files import one_line
 
 # Keys whose values are never shown, wherever they sit in the parameters.
@@ -161,17 +160,6 @@ def mask(parameters: dict[str, Any]) -> dict[str, Any]:
         else:
             shown[key] = value
     return shown
-
-
-def to_terminal(line: str) -> None:
-    """Write to the terminal that started the kernel (papermill's), not into the notebook: ipykernel
-    keeps the original stderr's descriptor; outside a kernel there is no such terminal to add to."""
-    fd = getattr(sys.stderr, "_original_stdstream_copy", None)
-    if isinstance(fd, int):
-        try:
-            os.write(fd, (one_line(line) + "\n").encode())
-        except OSError:
-            pass
 
 
 def install_failure_line() -> None:
