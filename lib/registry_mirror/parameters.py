@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -60,7 +60,7 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
     unknown = sorted(set(given) - expected)
     missing = sorted(expected - set(given))
     if unknown or missing:
-        parts = [f"unknown parameter '{k}'{_nearest(k, expected)}" for k in unknown] + [
+        parts = [f"unknown parameter '{k}'{did_you_mean(k, expected)}" for k in unknown] + [
             f"missing parameter '{k}'" for k in missing]
         raise ParameterError(f"{source}: " + "; ".join(parts))
     chosen: dict[str, Any] = {}
@@ -79,7 +79,7 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
     return settings, chosen
 
 
-def _nearest(name: str, valid: set[str]) -> str:
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """' (did you mean 'dry_run'?)' for a near miss of a valid name, else ''."""
     import difflib
 
