@@ -232,7 +232,8 @@ def run_all_cells(browser: Any, notebook_url: str, *, until: str, timeout: float
     return text(browser)
 
 
-SCIENTIFIC = r"\b\d(\.\d+)?[eE][+-]?\d+\b"
+# 1.2e+09, 5E-3; not a hex id (a CF GUID's "8e883903-...", a digest) that happens to look like one.
+SCIENTIFIC = r"(?<![\w.:-])\d(\.\d+)?[eE][+-]?\d+(?![\w.:-])"
 
 
 def first_screen(executed: Path, folder: Path) -> str:
