@@ -42,6 +42,8 @@ NEXT = {
                        "papermill notebooks/teardown.ipynb out.ipynb -f {params} -p confirm_teardown True"),
     "pull_savings.ipynb": ("papermill notebooks/cache_usage.ipynb out.ipynb -f {params}",
                            "papermill notebooks/pull_savings.ipynb out.ipynb -f {params} -p log_sources <files>"),
+    "retention.ipynb": ("papermill notebooks/cache_usage.ipynb out.ipynb -f {params}",
+                        "papermill notebooks/retention.ipynb out.ipynb -f {params} -p dry_run True"),
     "cache_usage.ipynb": ("papermill notebooks/pull_savings.ipynb out.ipynb -f {params}",
                           "papermill notebooks/cache_usage.ipynb out.ipynb -f {params} -p quota_gb <GB>"),
 }
