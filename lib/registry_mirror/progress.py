@@ -19,8 +19,12 @@ def to_terminal(line: str) -> None:
     """Write to the terminal that started the kernel (papermill's), not into the notebook: ipykernel
     keeps the original stderr's descriptor; outside a kernel there is no such terminal to add to."""
     fd = getattr(sys.stderr, "_original_stdstream_copy", None)
-    if isinstance(fd, int):
-        try:
-            os.write(fd, (one_line(line) + "\n").encode())
-        except OSError:
-            pass
+    if not isinstance(fd, int):
+        # ipykernel does not redirect fd 2 in some runs (under pytest, for one): fd 2 is the terminal.
+        if not type(sys.stderr).__module__.startswith("ipykernel") or sys.__stderr__ is None:
+            return
+        fd = sys.__stderr__.fileno()
+    try:
+        os.write(fd, (one_line(line) + "\n").encode())
+    except OSError:
+        pass

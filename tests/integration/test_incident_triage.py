@@ -252,6 +252,8 @@ def test_the_drill_notebook_injects_and_undoes_what_triage_then_finds(drill_stac
     run = run_papermill(drill_stack, tmp_path / "inject", "drill", fault="proxy-denies-everyone", inject=True)
     try:
         assert run.returncode == 0, run.stderr[-3000:]
+        # Headless, the verdict line and the next runbook reach papermill's terminal.
+        assert "drill.ipynb: FAULT INJECTED: proxy-denies-everyone" in run.stderr and "incident_triage" in run.stderr
         assert faults.active_faults(drill_stack) == ["proxy-denies-everyone"]
         screen = first_screen(tmp_path / "inject" / "drill.ipynb", tmp_path / "screen")
         assert "FAULT INJECTED: proxy-denies-everyone" in screen and "incident_triage" in screen

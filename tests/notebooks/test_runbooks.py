@@ -125,6 +125,9 @@ def test_bad_parameters_fail_the_run_before_anything_starts(tmp_path: Path, note
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0
     assert "ParameterError" in result.stderr and expected in result.stderr
+    # Headless (--log-level WARNING --no-progress-bar) the one sentence comes before any traceback.
+    sentence = result.stderr.find("FAILED: ")
+    assert 0 <= sentence < result.stderr.find("Traceback") and expected in result.stderr[sentence:].splitlines()[0]
     assert not (tmp_path / "state").exists(), "a failed validation created state"
     assert not (tmp_path / "out").exists(), "a failed validation wrote results"
 
