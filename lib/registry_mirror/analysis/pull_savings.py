@@ -59,8 +59,9 @@ class PullSavings:
                    f"at most {upstream} reached Docker Hub, so it saved at least {saved}")
         because = f" Upper bound: {self.upper_bound_because}." if self.upper_bound_because else ""
         ratio = saved / served if served else 0.0
-        return (f"The mirror served {served} pulls; {reached} ({percent(ratio)}). It refused {int(row['denied'])} request(s) from clients outside "
-                f"the allow-list and {int(row['writes_refused'])} write(s).{limit_text} {self.load.summary()}."
+        return (f"The mirror served {served} pulls; {reached} ({percent(ratio)}). It refused {int(row['denied'])} "
+                f"request(s) from clients outside the allow-list and {int(row['writes_refused'])} write(s).{limit_text} "
+                f"{self.load.summary()}."
                 + (f" {self.upstream.summary()}." if self.upstream is not None else "") + because)
 
     def summary_table(self) -> pd.DataFrame:
@@ -89,14 +90,13 @@ def _quoted(path: Path) -> str:
 
 def pull_savings(sources: Sequence[str | Path], *, rules: SecurityRules | None = None, limit: int | None = None,
                  window_hours: int = 6, raw_clients: bool = False,
-                 upstream: UpstreamFetches | None = None, upstream_refused: str = "") -> PullSavings:
+                 upstream: UpstreamFetches | None = None) -> PullSavings:
     """The savings from the proxy's logs; with `upstream` (the mirrors' logs or counters) the pulls
-    that reached Docker Hub are exact instead of an upper bound, when they cover the same time.
-    `upstream_refused`: why no mirror logs were read (see `mirror_logs.upstream_fetches`)."""
+    that reached Docker Hub are exact instead of an upper bound, when they cover the same time."""
     load = load_proxy_logs(sources, bucket_hours=window_hours)
     db = load.db
-    because = upstream_refused or ("" if upstream is not None else
-                                   "no mirror logs or counters were read with these proxy logs")
+    because = "" if upstream is not None else ("no mirror logs or counters of the same deployment were read "
+                                               "(mirror_logs, mirror_metrics)")
     mismatch = window_mismatch(load, upstream) if upstream is not None else ""
     if mismatch:
         upstream, because = None, mismatch
