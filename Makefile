@@ -95,9 +95,12 @@ down:
 # parameters injected, nothing run), opened in JupyterLab on 127.0.0.1 to step through cell by cell.
 #   make lab                                   incident_triage.ipynb with params/local.yaml
 #   make lab LAB_NOTEBOOK=drill LAB_ARGS='-p fault mirror-dead'
+#   make lab LAB_PORT=8890                     another port when 8888 is taken
+# The prepared notebook goes to lab/ (ignored by git), not under .out/: Jupyter Server refuses to
+# open anything in a hidden folder, so a URL into .out/ would open only the Launcher.
 LAB_NOTEBOOK ?= incident_triage
 LAB_PARAMS ?= params/local.yaml
-LAB_DIR ?= $(OUT)/lab
+LAB_DIR ?= lab
 LAB_ARGS ?=
 lab-prepare: venv
 	@mkdir -p $(LAB_DIR)
@@ -105,12 +108,19 @@ lab-prepare: venv
 	  $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb -f $(LAB_PARAMS) $(LAB_ARGS)
 	@echo "prepared $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb from $(LAB_PARAMS)"
 
+# JupyterLab's own banner names only /lab?token=..., which opens the Launcher; the line this recipe
+# prints opens the prepared notebook: root_dir is its folder, so the path is its name, never hidden.
+# The port is fixed (no retries), so the printed URL is the one that answers.
+LAB_PORT ?= 8888
 lab: bootstrap lab-prepare
-	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
-	  --ServerApp.root_dir=$(CURDIR) $(LAB_DIR)/$(LAB_NOTEBOOK).ipynb
+	@token=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))'); \
+	  echo "open http://127.0.0.1:$(LAB_PORT)/lab/tree/$(LAB_NOTEBOOK).ipynb?token=$$token (Ctrl-C stops JupyterLab)"; \
+	  exec $(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --ServerApp.port_retries=0 --no-browser \
+	    $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --IdentityProvider.token=$$token \
+	    --ServerApp.root_dir=$(abspath $(LAB_DIR))
 
 clean: down
-	rm -rf .state $(OUT)
+	rm -rf .state $(OUT) lab
 
 bench: bootstrap
 	$(BIN)/pip install -q -e '.[test,bench]'

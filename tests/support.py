@@ -134,47 +134,52 @@ def _running_from(folder: Path) -> list[int]:
     return found
 
 
+# What a checkout holds that is not the project: the shared environments, state, outputs, caches.
+NOT_COPIED = {".git", ".venv", ".tools", ".state", ".out", "lab", "__pycache__", ".pytest_cache", ".hypothesis",
+              ".ipynb_checkpoints", "build", "policy-results.json"}
+LINKED = (".venv", ".tools")
+
+
+def throwaway_copy(root: Path, copy: Path) -> Path:
+    """The tracked project at `copy`, with .venv and .tools linked (not rebuilt): recipes run there
+    write their own .state, .out and lab/, never the developer's."""
+    import shutil
+
+    shutil.copytree(root, copy, symlinks=True,
+                    ignore=lambda _, names: [n for n in names if n in NOT_COPIED or n.endswith(".egg-info")])
+    for name in LINKED:
+        (copy / name).symlink_to((root / name).resolve())
+    return copy
+
+
 @contextmanager
-def jupyterlab(root_dir: Path) -> Iterator[tuple[str, Any]]:
-    """A real JupyterLab serving `root_dir` on a free loopback port, and headless Chromium driven by
-    Selenium through Debian's chromedriver; both stopped (JupyterLab by its process group) after."""
-    import secrets
+def make_lab(project: Path, *make_vars: str) -> Iterator[str]:
+    """`make lab` as the README documents it, run in `project` (a throwaway copy) on a free loopback
+    port; yields the URL it printed, once JupyterLab answers; stopped by its process group after.
+    -o bootstrap -o venv: the copy shares the venv and tools this run was bootstrapped with."""
     import subprocess
-    import sys
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    port, token = free_port(), secrets.token_hex(16)
-    argv = [sys.executable, "-m", "jupyterlab", "--ip", "127.0.0.1", f"--port={port}", "--no-browser",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}"]
-    if os.geteuid() == 0:
-        argv.append("--allow-root")
-    with open(root_dir / "jupyterlab.log", "wb") as log:
-        lab = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(project / "lib")}
+    with open(project / "make-lab.log", "wb") as log:
+        lab = subprocess.Popen(["make", "-s", "-o", "bootstrap", "-o", "venv", "lab", f"LAB_PORT={port}", *make_vars],
+                               cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        url = f"http://127.0.0.1:{port}"
+        def printed() -> str | None:
+            text = (project / "make-lab.log").read_text(errors="replace")
+            assert lab.poll() is None, f"make lab exited {lab.returncode}: {text[-2000:]}"
+            return next((word for word in text.split() if word.startswith("http://127.0.0.1:")), None)
+        url = wait_until(printed, timeout=120, what="make lab's URL", interval=0.2)
+        token = url.partition("token=")[2]
 
         def up() -> bool:
             try:
-                return requests.get(f"{url}/api/status", headers={"Authorization": f"token {token}"},
-                                    timeout=2).status_code == 200
+                return requests.get(f"http://127.0.0.1:{port}/api/status",
+                                    headers={"Authorization": f"token {token}"}, timeout=2).status_code == 200
             except requests.RequestException:
                 return False
         wait_until(up, timeout=60, what="JupyterLab", interval=0.2)
-        options = Options()
-        options.binary_location = "/usr/bin/chromium"
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", f"--user-data-dir={root_dir / 'chromium'}"):
-            options.add_argument(arg)
-        browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-        try:
-            browser.get(f"{url}/login?token={token}")
-            yield url, browser
-        finally:
-            browser.quit()
+        yield url
     finally:
         os.killpg(lab.pid, signal.SIGTERM)
         try:
@@ -182,6 +187,26 @@ def jupyterlab(root_dir: Path) -> Iterator[tuple[str, Any]]:
         except subprocess.TimeoutExpired:
             os.killpg(lab.pid, signal.SIGKILL)
             lab.wait(10)
+
+
+@contextmanager
+def chromium(profile: Path) -> Iterator[Any]:
+    """Headless Chromium driven by Selenium through Debian's chromedriver; quit after."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
 
 def run_all_cells(browser: Any, notebook_url: str, *, until: str, timeout: float = 180) -> str:
@@ -205,3 +230,49 @@ def run_all_cells(browser: Any, notebook_url: str, *, until: str, timeout: float
         return b.execute_script("return document.querySelector('.jp-Notebook').textContent") or ""
     WebDriverWait(browser, timeout).until(lambda b: until in text(b) or "Traceback" in text(b))
     return text(browser)
+
+
+# 1.2e+09, 5E-3; not a hex id (a CF GUID's "8e883903-...", a digest) that happens to look like one.
+SCIENTIFIC = r"(?<![\w.:-])\d(\.\d+)?[eE][+-]?\d+(?![\w.:-])"
+
+
+def first_screen(executed: Path, folder: Path) -> str:
+    """An executed runbook as an operator first sees it: exported to HTML without its code
+    (`jupyter nbconvert --no-input`), opened in headless Chromium 1400x800, screenshot kept in `folder`.
+    Asserts the verdict is on that first screen, whole (not cut or wrapped out of its box), and no number
+    there is in scientific notation; returns the first screen's text."""
+    import re
+
+    import nbformat
+    from nbconvert import HTMLExporter
+    from selenium.webdriver.common.by import By
+
+    folder.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                           exclude_output_prompt=True).from_notebook_node(nbformat.read(executed, as_version=4))
+    page = folder / f"{executed.stem}.html"
+    page.write_text(body)
+    with chromium(folder / "chromium") as browser:
+        browser.set_window_size(1400, 800)
+        browser.get(page.as_uri())
+        browser.save_screenshot(str(folder / f"{executed.stem}-first-screen.png"))
+        boxes = browser.find_elements(By.CSS_SELECTOR, "[data-runbook-verdict]")
+        assert boxes, f"{executed.name}: no runbook summary in its output"
+        headline = boxes[0]
+        geometry = browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            "return [r.top, r.bottom, arguments[0].scrollWidth, arguments[0].clientWidth, window.innerHeight];",
+            headline)
+        top, bottom, scroll_width, client_width, height = geometry
+        verdict = headline.text.strip()
+        assert 0 <= top and bottom <= min(800, height), f"{executed.name}: verdict not on the first screen {geometry}"
+        assert scroll_width <= client_width and not verdict.endswith(("...", "…")), f"{executed.name}: verdict cut"
+        assert not verdict.split(" ", 1)[-1].startswith("RUNNING"), f"{executed.name}: verdict never filled in"
+        screen = browser.execute_script(
+            "const out = []; const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);"
+            "while (walker.nextNode()) { const n = walker.currentNode; const range = document.createRange();"
+            "range.selectNodeContents(n); const r = range.getBoundingClientRect();"
+            "if (r.height && r.top < arguments[0]) out.push(n.textContent); } return out.join(' ');", 800)
+    scientific = re.search(SCIENTIFIC, screen)
+    assert scientific is None, f"{executed.name}: scientific notation on the first screen: {scientific.group(0)}"
+    return screen

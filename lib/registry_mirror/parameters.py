@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ParameterError
+from .papermill_files import check_papermill_files
+from .runbook_summary import install_failure_line
 from .security_rules import Cidr, SecurityRules, load_security_rules
 from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
@@ -51,12 +53,15 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
         given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
     else:  # in a kernel: only what the parameters cell and papermill's injected cell assigned
         given = {k: namespace[k] for k in names if k in namespace}
+        install_failure_line()  # from here on a failing cell says its one sentence first, headless too
+        check_papermill_files()  # an empty -f file injects nothing: refuse it rather than run on defaults
     source = f"{notebook} parameters"
     expected = set(SETTINGS_KEYS) | set(options)
     unknown = sorted(set(given) - expected)
     missing = sorted(expected - set(given))
     if unknown or missing:
-        parts = [f"unknown parameter '{k}'" for k in unknown] + [f"missing parameter '{k}'" for k in missing]
+        parts = [f"unknown parameter '{k}'{did_you_mean(k, expected)}" for k in unknown] + [
+            f"missing parameter '{k}'" for k in missing]
         raise ParameterError(f"{source}: " + "; ".join(parts))
     chosen: dict[str, Any] = {}
     for key, kind in options.items():
@@ -64,11 +69,22 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # papermill's -p reads "0" as an int
         # bool is an int in Python; a confirmation gate must be a real bool, not 1.
+        if kind is bool and not isinstance(value, bool):
+            raise ParameterError(f"{source}: '{key}' must be True or False, got {value!r}; papermill reads only "
+                                 f"those two words as booleans: -p {key} True")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParameterError(f"{source}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
         chosen[key] = value
     settings = validate_settings({k: given[k] for k in SETTINGS_KEYS}, source=source)
     return settings, chosen
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """' (did you mean 'dry_run'?)' for a near miss of a valid name, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def resolve_project_path(path: str | Path) -> Path:

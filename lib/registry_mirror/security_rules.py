@@ -73,10 +73,18 @@ class SecurityRules(BaseModel):
     )
     mirror_is_public: bool = Field(
         False, description="true only for a mirror meant to serve everyone: allows 0.0.0.0/0 and ::/0")
+    labels: dict[Cidr, str] = Field(
+        default_factory=dict,
+        description="a name for an allow or deny range, shown in reports instead of the range (e.g. 'ci runners')")
 
     @model_validator(mode="after")
     def _consistent(self) -> SecurityRules:
         allowed = set(self.allow)
+        for index, (cidr, label) in enumerate(self.labels.items()):
+            if cidr not in allowed and cidr not in self.deny:
+                raise KeyedValueError(("labels", index), "names a range that is in neither allow nor deny")
+            if not label.strip() or "/" in label:
+                raise KeyedValueError(("labels", index), "must be a name such as 'ci runners', not empty or a range")
         for index, cidr in enumerate(self.deny):
             if cidr in allowed:
                 raise KeyedValueError(("deny", index), "is both allowed and denied")

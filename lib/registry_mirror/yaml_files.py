@@ -45,8 +45,10 @@ def read_yaml_mapping(path: Path, *, label: str) -> dict[str, Any]:
         raise ParameterError(one_line(f"{label}: is not valid YAML{where}: {exc.problem}")) from None
     except yaml.YAMLError as exc:
         raise ParameterError(one_line(f"{label}: is not valid YAML: {exc}")) from None
+    if data is None:
+        raise ParameterError(f"{label}: is empty; it must hold a mapping of keys to values")
     if not isinstance(data, dict):
-        raise ParameterError(f"{label}: must be a mapping of keys to values, not {type(data).__name__}")
+        raise ParameterError(f"{label}: must be a mapping of keys to values, not a {type(data).__name__}")
     return data
 
 

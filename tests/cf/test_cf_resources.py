@@ -107,6 +107,16 @@ def test_a_wait_ends_at_its_deadline_on_the_sessions_clock(cc: CloudController, 
     assert clock.sleeps == [0.5] * 4
 
 
+def test_a_long_wait_says_how_it_stands_at_least_every_30_seconds(cc: CloudController, clock: FakeClock) -> None:
+    """Headless, papermill shows no cell output: a build of minutes must not look like a hang."""
+    said: list[str] = []
+    cc.session.notify = said.append
+    reads = iter(range(1000))
+    with pytest.raises(PollTimeout):
+        cc.session.poll(lambda: next(reads), lambda n: False, timeout=100, what="the build")
+    assert len(said) == 3 and said[0] == "still waiting for the build: 30 s of at most 100 s"
+
+
 def test_a_dry_run_sends_no_change(cc: CloudController, cf: FakeCloudFoundry) -> None:
     guid = space_guid(cc)
     cc.session.dry_run = True

@@ -12,6 +12,7 @@ import pytest
 from registry_mirror.errors import DeployError, PreflightError
 from tests.cf.conftest import CfRunner, Foundation, assert_no_secret
 from tests.cf.runbooks import deploy_runbook, rollback_runbook
+from tests.support import first_screen
 from tests.fakes.cf_api import FakeCloudFoundry
 
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -195,6 +196,9 @@ def test_rollback_notebook_redeploys_the_previous_revision(foundation: Foundatio
     assert rollback.body["droplet"] == {"guid": first} and "revision" not in rollback.body
     assert cf.app("docker-registry-mirror")["droplet_guid"] == first
     run.assert_no_secret()
+    # The executed notebook's HTML export opens on the verdict and the next runbook to run.
+    screen = first_screen(run.notebook, runner.tmp / "screen")
+    assert "DEPLOYED: endpoint" in screen and "verify_policies.ipynb" in screen
 
 
 @pytest.mark.notebooks

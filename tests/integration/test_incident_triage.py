@@ -30,7 +30,8 @@ from registry_mirror.incidents.runbook import check_again, final_verdict, requir
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import client, jupyterlab, run_all_cells, settings_as_parameters
+from tests.support import (chromium, client, first_screen, make_lab, run_all_cells, settings_as_parameters,
+                           throwaway_copy)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +65,12 @@ def drill_stack(shared_stack: LocalPlatform, probe_cached: None) -> Iterator[Loc
 
 
 def triage(stack: LocalPlatform, folder: Path, *, apply: bool = False, dry_run: bool = False, remedy: str = "",
-           scale_to: int = 0) -> str:
+           scale_to: int = 0, probe_image: str = "library/hello:latest") -> str:
     """incident_triage.ipynb with these options, in-process: its cells' calls in order, with its defaults
     for every other option; returns what its cells print (each layer, the diagnosis, the remedy, the
     verdict after it, the files written). A remedy that did not fix the chain raises, as the notebook's
     cell does; neither the printed text nor the files hold a secret of the stack."""
-    walk = start_triage(stack.settings, remedy=remedy, scale_to=scale_to)
+    walk = start_triage(stack.settings, remedy=remedy, scale_to=scale_to, probe_image=probe_image)
     printed = [repr(layer) for layer in walk.walk()]
     diagnosis = walk.diagnose()
     printed.append(diagnosis.verdict())
@@ -115,6 +116,46 @@ def test_every_fault_is_diagnosed_and_a_remedy_behind_the_gate_fixes_it(drill_st
     assert "HEALTHY: every layer answers" in triage(drill_stack, tmp_path / "after")
 
 
+def test_a_router_whose_master_is_gone_is_named_although_its_orphaned_worker_answers(
+        drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    """Triage reads the process facts `make status` reads: the router's nginx master SIGKILLed leaves a
+    worker serving the public port, and the stack DEGRADED; the redeploy remedy brings it back."""
+    import os
+    import signal
+
+    from registry_mirror.platforms.local.state import StackState
+    from registry_mirror.processes import wait_until
+
+    router = StackState.load(drill_stack.paths.state_file).processes["router"]
+    os.kill(router.pid, signal.SIGKILL)
+    try:
+        wait_until(lambda: not router.alive(), timeout=10, what="the router's master to go")
+        assert drill_stack.status().condition.startswith("DEGRADED: not running: router")
+        assert client("127.0.0.10").get(f"http://{drill_stack.endpoint}/v2/", timeout=10).status_code == 200
+        text = triage(drill_stack, tmp_path / "found")
+        assert "BROKEN LAYER: router. CAUSE: not running: router" in text and "Remedy: redeploy" in text
+        assert "FIXED by redeploy" in triage(drill_stack, tmp_path / "fixed", apply=True)
+    finally:
+        if not drill_stack.status().condition.startswith("RUNNING"):
+            drill_stack.deploy()
+    assert drill_stack.status().condition.startswith("RUNNING")
+
+
+def test_a_probe_image_the_upstream_lacks_is_a_parameter_error_and_telemetry_noise_is_no_error(
+        drill_stack: LocalPlatform, tmp_path: Path) -> None:
+    """A mistyped probe image: the upstream answers 404 for it, so no layer is blamed and no remedy
+    offered. And on a healthy stack the recent errors hold no trace-export failure (registry 3.x logs
+    one every 10 s when nothing collects traces)."""
+    text = triage(drill_stack, tmp_path / "typo", probe_image="library/helo:latest")
+    verdict = _verdict(text)
+    assert verdict.startswith("PARAMETER ERROR: probe_image: the upstream has no library/helo:latest (HEAD "
+                              "answered 404)"), verdict
+    assert "BROKEN LAYER" not in text and "Remedy:" not in text
+    healthy = triage(drill_stack, tmp_path / "healthy")
+    assert "HEALTHY: every layer answers" in healthy
+    assert "traces export" not in healthy and "4318" not in healthy
+
+
 @pytest.mark.parametrize("fault", ["upstream-down", "upstream-rate-limited"])
 def test_cached_images_still_pull_while_docker_hub_fails_and_the_notebook_says_so(
         drill_stack: LocalPlatform, tmp_path: Path, fault: str) -> None:
@@ -143,7 +184,10 @@ def test_the_gate_fails_closed_and_a_dry_run_changes_nothing(drill_stack: LocalP
         assert "DRY RUN: replace-mirrors" in planned
         # Nothing was replaced: the walk still finds the dead instance.
         assert "not running" in _verdict(triage(drill_stack, tmp_path / "still"))
-        summary = json.loads((tmp_path / "still" / "out" / "triage_diagnosis.json").read_text())
+        records = sorted((tmp_path / "still" / "out").glob("triage_diagnosis-*.json"))
+        assert len(records) == 1
+        summary = json.loads(records[0].read_text())
+        assert summary["environment"] == "local" and summary["versions"]["registry"] and summary["time"]
         assert summary["remedy"]["applied"] is False and summary["diagnosis"]["remedy"] == "replace-mirrors"
     finally:
         faults.undo(drill_stack)
@@ -191,8 +235,8 @@ def _secret_values(stack: LocalPlatform) -> list[str]:
 
 
 def _verdict(text: str) -> str:
-    return next((line for line in text.splitlines() if line.startswith(("BROKEN LAYER", "HEALTHY", "FIXED",
-                                                                          "NOT FIXED"))), text[-500:])
+    heads = ("BROKEN LAYER", "HEALTHY", "FIXED", "NOT FIXED", "PARAMETER ERROR")
+    return next((line for line in text.splitlines() if line.startswith(heads)), text[-500:])
 
 
 @pytest.mark.notebooks
@@ -208,7 +252,11 @@ def test_the_drill_notebook_injects_and_undoes_what_triage_then_finds(drill_stac
     run = run_papermill(drill_stack, tmp_path / "inject", "drill", fault="proxy-denies-everyone", inject=True)
     try:
         assert run.returncode == 0, run.stderr[-3000:]
+        # Headless, the verdict line and the next runbook reach papermill's terminal.
+        assert "drill.ipynb: FAULT INJECTED: proxy-denies-everyone" in run.stderr and "incident_triage" in run.stderr
         assert faults.active_faults(drill_stack) == ["proxy-denies-everyone"]
+        screen = first_screen(tmp_path / "inject" / "drill.ipynb", tmp_path / "screen")
+        assert "FAULT INJECTED: proxy-denies-everyone" in screen and "incident_triage" in screen
         assert "BROKEN LAYER: security proxy." in triage(drill_stack, tmp_path / "found")
     finally:
         drill().undo(dry_run=False)
@@ -226,19 +274,20 @@ def test_an_operator_runs_the_prepared_notebook_in_jupyterlab_and_sees_the_same_
     try:
         expected = _verdict(notebook_triage(drill_stack, tmp_path / "headless"))
         assert expected.startswith("BROKEN LAYER: mirror instance")
+        # Its HTML export (no code) opens on that verdict.
+        assert expected[:60] in first_screen(tmp_path / "headless" / "incident_triage.ipynb", tmp_path / "screen")
         assert expected == _verdict(triage(drill_stack, tmp_path / "in-process"))
         params = tmp_path / "lab-params.yaml"
         params.write_text(yaml.safe_dump(settings_as_parameters(drill_stack.settings)))
-        # -o venv: the recipe as `make lab` runs it, without reinstalling the venv it may share.
-        prepared = subprocess.run(["make", "-s", "-o", "venv", "lab-prepare", f"LAB_PARAMS={params}",
-                                   f"LAB_DIR={tmp_path / 'lab'}",
-                                   f"LAB_ARGS=-p output_dir {tmp_path / 'lab-out'}"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=600)
-        assert prepared.returncode == 0, prepared.stderr[-2000:]
-        with jupyterlab(tmp_path / "lab") as (url, browser):
-            page = run_all_cells(browser, f"{url}/lab/tree/incident_triage.ipynb", until="triage_diagnosis.json")
+        # `make lab` in a throwaway copy of the project: its lab/ folder is the copy's, not the developer's.
+        project = throwaway_copy(ROOT, tmp_path / "project")
+        with make_lab(project, f"LAB_PARAMS={params}", f"LAB_ARGS=-p output_dir {tmp_path / 'headless' / 'out'}") as url, \
+                chromium(tmp_path / "chromium") as browser:
+            assert "/lab/tree/incident_triage.ipynb?token=" in url
+            page = run_all_cells(browser, url, until="triage_diagnosis-")
         assert expected in page
-        assert (tmp_path / "lab-out" / "triage_diagnosis.json").exists()
+        # The headless run and this one wrote into one folder: two records, neither overwritten.
+        assert len(list((tmp_path / "headless" / "out").glob("triage_diagnosis-*.json"))) == 2
     finally:
         faults.undo(drill_stack)
 

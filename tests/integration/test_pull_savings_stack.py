@@ -79,7 +79,8 @@ def pull_savings_cells(stack: LocalPlatform, **values: object) -> str:
                                            notebook="pull_savings.ipynb",
                                            options={k: type(v) for k, v in defaults.items()})
     limit = options["limit_per_window"] or docker_hub_limit(settings)
-    upstream = upstream_fetches(settings, options["mirror_logs"], options["mirror_metrics"])
+    upstream = upstream_fetches(settings, options["mirror_logs"], options["mirror_metrics"],
+                                log_sources=options["log_sources"])
     savings = pull_savings(log_sources(settings, options["log_sources"]), rules=settings.load_security_rules(),
                            limit=limit, window_hours=options["window_hours"], raw_clients=options["raw_clients"],
                            upstream=upstream)

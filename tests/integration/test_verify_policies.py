@@ -29,7 +29,7 @@ from registry_mirror.platforms.local.state import StackState
 from registry_mirror.checks import verify_policies
 from registry_mirror.processes import free_port, stop_process
 from registry_mirror.registry_config import registry_config_yaml
-from tests.support import settings_as_parameters
+from tests.support import first_screen, settings_as_parameters
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,3 +209,5 @@ def test_the_notebook_fails_and_names_the_broken_check(stack: LocalPlatform, bro
     secrets = [v for v in json.loads(stack.paths.secrets_file.read_text()).values() if isinstance(v, str)
                and len(v) >= 12]
     assert not any(value in out.read_text() for value in secrets), "the executed notebook holds a secret"
+    # The first screen of the executed notebook (HTML, no code) opens on the failed verdict.
+    assert "NOT PROTECTED OR NOT WORKING: failed denied-by-default" in first_screen(out, tmp_path / "screen")

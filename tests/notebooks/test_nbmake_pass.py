@@ -20,24 +20,17 @@ from pathlib import Path
 import pytest
 
 from registry_mirror.platforms.local.state import StackState
+from tests.support import throwaway_copy
 
 pytestmark = pytest.mark.nbmake
 ROOT = Path(__file__).resolve().parents[2]
-# What a checkout holds that is not the project: the shared environments, state, outputs, caches.
-NOT_COPIED = {".git", ".venv", ".tools", ".state", ".out", "__pycache__", ".pytest_cache", ".hypothesis",
-              ".ipynb_checkpoints", "build", "policy-results.json"}
-LINKED = (".venv", ".tools")
 
 
 def test_every_notebook_runs_with_its_defaults_in_a_throwaway_copy() -> None:
     unshare = private_network_command()
     # A short folder: the stack's unix sockets live under it, and a socket path has 107 bytes at most.
     tmp_path = Path(tempfile.mkdtemp(prefix="nbmake-"))
-    copy = tmp_path / "project"
-    shutil.copytree(ROOT, copy, symlinks=True,
-                    ignore=lambda _, names: [n for n in names if n in NOT_COPIED or n.endswith(".egg-info")])
-    for name in LINKED:
-        (copy / name).symlink_to((ROOT / name).resolve())
+    copy = throwaway_copy(ROOT, tmp_path / "project")
     namespace_file = tmp_path / "netns"
     env = {**os.environ, "PYTHONPATH": str(copy / "lib"), "NAMESPACE_FILE": str(namespace_file)}
     # -o bootstrap: the copy shares the venv and tools this run was bootstrapped with; nothing is installed.

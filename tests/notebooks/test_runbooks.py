@@ -22,7 +22,7 @@ from registry_mirror.errors import ParameterError
 from registry_mirror.parameters import runbook_parameters
 from registry_mirror.platforms import check_component, platform_for, verify_pull
 from registry_mirror.platforms.local import LocalPlatform
-from tests.support import local_test_settings, settings_as_parameters
+from tests.support import first_screen, local_test_settings, settings_as_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPERMILL = [sys.executable, "-m", "papermill", "--log-level", "WARNING", "--no-progress-bar"]
@@ -125,8 +125,35 @@ def test_bad_parameters_fail_the_run_before_anything_starts(tmp_path: Path, note
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0
     assert "ParameterError" in result.stderr and expected in result.stderr
+    # Headless (--log-level WARNING --no-progress-bar) the one sentence comes before any traceback.
+    sentence = result.stderr.find("FAILED: ")
+    assert 0 <= sentence < result.stderr.find("Traceback") and expected in result.stderr[sentence:].splitlines()[0]
     assert not (tmp_path / "state").exists(), "a failed validation created state"
     assert not (tmp_path / "out").exists(), "a failed validation wrote results"
+
+
+@pytest.mark.notebooks
+def test_an_empty_params_file_is_refused_naming_it_instead_of_running_the_local_defaults(tmp_path: Path) -> None:
+    """`papermill deploy.ipynb out.ipynb -f empty.yaml` injects nothing: the notebook must not run on its
+    parameters cell's local defaults. (-p dry_run True: where the refusal is missing, the run plans the
+    default stack instead of starting it.)"""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = subprocess.run([*PAPERMILL, str(ROOT / "notebooks/deploy.ipynb"), str(tmp_path / "out.ipynb"),
+                             "-f", str(empty), "-p", "dry_run", "True"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert f"ParameterError: params file {empty}: is empty" in result.stderr
+
+
+@pytest.mark.integration
+def test_the_deployed_runbook_opens_on_its_verdict(deployed_notebook: tuple[LocalPlatform, Path],
+                                                   tmp_path: Path) -> None:
+    """The session's deploy.ipynb, executed by papermill, as its HTML export's first screen."""
+    _, executed = deployed_notebook
+    screen = first_screen(executed, tmp_path)
+    assert "DEPLOYED: endpoint" in screen or "UNCHANGED:" in screen
+    assert "verify_policies.ipynb" in screen and "local-hub-only-password" not in screen
 
 
 @pytest.mark.integration

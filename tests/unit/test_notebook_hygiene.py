@@ -139,6 +139,18 @@ def test_no_magics_exit_or_input(path: Path) -> None:
         ast.parse(source)  # plain Python: a magic would not parse
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_answer_comes_first(path: Path) -> None:
+    """The validating cell (the first after the parameters) opens the summary box, and a later cell
+    concludes it with the verdict; every runbook has a next step of its own."""
+    from registry_mirror.runbook_summary import NEXT
+
+    cells = [c for c in _code_cells(_nb(path)) if "parameters" not in c.get("metadata", {}).get("tags", [])]
+    assert f'open_summary("{path.name}", settings, options)' in _source(cells[0])
+    assert any("summary.conclude(" in _source(c) for c in cells[1:])
+    assert path.name in NEXT
+
+
 @pytest.mark.parametrize(("source", "bad"), [
     ("!pip install x", True), ("%time f()", True), ("  %%bash", True), ("import sys\nsys.exit(1)", True),
     ("name = input('?')", True), ("exit()", True), ("x = 1  # 100% sure", False), ("re.sub('!', '', s)", False),

@@ -257,9 +257,9 @@ BAD_FILES = [
                      text=lambda t: t + "platform: cloudfoundry\n"), id="raw-duplicate-key"),
     pytest.param(Bad("local", "line 3", "is not valid YAML",
                      text=lambda t: "environment: local\nregistry: [unclosed\n"), id="raw-yaml-syntax-error"),
-    pytest.param(Bad("local", None, "must be a mapping of keys to values, not list",
+    pytest.param(Bad("local", None, "must be a mapping of keys to values, not a list",
                      text=lambda t: "- environment: local\n- platform: local\n"), id="raw-top-level-list"),
-    pytest.param(Bad("local", None, "must be a mapping of keys to values, not NoneType", text=lambda t: ""),
+    pytest.param(Bad("local", None, "is empty; it must hold a mapping of keys to values", text=lambda t: ""),
                  id="raw-empty-file"),
     pytest.param(Bad("local", None, "file not found", missing_file=True), id="file-not-found"),
 ]
@@ -452,11 +452,13 @@ def test_runbook_parameters_ignores_modules_functions_classes_and_private_names(
 
 
 @pytest.mark.parametrize(("change", "phrase"), [
-    pytest.param({"registyr": {"instances": 2}}, "unknown parameter 'registyr'", id="unknown-name"),
+    pytest.param({"registyr": {"instances": 2}}, "unknown parameter 'registyr' (did you mean 'registry'?)",
+                 id="unknown-name"),
     pytest.param({"proxy": None}, "missing parameter 'proxy'", id="missing-setting"),
     pytest.param({"dry_run": None}, "missing parameter 'dry_run'", id="missing-option"),
-    pytest.param({"dry_run": 1}, "'dry_run' must be bool, got int", id="option-int-for-bool"),
-    pytest.param({"dry_run": "False"}, "'dry_run' must be bool, got str", id="option-str-for-bool"),
+    pytest.param({"dry_run": 1}, "'dry_run' must be True or False, got 1", id="option-int-for-bool"),
+    pytest.param({"dry_run": "yes"}, "'dry_run' must be True or False, got 'yes'; papermill reads only those two "
+                 "words as booleans: -p dry_run True", id="option-str-for-bool"),
     pytest.param({"component": 3}, "'component' must be str, got int", id="option-wrong-type"),
 ])
 def test_runbook_parameters_refuses(change: dict[str, Any], phrase: str) -> None:
@@ -638,3 +640,41 @@ def test_a_trusted_range_on_the_container_network_is_refused_without_quoting_it(
     data["proxy"]["security_rules_file"] = settings.proxy.security_rules_file
     moved = load_params_file(_write(tmp_path, data, "moved.yaml"))
     assert moved.load_security_rules().trusted_routers == ["10.255.3.0/24"]
+
+
+@pytest.mark.parametrize(("text", "phrase"), [
+    pytest.param("", "is empty", id="empty"),
+    pytest.param("{}\n", "is empty, so papermill injected nothing", id="empty-mapping"),
+    pytest.param("- environment: local\n", "must be a mapping of keys to values, not a list", id="list"),
+    pytest.param(None, "file not found", id="missing"),
+])
+def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_path: Path, text: str | None,
+                                                                          phrase: str) -> None:
+    """The kernel reads its parent's command line (papermill's CLI) for the -f files: an empty one
+    would otherwise run the notebook on its local defaults."""
+    import subprocess
+
+    from registry_mirror.papermill_files import check_papermill_files, papermill_files
+    from registry_mirror.processes import wait_until
+
+    if text is not None:
+        (tmp_path / "env.yaml").write_text(text)
+    # A stand-in for papermill's CLI process: a process whose command line names papermill and -f.
+    parent = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
+                               "params/local.yaml", "--parameters_file", "env.yaml"], cwd=tmp_path)
+    try:
+        # The new process's command line reads empty for a moment after the fork.
+        wait_until(lambda: Path(f"/proc/{parent.pid}/cmdline").read_bytes(), timeout=10, what="sh's command line")
+        (tmp_path / "params").mkdir()
+        (tmp_path / "params" / "local.yaml").write_text((PARAMS / "local.yaml").read_text())
+        with pytest.raises(ParameterError) as info:
+            check_papermill_files(parent.pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    message = str(info.value)
+    _assert_one_line(message)
+    assert message.startswith("params file env.yaml: ") and phrase in message
+    assert papermill_files(["/venv/bin/python", "/venv/bin/papermill", "a", "b", "-fx.yaml", "-p", "f", "1"]) == [
+        "x.yaml"]
+    assert papermill_files(["/venv/bin/python", "-m", "pytest", "-f", "x.yaml"]) == []

@@ -66,8 +66,8 @@ def test_both_formats_cf_dumps_and_damaged_lines_are_counted_exactly(tmp_path: P
     assert savings.load.malformed == 2 and savings.load.skipped == len(dumped) - 2 + 1  # + the empty line
     assert savings.images.set_index("repository").loc["library/app", "pulls_served"] == 8
     clients = savings.clients.set_index("client")
-    assert clients.loc["10.1.0.0/16", "pulls"] == 8  # grouped by allow-list network, not by address
-    assert clients.loc["10.1.66.0/24", "denied"] == 1
+    assert clients.loc["allowed #1", "pulls"] == 8  # grouped by allow-list network, named by its place
+    assert clients.loc["denied #1", "denied"] == 1
     assert clients.loc["outside every range", "pulls"] == 1
     assert "saved at least 3" in savings.verdict()
 
@@ -160,3 +160,58 @@ def test_the_mirrors_counters_are_summed_over_instances(tmp_path: Path) -> None:
             f'registry_proxy_hits_total{{type="manifest"}} 99\n')
     fetched = load_mirror_metrics([tmp_path])
     assert (fetched.manifests, fetched.blobs, fetched.source) == (7, 10, "mirror metrics")
+
+
+def test_a_quiet_day_and_a_file_that_is_no_proxy_log_are_answers_not_crashes(tmp_path: Path) -> None:
+    """An empty log (a quiet day) says there were no requests; random bytes are counted as malformed."""
+    (tmp_path / "empty.log").write_bytes(b"")
+    quiet = pull_savings([tmp_path / "empty.log"], rules=RULES)
+    assert quiet.verdict().startswith("No requests in these logs")
+    assert quiet.summary.iloc[0]["requests"] == 0 and quiet.summary.dtypes.map(str).isin(["int64", "float64"]).all()
+    garbage = bytes(random.Random(7).getrandbits(8) for _ in range(4000))
+    (tmp_path / "garbage.log").write_bytes(garbage + b"\n" + extended("/v2/library/a/manifests/1", 200, 5, "HIT").encode()
+                                          + b"\n")
+    mixed = pull_savings([tmp_path / "garbage.log"], rules=RULES)
+    assert mixed.load.requests == 1 and mixed.load.malformed == garbage.count(b"\n") + 1
+    assert "1 requests from" in mixed.load.summary() and "malformed" in mixed.verdict()
+    assert mixed.write(tmp_path / "out")
+
+
+def test_client_networks_are_named_by_label_never_by_range(tmp_path: Path) -> None:
+    """The allow-list is private: the clients table, its CSV and Parquet and the HTML the pipeline
+    uploads name a network by its label in the rules file, else by its place in the list."""
+    rules = SecurityRules(allow=["10.1.0.0/16", "127.0.0.10/32"], deny=["10.1.66.0/24"],
+                          labels={"10.1.0.0/16": "office"})
+    tag = "/v2/library/app/manifests/1.0"
+    (tmp_path / "proxy.log").write_text("\n".join([
+        extended(tag, 200, 5, "HIT"), extended(tag, 200, 5, "HIT", client="127.0.0.10"),
+        extended("/v2/", 403, 5, "-", client="10.1.66.9"), extended(tag, 200, 5, "HIT", client="192.0.2.1")]) + "\n")
+    savings = pull_savings([tmp_path / "proxy.log"], rules=rules)
+    assert sorted(savings.clients["client"]) == ["allowed #2", "denied #1", "office", "outside every range"]
+    written = savings.write(tmp_path / "out")
+    texts = [savings.clients.to_html(), savings.verdict(), *(p.read_bytes().decode(errors="replace") for p in written)]
+    for cidr in ("10.1.0.0", "127.0.0.10", "10.1.66.0", "/16", "/24", "/32"):
+        assert not [t for t in texts if cidr in t], cidr
+
+
+def test_mirror_logs_of_another_deployment_or_time_leave_the_upper_bound(tmp_path: Path) -> None:
+    """Production's proxy log (a cf logs dump) with a local mirror's log of another day: not exact."""
+    from registry_mirror.analysis.mirror_logs import load_mirror_logs, upstream_fetches
+    from tests.support import local_test_settings
+
+    tag = "/v2/library/app/manifests/1.0"
+    (tmp_path / "proxy.log").write_text("\n".join([extended(tag, 200, 5, "MISS"), extended(tag, 200, 5, "HIT")]) + "\n")
+    (tmp_path / "mirror.log").write_text(mirror_line("Adding new scheduler entry for library/app@sha256:" + "11" * 32,
+                                                     t="2026-12-07T03:00:00Z") + "\n")
+    other_day = load_mirror_logs([tmp_path / "mirror.log"])
+    savings = pull_savings([tmp_path / "proxy.log"], upstream=other_day)
+    assert savings.upstream is None and "pulls_upstream" not in savings.summary
+    verdict = savings.verdict()
+    assert "at most 1 reached Docker Hub" in verdict and "Upper bound: the mirrors' logs cover 2026-12-07 03:00" in verdict
+    # Named proxy logs are never matched with this machine's own mirrors' logs by default.
+    settings = local_test_settings(str(tmp_path / "state"))
+    (tmp_path / "state" / "logs").mkdir(parents=True)
+    (tmp_path / "mirror.log").rename(tmp_path / "state" / "logs" / "mirror-1-0.log")
+    assert upstream_fetches(settings, "", "") is not None
+    assert upstream_fetches(settings, "", "", log_sources=str(tmp_path / "proxy.log")) is None
+    assert "Upper bound: no mirror logs" in pull_savings([tmp_path / "proxy.log"]).verdict()

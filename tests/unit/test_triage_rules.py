@@ -90,3 +90,30 @@ def test_a_probe_image_that_is_not_a_docker_hub_reference_is_refused(image: str)
 
     with pytest.raises(ValueError, match="parameter 'probe_image' must be a Docker Hub repository and tag"):
         start_triage(load_params_file("params/local.yaml"), probe_image=image)
+
+
+def test_a_layer_whose_master_is_gone_is_degraded_although_an_orphaned_worker_answers() -> None:
+    """Status says DEGRADED: not running: router; the endpoint still answers through the orphan."""
+    diagnosis = diagnose(healthy(processes_down=["router"]))
+    assert diagnosis.verdict().startswith("BROKEN LAYER: router. CAUSE: not running: router")
+    assert diagnosis.remedy == "redeploy" and "orphaned nginx worker" in diagnosis.cause
+
+
+def test_a_probe_image_the_upstream_lacks_is_a_parameter_error_with_no_remedy() -> None:
+    facts = healthy(cached_pull="failed: manifest unknown (404)", probe_image="library/nope:latest",
+                    probe_upstream_status=404)
+    diagnosis = diagnose(facts)
+    assert diagnosis.verdict().startswith("PARAMETER ERROR: probe_image: the upstream has no library/nope:latest")
+    assert "BROKEN LAYER" not in diagnosis.verdict() and diagnosis.remedy is None
+    result = apply_remedy(None, diagnosis, confirm=True)  # type: ignore[arg-type]  # nothing to act on
+    assert not result.applied and result.remedy is None
+
+
+def test_telemetry_export_failures_are_not_errors_that_mean_something() -> None:
+    from registry_mirror.incidents.triage import meaningful
+
+    otel = ('{"go.version":"go1.26.8","instance":"mirror-1-0","level":"error","msg":"traces export: Post '
+            '\\"https://localhost:4318/v1/traces\\": dial tcp 127.0.0.1:4318: connect: connection refused",'
+            '"service":"registry-mirror","time":"2026-12-07T04:14:30.471858855Z","version":"v3.0.0+unknown"}')
+    real = '{"level":"error","msg":"s3aws: SignatureDoesNotMatch","time":"2026-12-07T04:14:30Z"}'
+    assert not meaningful(otel) and meaningful(real)

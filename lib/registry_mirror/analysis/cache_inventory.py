@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..readable import summary_table
+
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
 Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
 SHARDS = [f"{i:02x}" for i in range(256)]
@@ -90,6 +92,11 @@ class Inventory:
             "upload_objects": len(uploads), "upload_bytes": int(uploads["size"].sum()),
             "scheduler_entries": len(self.scheduler), "untracked_by_scheduler": len(self.untracked()),
         }])
+
+    def summary_table(self) -> pd.DataFrame:
+        """The summary as an operator reads it: whole counts, sizes in human units."""
+        return summary_table(self.summary().iloc[0], sizes=("bytes", "physical_blob_bytes", "logical_bytes",
+                                                            "reclaimable_bytes", "upload_bytes"))
 
     def ages(self, now: datetime | None = None) -> pd.DataFrame:
         """Blob bytes by age bucket (last write), for what an expiry policy would free."""
@@ -161,9 +168,7 @@ def inventory(listing: Listing, root: str = "", *, read: Callable[[str], bytes] 
         prefixes = [f"{base}blobs/sha256/{shard}/" for shard in SHARDS] + repositories
         results = pool.map(lambda prefix: list(listing(prefix)), prefixes)
         if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=len(prefixes), desc="listing the cache", unit="prefix")
+            results = _progress(results, True, "listing the cache", total=len(prefixes))
         for objects in results:
             rows.extend(objects)
     return Inventory(classify(rows, base), _scheduler(read, root))
@@ -325,12 +330,18 @@ def _find_repositories(pool: ThreadPoolExecutor, folders: Folders, top: str) -> 
     return loose, repositories
 
 
-def _progress(items: list, enabled: bool, desc: str):  # type: ignore[no-untyped-def]
+def _progress(items: Iterable, enabled: bool, desc: str, total: int | None = None):  # type: ignore[no-untyped-def]
     if not enabled:
         return items
-    from tqdm.auto import tqdm
+    # tqdm.auto wants ipywidgets in a kernel and warns (TqdmWarning) into the run's output without it;
+    # the text bar works everywhere, updated at most every few seconds so a log stays short.
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
 
-    return tqdm(items, desc=desc)
+    return tqdm(items, desc=desc, total=total, mininterval=5)
 
 
 def _scheduler(read: Callable[[str], bytes] | None, root: str) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from .proxy_logs import expand_sources, lines_view
+from .proxy_logs import expand_sources, lines_view, stamp_utc
 
 SCHEDULED = "Adding new scheduler entry for "
 
@@ -39,6 +39,8 @@ class UpstreamFetches:
     lines: int = 0
     skipped: int = 0
     malformed: int = 0
+    first: pd.Timestamp | None = None  # the earliest and latest time a log line carries (logs only)
+    last: pd.Timestamp | None = None
 
     def summary(self) -> str:
         if self.source == "mirror metrics":
@@ -93,9 +95,11 @@ def load_mirror_logs(sources: Sequence[str | Path], *, window_hours: int = 6) ->
     manifests, blobs = db.execute("SELECT count(*) FILTER (WHERE NOT is_blob), count(*) FILTER (WHERE is_blob) "
                                   "FROM fetched").fetchone()
     lines = db.execute("SELECT count(*) FROM lines").fetchone()[0]
-    candidates, malformed = db.execute("SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM events").fetchone()
+    candidates, malformed, first, last = db.execute(
+        "SELECT count(*), count(*) FILTER (WHERE NOT ok), min(time), max(time) FROM events").fetchone()
     return UpstreamFetches(int(manifests), int(blobs), repositories, windows, "mirror logs", lines=int(lines),
-                           skipped=int(lines - candidates), malformed=int(malformed))
+                           skipped=int(lines - candidates), malformed=int(malformed),
+                           first=stamp_utc(first), last=stamp_utc(last))
 
 
 def load_mirror_metrics(sources: Sequence[str | Path]) -> UpstreamFetches:
@@ -116,10 +120,13 @@ def load_mirror_metrics(sources: Sequence[str | Path]) -> UpstreamFetches:
                            pd.DataFrame(columns=["window_start", "manifests"]), "mirror metrics")
 
 
-def upstream_fetches(settings: object, mirror_logs: str, mirror_metrics: str) -> UpstreamFetches | None:
+def upstream_fetches(settings: object, mirror_logs: str, mirror_metrics: str, *,
+                     log_sources: str = "") -> UpstreamFetches | None:
     """What the runbook counts upstream fetches from: `mirror_metrics` (saved /metrics scrapes) or
     `mirror_logs` (comma-separated files, folders, globs, s3://); on the local platform, with neither
-    given, its mirrors' logs. None on Cloud Foundry with neither: the proxy's upper bound stands."""
+    given and the proxy's own log read (no `log_sources`), its mirrors' logs. None otherwise: proxy
+    logs from elsewhere (a `cf logs` dump) are never matched with this machine's mirrors, and the
+    proxy's upper bound stands."""
     from ..parameters import resolve_project_path
 
     if mirror_metrics.strip():
@@ -127,7 +134,7 @@ def upstream_fetches(settings: object, mirror_logs: str, mirror_metrics: str) ->
     if mirror_logs.strip():
         return load_mirror_logs(_split(mirror_logs))
     local = getattr(settings, "local", None)
-    if local is None:
+    if local is None or log_sources.strip():
         return None
     logs = sorted(str(p) for p in (resolve_project_path(local.state_dir) / "logs").glob("mirror-*.log"))
     return load_mirror_logs(logs) if logs else None

@@ -3,9 +3,10 @@
 Two formats: the original deployment's `NginxLog "$http_x_forwarded_for" "$request" $status
 $body_bytes_sent`, and this project's extension of it (`client=`, timings, the mirror instance,
 `cache=`, `t=`). Either as plain files or inside `cf logs --recent` dumps, where they are the
-`[APP/PROC/WEB/n] OUT` lines between router (RTR), API, CELL and stderr lines; those are counted as
-skipped. An NginxLog line that does not parse is counted as malformed, never fatal. DuckDB reads
-the files itself (globs, folders, s3:// through httpfs), so memory stays flat whatever their size.
+`[APP/PROC/WEB/n] OUT` lines between router (RTR), API, CELL and stderr lines; those (and blank
+lines) are counted as skipped. Any other line that does not parse (a damaged NginxLog line, bytes
+that are not text, a file that is not a proxy log at all) is counted as malformed, never fatal. DuckDB
+reads the files itself (globs, folders, s3:// through httpfs), so memory stays flat whatever their size.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 CF_TIME = r"^\s*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
+# A line of a `cf logs` dump that is not the proxy's (router, API, cell, staging, stderr), or its header.
+CF_OTHER = r"^\s*\d{4}-\d\d-\d\dT\S+ \[[A-Z]+[/\]]|^Retrieving logs for "
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,17 @@ class LogLoad:
     db: duckdb.DuckDBPyConnection
     lines: int
     requests: int
-    skipped: int  # not an NginxLog line: router, API, cell, stderr lines of a cf logs dump
-    malformed: int  # an NginxLog line that does not parse
+    skipped: int  # not the proxy's: router, API, cell, stderr lines of a cf logs dump, blank lines
+    malformed: int  # neither a request nor another component's line: damaged, binary, not a proxy log
+    first: pd.Timestamp | None = None  # the earliest and latest request time the lines carry
+    last: pd.Timestamp | None = None
 
     def summary(self) -> str:
+        if not self.requests:
+            return (f"no requests in these logs: {self.lines} line(s), {self.skipped} of other components "
+                    f"skipped, {self.malformed} malformed")
         return (f"{self.requests} requests from {self.lines} lines; {self.skipped} other lines skipped, "
-                f"{self.malformed} malformed NginxLog lines")
+                f"{self.malformed} malformed lines")
 
 
 def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection | None = None, *,
@@ -58,13 +67,19 @@ def load_proxy_logs(sources: Sequence[str | Path], db: duckdb.DuckDBPyConnection
                     WHEN at_blob > 5 THEN substr(path, 5, at_blob - 5) END AS repository,
                CASE WHEN at_manifest > 5 THEN 'manifests' WHEN at_blob > 5 THEN 'blobs' END AS object,
                at_manifest > 5 AND prefix(substr(path, at_manifest + 11), 'sha256:') AS by_digest,
-               count(*) AS n, sum(bytes) AS bytes
+               count(*) AS n, sum(bytes) AS bytes, min(time) AS first, max(time) AS last
         FROM located GROUP BY ALL
     """)
-    lines, nginx = db.execute("""SELECT count(*), count(*) FILTER (WHERE contains(line, 'NginxLog "')) FROM lines"""
-                              ).fetchone()
-    parsed = db.execute("SELECT coalesce(sum(n), 0) FROM requests").fetchone()[0]
-    return LogLoad(db, lines=lines, requests=parsed, skipped=lines - nginx, malformed=nginx - parsed)
+    lines, other = db.execute(f"""
+        SELECT count(*), count(*) FILTER (WHERE NOT coalesce(contains(line, 'NginxLog "'), false)
+                                         AND (coalesce(trim(line), '') = '' OR regexp_matches(line, '{CF_OTHER}')))
+        FROM lines""").fetchone()
+    parsed, first, last = db.execute("SELECT coalesce(sum(n), 0), min(first), max(last) FROM requests").fetchone()
+    # Lines DuckDB could not read as text at all (binary garbage) are malformed too.
+    unreadable = max(0, line_count(files) - lines)
+    return LogLoad(db, lines=lines + unreadable, requests=int(parsed), skipped=int(other),
+                   malformed=int(lines - other - parsed + unreadable),
+                   first=stamp_utc(first), last=stamp_utc(last))
 
 
 # Common table expressions over the view `lines`, ending in `located`: one row per NginxLog request
@@ -99,15 +114,40 @@ REQUEST_LINES = f"""
 """
 
 
+def line_count(files: list[str]) -> int:
+    """Newline-terminated lines (and a last unterminated one) of the local files; s3:// ones are not
+    counted here (what DuckDB read of them is all that is known)."""
+    total = 0
+    for name in files:
+        if "://" in name or any(ch in name for ch in "*?["):
+            continue
+        with open(name, "rb") as f:
+            tail = b""
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                total += chunk.count(b"\n")
+                tail = chunk[-1:]
+            total += tail not in (b"", b"\n")
+    return total
+
+
+def stamp_utc(value: object) -> pd.Timestamp | None:
+    if value is None or pd.isna(value):
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def lines_view(db: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     """The view `lines`: every line of `files`, one VARCHAR column, streamed by DuckDB's CSV reader."""
     # A delimiter and quote that never occur, no type guessing. A view cannot take parameters: the
-    # file list goes in as a quoted literal.
+    # file list goes in as a quoted literal. Lines that are not UTF-8 text are dropped, not fatal: the
+    # caller counts them as malformed.
     listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
     db.execute(f"""
         CREATE OR REPLACE TEMP VIEW lines AS
         SELECT line FROM read_csv({listing}, columns={{'line': 'VARCHAR'}}, delim=chr(31), quote='', escape='',
-                                  header=false, auto_detect=false, null_padding=true, max_line_size=1048576)
+                                  header=false, auto_detect=false, null_padding=true, max_line_size=1048576,
+                                  ignore_errors=true, strict_mode=false)
     """)
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import requests
 
 from ..credentials import upstream_password
+from ..errors import SecretMissingError
 from ..parameters import Settings
 from ..registry_auth import bearer_token
 from .catalogue import DOCKER_HUB, NEXT, PROVES
@@ -75,7 +76,11 @@ def docker_hub_limit(settings: Settings) -> int | None:
     100;w=21600`); None when the upstream is not Docker Hub, sets no limit, or cannot be asked."""
     if settings.upstream.url.rstrip("/") != DOCKER_HUB:
         return None
-    password = upstream_password(settings)
+    try:
+        # Only a figure for a report: without the account's password there is no limit line, no failure.
+        password = upstream_password(settings)
+    except SecretMissingError:
+        return None
     try:
         headers = docker_hub_rate_limit(settings.upstream.username, password.reveal() if password else None)
     except (requests.RequestException, KeyError, ValueError):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..errors import ParameterError
-from ..parameters import Settings
+from ..parameters import Settings, did_you_mean
 from ..platforms.base import FaultLibrary
 from ..platforms.registry import platform_for
 
@@ -35,5 +35,6 @@ def open_drill(settings: Settings, *, fault: str) -> Drill:
     """The platform's faults (a platform where drills cannot run refuses here), and `fault` checked."""
     library = platform_for(settings, settings.load_security_rules()).faults()
     if fault and fault not in library.names:
-        raise ParameterError(f"parameter 'fault' must be one of {', '.join(library.names)} or empty, got {fault!r}")
+        raise ParameterError(f"parameter 'fault' must be one of {', '.join(library.names)} or empty, got {fault!r}"
+                             + did_you_mean(fault, library.names))
     return Drill(library, fault)

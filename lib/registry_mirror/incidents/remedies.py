@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ParameterError
+from ..parameters import did_you_mean
 from .triage import Diagnosis
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class RemedyResult:
 def check_remedy(remedy: str, scale_to: int = 0) -> None:
     """Refuse an unknown remedy, or scaling without a count, before anything is looked at."""
     if remedy and remedy not in REMEDIES:
-        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {remedy!r}")
+        raise ParameterError(f"parameter 'remedy' must be one of {', '.join(REMEDIES)} or empty, got {remedy!r}"
+                             + did_you_mean(remedy, REMEDIES))
     if remedy == "scale-mirrors" and scale_to < 1:
         raise ParameterError(f"parameter 'scale_to' must be at least 1 for remedy scale-mirrors, got {scale_to}")
     if scale_to < 0:

@@ -76,19 +76,32 @@ def require_fixed(result: RemedyResult, again: Triage | None) -> None:
 
 def write_results(folder: Path, triage: Triage, diagnosis: Diagnosis, result: RemedyResult,
                   again: Triage | None) -> list[Path]:
-    """The findings (CSV) and the diagnosis with the remedy's outcome (JSON), beside the notebook."""
+    """The findings (CSV) and the diagnosis with the remedy's outcome, time, environment and versions
+    (JSON), beside the notebook; each run's files carry its UTC time in their names, so the next run
+    never overwrites an incident's record."""
+    from datetime import datetime, timezone
+
+    from .. import __version__
+
     folder.mkdir(parents=True, exist_ok=True)
-    findings = folder / "triage_findings.csv"
+    now = datetime.now(timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
+    findings = folder / f"triage_findings-{stamp}.csv"
     triage.to_frame().to_csv(findings, index=False)
     written = [findings]
     if again is not None:
-        after = folder / "triage_findings_after_remedy.csv"
+        after = folder / f"triage_findings_after_remedy-{stamp}.csv"
         again.to_frame().to_csv(after, index=False)
         written.append(after)
-    summary = folder / "triage_diagnosis.json"
-    summary.write_text(json.dumps({
-        "diagnosis": asdict(diagnosis), "remedy": asdict(result),
-        "after": asdict(again.diagnose()) if again is not None else None,
-        "seconds": round(triage.seconds, 2)}, indent=2))
+    settings = triage.target.settings
+    summary = folder / f"triage_diagnosis-{stamp}.json"
+    with open(summary, "x") as out:  # "x": an existing record is never replaced
+        json.dump({
+            "time": now.isoformat(), "environment": settings.environment, "platform": settings.platform,
+            "versions": {"registry": settings.registry.version, "runbooks": __version__},
+            "verdict": final_verdict(diagnosis, result, again),
+            "diagnosis": asdict(diagnosis), "remedy": asdict(result),
+            "after": asdict(again.diagnose()) if again is not None else None,
+            "seconds": round(triage.seconds, 2)}, out, indent=2)
     written.append(summary)
     return written

@@ -10,6 +10,7 @@ through `Platform.triage_evidence`); the rules that read it are here, the same f
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ class Finding:
     check: str
     ok: bool | None  # None: informational, or could not be told from here
     evidence: str  # what was seen: a status, a time, a log line; never a secret
+
+
+OK_MARKS = {True: "\u2714 ok", False: "\u2718 FAILING", None: "\u00b7 info"}
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,15 @@ class LayerResult:
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([f.__dict__ for f in self.findings], columns=["layer", "check", "ok", "evidence"])
 
+    def shown(self) -> pd.DataFrame:
+        """The findings as read: a clear mark for ok, evidence never cut short."""
+        return self.to_frame().assign(ok=lambda f: f["ok"].map(OK_MARKS))
+
     def _repr_html_(self) -> str:
-        return f"<p><b>{self.verdict}</b></p>" + self.to_frame().to_html(index=False)
+        return f"<p><b>{self.verdict}</b></p>" + self.shown().to_html(index=False)
 
     def __repr__(self) -> str:
-        return f"{self.verdict}\n{self.to_frame().to_string(index=False)}"
+        return f"{self.verdict}\n{self.shown().to_string(index=False)}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,14 @@ class Diagnosis:
     still_works: str
     remedy: str | None  # a remedy id of `remedies.REMEDIES`, or None when none can be applied from here
     advice: str  # what the remedy does, or what to do when there is none
+    parameter: str = ""  # the runbook parameter that is wrong, when the fault is the question, not the stack
 
     def verdict(self) -> str:
         if self.healthy:
             return f"HEALTHY: every layer answers. {self.still_works}"
+        if self.parameter:
+            return (f"PARAMETER ERROR: {self.parameter}: {self.cause}; no layer is blamed and no remedy applies. "
+                    f"{self.advice}.")
         remedy = f"Remedy: {self.remedy} ({self.advice})" if self.remedy else f"No remedy from here: {self.advice}"
         return f"BROKEN LAYER: {self.layer}. CAUSE: {self.cause}. STILL WORKS: {self.still_works}. {remedy}."
 
@@ -100,6 +112,9 @@ class Facts:
     upstream_auth_ok: bool | None = None
     upstream_remaining: int | None = None  # ratelimit-remaining, when the upstream sends it
     upstream_limit: int | None = None
+    probe_image: str = ""  # repository:tag
+    probe_upstream_status: int | None = None  # the upstream's answer to a HEAD of the probe image itself
+    processes_down: list[str] = field(default_factory=list)  # recorded processes not running (as status reads them)
     stuck_deployments: list[str] = field(default_factory=list)  # "app: guid, N min DEPLOYING"
     crashing_apps: list[str] = field(default_factory=list)
     # What the platform's evidence says of itself, so the rules never ask which platform it is:
@@ -151,6 +166,14 @@ class Triage:
 LAYERS = ("public endpoint", "security proxy", "mirror instances", "S3", "upstream", "deployments", "recent errors")
 
 S3_AUTH = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
+# Log lines that say nothing about the mirror's health: registry 3.x exports traces to
+# localhost:4318 unless OTEL_TRACES_EXPORTER=none, and logs every failed export (every 10 s).
+NOISE = re.compile(r'"msg":"traces export: |"msg":"(otel|OpenTelemetry) ')
+
+
+def meaningful(line: str) -> bool:
+    """A log line worth an operator's attention (not an exporter's complaint about telemetry)."""
+    return NOISE.search(line) is None
 UPSTREAM_AT_START = ("connection refused", "no such host", "dial tcp", "i/o timeout", "context deadline exceeded")
 
 
@@ -236,6 +259,17 @@ def diagnose(f: Facts, *, slow_seconds: float = 2.0) -> Diagnosis:
     if f.upstream_auth_ok is False:
         return Diagnosis(False, "upstream", "Docker Hub refuses the mirror's credentials", works, None,
                          "rotate the access token and put it in the credential manager, then redeploy")
+    others_down = [name for name in f.processes_down if name != "proxy" and not name.startswith("mirror")]
+    if others_down:
+        names = ", ".join(others_down)
+        return Diagnosis(False, names, f"not running: {names} (the stack's status is DEGRADED); whatever still "
+                         "answers for it (an orphaned nginx worker) is not reloaded, respawned or stopped cleanly",
+                         works, "redeploy", "redeploy: starts what is not running and stops what is left of it")
+    if f.probe_upstream_status in (401, 404) and (f.cached_pull or "").startswith("failed"):
+        return Diagnosis(False, "", f"the upstream has no {f.probe_image} (HEAD answered "
+                         f"{f.probe_upstream_status}), so the mirror cannot serve it either", works, None,
+                         "Run again with probe_image set to an image the upstream has, such as library/hello:latest",
+                         parameter="probe_image")
     if f.endpoint_status != 200 or (f.cached_pull or "").startswith("failed"):
         return Diagnosis(False, "public endpoint", f"the public endpoint answers {f.endpoint_status}", works,
                          "redeploy", "redeploy the stack")

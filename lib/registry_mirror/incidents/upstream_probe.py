@@ -17,6 +17,8 @@ PROBE_TIMEOUT = 10.0
 def upstream_findings(settings: Settings, facts: Facts, repository: str, tag: str) -> list[Finding]:
     up = settings.upstream
     url = up.url.rstrip("/")
+    probe = (repository, tag)
+    facts.probe_image = f"{repository}:{tag}"
     if url == DOCKER_HUB:  # the repository Docker Hub documents for reading the allowance
         repository, tag = "ratelimitpreview/test", "latest"
     try:
@@ -49,7 +51,27 @@ def upstream_findings(settings: Settings, facts: Facts, repository: str, tag: st
                          str(resp.status_code)))
     found.append(Finding("upstream", "pull allowance (ratelimit headers)", remaining != 0,
                          "no limit stated" if remaining is None else f"{remaining} of {limit} left"))
+    if (repository, tag) == probe:
+        facts.probe_upstream_status = resp.status_code
+    else:
+        found.append(_probe_head(url, up.username, password.reveal() if password else None, *probe, facts))
     return found
+
+
+def _probe_head(url: str, username: str | None, password: str | None, repository: str, tag: str,
+                facts: Facts) -> Finding:
+    """Does the upstream have the probe image at all? A probe it lacks is a wrong parameter, not a
+    broken layer (HEAD: a version check, not a counted pull)."""
+    check = f"HEAD {repository}:{tag}, the probe image (not a counted pull)"
+    try:
+        token = bearer_token(url, username, password, scope=f"repository:{repository}:pull", timeout=PROBE_TIMEOUT)
+        headers = {"Accept": MANIFEST_ACCEPT, **({"Authorization": f"Bearer {token}"} if token else {})}
+        status = requests.head(f"{url}/v2/{repository}/manifests/{tag}", headers=headers,
+                               timeout=PROBE_TIMEOUT).status_code
+    except requests.RequestException as exc:
+        return Finding("upstream", check, None, f"no answer: {exc.__class__.__name__}")
+    facts.probe_upstream_status = status
+    return Finding("upstream", check, status == 200, str(status))
 
 
 def allowance(value: str | None) -> int | None:

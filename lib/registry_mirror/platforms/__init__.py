@@ -62,9 +62,14 @@ def deploy_summary(platform: Platform, report: DeployReport, pull: PullResult | 
         status = platform.status()
         rows.append({"item": "state", "value": status.condition})
         for _, row in status.processes.iterrows():
-            details = ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("component", "log"))
+            # Marks, not True/False: "running ✔, ready ✘" reads at a glance.
+            details = ", ".join(f"{str(k).replace('_', ' ')} {_MARKS[bool(v)] if pd.api.types.is_bool(v) else v}"
+                                for k, v in row.items() if k not in ("component", "log"))
             rows.append({"item": row["component"], "value": details})
     return pd.DataFrame(rows)
+
+
+_MARKS = {True: "\u2714", False: "\u2718"}
 
 
 def rollback(platform: Platform, *, component: str, revision: str = "", dry_run: bool = True) -> DeployReport:

@@ -23,6 +23,7 @@ import requests
 
 from ...credentials import Secret, secret_from_env
 from ...errors import DeployError, PreflightError, SecretMissingError
+from ...progress import PROGRESS_SECONDS, report
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 # CC's rate limiter answers 429 with Retry-After up to the end of its window (an hour by default):
@@ -112,7 +113,7 @@ class CfSession:
     dry_run: bool = False
     poll_interval: float = 2.0  # seconds between two reads of something CC is still working on
     max_retry_after: float = MAX_RETRY_AFTER_SECONDS  # the longest Retry-After honoured; longer fails
-    notify: Callable[[str], None] = print  # says every retry wait before it starts
+    notify: Callable[[str], None] = report  # says every retry wait before it starts, and how long waits stand
     calls: list[CfCall] = field(default_factory=list)
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -214,13 +215,18 @@ class CfSession:
     def poll(self, read: Callable[[], T], done: Callable[[T], bool], *, timeout: float, what: str) -> T:
         """`read()` until `done` holds, `poll_interval` apart; PollTimeout after `timeout` seconds on the
         session's clock. `done` may raise to end the wait early (a crash seen while waiting)."""
-        deadline = self.clock() + timeout
+        started = self.clock()
+        deadline, next_report = started + timeout, started + PROGRESS_SECONDS
         while True:
             value = read()
             if done(value):
                 return value
-            if self.clock() >= deadline:
+            now = self.clock()
+            if now >= deadline:
                 raise PollTimeout(what, timeout, value)
+            if now >= next_report:  # headless, a build or deployment of minutes must not look like a hang
+                self.notify(f"still waiting for {what}: {now - started:.0f} s of at most {timeout:.0f} s")
+                next_report = now + PROGRESS_SECONDS
             self.sleep(self.poll_interval)
 
     def wait_job(self, response: requests.Response, *, timeout: float = JOB_TIMEOUT_SECONDS) -> dict[str, Any]:

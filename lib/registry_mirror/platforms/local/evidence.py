@@ -17,7 +17,7 @@ from ...checks.client import PullFailed, pull_over_api
 from ...config_drift import config_drift
 from ...credentials import LocalStackSecrets
 from ...http_clients import client_from
-from ...incidents.triage import S3_AUTH, Facts, Finding
+from ...incidents.triage import S3_AUTH, Facts, Finding, meaningful
 from ...incidents.upstream_probe import clip as _clip
 from ...incidents.upstream_probe import upstream_findings
 from ...s3_clients import s3_client
@@ -120,8 +120,8 @@ class LocalEvidence:
                             "exit_reason": None, "errors": []}
             log = self.target.paths.logs / f"{name}.log"
             lines = _tail(log)
-            mirror["errors"] = [_clip(line) for line in lines if '"level":"error"' in line
-                                or any(w in line for w in S3_AUTH)][-3:]
+            mirror["errors"] = [_clip(line) for line in lines if meaningful(line) and (
+                '"level":"error"' in line or any(w in line for w in S3_AUTH))][-3:]
             if running:
                 started = time.monotonic()
                 try:
@@ -187,17 +187,28 @@ class LocalEvidence:
     def _deployments(self, state: StackState, facts: Facts) -> list[Finding]:
         last = state.last_deploy
         ok = last.get("ok")
+        # The same process facts `make status` reads: a master gone while an orphaned worker still
+        # answers is as down here as there.
+        status = self.target.status()
+        table = status.processes
+        facts.processes_down = list(table.loc[~table["running"], "component"]) if len(table) else []
         return [Finding("deployments", "last deploy of the stack", ok is not False,
                         "succeeded" if ok else f"failed at {last.get('failed_at')}: {_clip(str(last.get('error')))}"
-                        if ok is False else "no deploy recorded")]
+                        if ok is False else "no deploy recorded"),
+                Finding("deployments", "every recorded process running (as `make status` reads it)",
+                        not facts.processes_down, status.condition)]
 
     def _errors(self, state: StackState, facts: Facts) -> list[Finding]:
         found = []
-        for name, path in (("security proxy", "proxy.error.log"), ("S3", "s3-gateway.log"), ("upstream", "hub.log")):
+        logs = [("security proxy", "proxy.error.log"), ("S3", "s3-gateway.log"), ("upstream", "hub.log"),
+                *((f"mirror {name}", f"{name}.log") for name in state.mirrors)]
+        for name, path in logs:
             lines = [line for line in _recent(_tail(self.target.paths.logs / path), self.recent_minutes)
                      if re.search(r"\[(error|crit|alert|emerg)\]|\"level\":\"(error|fatal|panic)\"|^E\d{4}", line)]
+            kept = [line for line in lines if meaningful(line)]
+            noise = f" ({len(lines) - len(kept)} telemetry-export failures left out)" if len(kept) < len(lines) else ""
             found.append(Finding(name, f"recent error lines in {path}", None,
-                                 f"{len(lines)}" + (f"; last: {_clip(lines[-1])}" if lines else "")))
+                                 f"{len(kept)}{noise}" + (f"; last: {_clip(kept[-1])}" if kept else "")))
         return found
 
 
