@@ -8,7 +8,9 @@ command line says which files were named; each must be a readable, non-empty map
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ParameterError
 from .yaml_files import read_yaml_mapping
@@ -52,3 +54,41 @@ def _command_line(pid: int) -> tuple[list[str], Path]:
         return [a for a in argv if a], Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:  # not Linux, or the parent is gone: nothing to check
         return [], Path.cwd()
+
+
+class ParamsFileHandler:
+    """Papermill's own side of the same check, registered as a `papermill.io` handler for local paths
+    (pyproject.toml): a `-f` file that is missing, unreadable, empty or not a mapping stops papermill's
+    CLI with one sentence naming it, before any kernel starts, instead of papermill's traceback (or,
+    for an empty file, a run on the defaults). Every other read and write (the notebooks) goes to
+    papermill's local handler unchanged."""
+
+    @classmethod
+    def read(cls, path: str) -> str:
+        if path.endswith((".yaml", ".yml")):
+            try:
+                read_yaml_mapping(Path(path), label=f"params file {path}")
+            except ParameterError as exc:
+                # Papermill's CLI catches nothing: an exception here would print its whole traceback.
+                sys.stderr.write(f"papermill: {exc}\n")
+                raise SystemExit(2) from None
+        return str(_local().read(path))
+
+    @classmethod
+    def write(cls, buf: str, path: str) -> object:
+        return _local().write(buf, path)
+
+    @classmethod
+    def listdir(cls, path: str) -> object:
+        return _local().listdir(path)
+
+    @classmethod
+    def pretty_path(cls, path: str) -> object:
+        return _local().pretty_path(path)
+
+
+def _local() -> Any:
+    # Papermill's own handler instance, so the working folder it sets for a run applies here too.
+    from papermill.iorw import papermill_io
+
+    return papermill_io.get_handler("local")

@@ -678,3 +678,24 @@ def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_p
     assert papermill_files(["/venv/bin/python", "/venv/bin/papermill", "a", "b", "-fx.yaml", "-p", "f", "1"]) == [
         "x.yaml"]
     assert papermill_files(["/venv/bin/python", "-m", "pytest", "-f", "x.yaml"]) == []
+
+
+@pytest.mark.parametrize("text,phrase", [(None, "file not found"), ("", "is empty"), ("- a\n- b\n", "not a list"),
+                                         ("a: [1\n", "not valid YAML")])
+def test_papermills_cli_refuses_a_bad_params_file_in_one_sentence_before_any_kernel(
+        tmp_path: Path, text: str | None, phrase: str) -> None:
+    """The documented command itself, papermill's CLI: a bad -f file stops it before it starts a kernel
+    or writes the output notebook, with one sentence naming the file and no traceback."""
+    import sys
+
+    if text is not None:
+        (tmp_path / "env.yaml").write_text(text)
+    out = tmp_path / "out.ipynb"
+    papermill = Path(sys.executable).with_name("papermill")
+    run = subprocess.run([str(papermill), str(PROJECT_ROOT / "notebooks" / "teardown.ipynb"), str(out), "-f",
+                          str(tmp_path / "env.yaml")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and not out.exists()
+    line = run.stderr.strip()
+    _assert_one_line(line)
+    assert line.startswith(f"papermill: params file {tmp_path / 'env.yaml'}: ") and phrase in line, line
