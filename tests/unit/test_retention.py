@@ -204,3 +204,24 @@ def test_upload_leftovers_go_once_idle_for_an_hour() -> None:
     bucket.put(f"{BASE}repositories/library/new/_uploads/def/startedat", b"2026", NOW - timedelta(minutes=5))
     plan = _plan(bucket, RetentionPolicy())
     assert plan.evictions[0].keys == (f"{BASE}repositories/library/new/_uploads/abc/startedat",)
+
+
+def test_cache_usage_sets_what_the_scheduler_holds_beside_what_retention_manages() -> None:
+    import json
+
+    from registry_mirror.analysis.cache_inventory import inventory
+    from registry_mirror.retention.coverage import eviction_coverage
+    from tests.unit.test_cache_inventory import STATE, layout, listing_of
+
+    inv = inventory(listing_of(layout()), "", read=lambda key: json.dumps(STATE).encode(), progress=False)
+    ledger = pd.DataFrame({"repository": ["library/a"], "reference": ["latest"],
+                           "last_pull": [pd.Timestamp("2026-11-01", tz="UTC")]})
+    table = eviction_coverage(inv, ledger).set_index("mechanism")
+    # library/a's layers 1 and 2 have scheduler entries; library/b's 2 and 3 have none (issue 4594's shape).
+    assert table.loc["proxy scheduler (cache_ttl)", ["objects", "bytes"]].tolist() == [2, 6000]
+    assert table.loc["nothing (no scheduler entry)", ["objects", "bytes"]].tolist() == [2, 5700]
+    assert table.loc["retention (ledger)", ["objects", "bytes"]].tolist() == [1, 6000]
+    assert table.loc["retention (no pull recorded)", ["objects", "bytes"]].tolist() == [1, 5700]
+    assert table.loc["retention (ledger)", "size"] == "6.0 kB"
+    empty = eviction_coverage(inv, pd.DataFrame(columns=["repository", "reference", "last_pull"]))
+    assert empty.set_index("mechanism").loc["retention (ledger)", "objects"] == 0
