@@ -17,6 +17,7 @@ from ...preflight import Check, PreflightReport
 from ...processes import ProcessRecord, port_is_free, reap_session, session_members, stop_process, wait_until
 from ...registry_config import registry_config_yaml
 from ...sample_images import SAMPLE_IMAGES, seed_registry
+from . import private_network
 from .configs import Nginx, StackConfigs
 from .daemons import binary
 from .hub_stand_in import hub_seeder, start_hub_stand_in
@@ -48,7 +49,7 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     checks.append(Check("registry version", version == want,
                         f"{mirror_binary} reports {version}; params registry.version {want}"))
     # Keyed by the process that holds the port when the stack runs.
-    ports = {"router": local.public_port, "s3-gateway": local.s3_port}
+    ports = {"router": local.public_port, "s3-relay": local.s3_port}
     if uses_hub_stand_in(configs):
         ports["hub"] = local.hub_port
         ports["hub-token"] = local.hub_token_port
@@ -56,6 +57,8 @@ def preflight(configs: StackConfigs) -> PreflightReport:
         # A killed nginx master's workers still hold its port: ours too, and the deploy stops them.
         ours = state.running(component) or (component in state.processes
                                             and bool(session_members(state.processes[component])))
+        # A SeaweedFS started before the relay existed has its gateway on the S3 port; the deploy replaces it.
+        ours = ours or (component == "s3-relay" and state.running("s3-gateway"))
         free = ours or port_is_free(local.address, port)
         checks.append(Check(f"port {port} ({component})", free,
                             "held by this stack" if ours else ("free" if free else "in use by another program")))
@@ -71,6 +74,9 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     existing = next(p for p in (paths.root, *paths.root.parents) if p.exists())
     writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
     checks.append(Check("state dir writable", writable, str(paths.root)))
+    unavailable = private_network.available()
+    checks.append(Check("private network for SeaweedFS", unavailable is None,
+                        unavailable or "a network namespace of the stack's own can be created"))
     try:
         checks.append(Check("nginx worker user", True, paths.access.user or "the invoking user (not root)"))
     except WorkerUserMissing as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,14 +17,18 @@ from ...processes import (
 )
 from ...s3_clients import s3_client
 from .daemons import any_died, daemon_env, require, write_private
+from .private_network import create_argv, enter_argv
 from .seaweedfs_security import ensure_security_config
 
 # Start order; stop goes the other way, so each part finishes its writes while what it writes to
-# still runs: the gateway stops taking requests, the filer closes its metadata store, the volume
-# server flushes its needle files, the master goes last.
-SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
+# still runs: the relay stops taking requests, the gateway finishes its own, the filer closes its
+# metadata store, the volume server flushes its needle files, the master goes last.
+SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway", "s3-relay")
 # Changes whenever how the parts are started changes, so a deploy restarts a SeaweedFS started the old way.
-SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list, no bucket auto-creation"
+SEAWEEDFS_LAYOUT = ("four parts in a private network, S3 relayed from its socket, JWT and mutual TLS, "
+                    "no bucket auto-creation")
+# Files SeaweedFS writes (volumes, the filer's store) are the stack's alone.
+PRIVATE_UMASK = 0o077
 # Seconds each part may take to stop on SIGTERM before it is killed.
 STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
 _PERMANENT_S3_ERRORS = {"InvalidBucketName", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -39,6 +44,10 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     keeps the rest running), and a kill in the middle of a write is what made restarts answer
     InternalError for a while. Separate parts can be stopped in order. Each is handed to `register`
     as soon as it runs, so a failure half-way leaves nothing that `down` would not find.
+
+    All four run in a network namespace the master creates (see `private_network`): no other local
+    user can reach their HTTP or gRPC ports. The S3 API reaches `address:s3_port` through the
+    stack's relay from the gateway's unix socket.
     """
     identity = config_dir / "s3-identities.json"
     write_private(identity, json.dumps({"identities": [{
@@ -49,12 +58,13 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     ports = _stable_ports(config_dir / "s3-ports.json", address, (
         "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "gateway.grpc"))
     weed = require("weed")
-    # Only the S3 API (with keys) may give out data: JWTs on HTTP, mutual TLS on gRPC, and writes
-    # to master and volume server only from the stack's own address.
+    # Behind the private network, still: JWTs on HTTP, mutual TLS on gRPC, and writes to master and
+    # volume server only from the namespace's own loopback address.
     secured = ensure_security_config(config_dir / "seaweedfs", address)
     bind = [f"-ip={address}", f"-ip.bind={address}"]
     master = f"{address}:{ports['master']}.{ports['master.grpc']}"
     filer = f"{address}:{ports['filer']}.{ports['filer.grpc']}"
+    gateway_socket = run_dir / "seaweedfs-s3.sock"
     for part in ("master", "volume", "filer"):
         (data_dir / part).mkdir(parents=True, exist_ok=True)
     argvs = {
@@ -75,15 +85,24 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
                        f"-port.grpc={ports['gateway.grpc']}", f"-config={identity}", "-port.iceberg=0",
                        # As S3 does: a write into a bucket that does not exist is NoSuchBucket. By
                        # default SeaweedFS creates it for an admin identity, which hides a deleted bucket.
-                       "-port.lance=0", "-autoCreateBucket=false"],
+                       "-port.lance=0", "-autoCreateBucket=false", f"-localSocket={gateway_socket}"],
     }
-    (run_dir / "seaweedfs-filer.sock").unlink(missing_ok=True)  # left by a killed filer
-    records = []
-    for name in SEAWEEDFS_PARTS:
+    for leftover in ("seaweedfs-filer.sock", "seaweedfs-s3.sock"):
+        (run_dir / leftover).unlink(missing_ok=True)  # left by a killed filer or gateway
+    records: list[ProcessRecord] = []
+    for name in SEAWEEDFS_PARTS[:4]:
+        argv = create_argv(argvs[name]) if not records else enter_argv(records[0].pid, argvs[name])
         # SeaweedFS reads security.toml from its working directory.
-        record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env(), cwd=secured)
+        record = start_process(name, argv, log=logs / f"{name}.log", env=daemon_env(), cwd=secured,
+                               umask=PRIVATE_UMASK)
         register(record)
         records.append(record)
+    wait_until(gateway_socket.exists, timeout=timeout, what="the S3 gateway's socket", abort=any_died(records))
+    relay = start_process("s3-relay", [sys.executable, "-m", "registry_mirror.platforms.local.s3_relay", address,
+                                       str(s3_port), str(gateway_socket)],
+                          log=logs / "s3-relay.log", env=daemon_env(), umask=PRIVATE_UMASK)
+    register(relay)
+    records.append(relay)
     s3 = s3_client(endpoint=f"http://{address}:{s3_port}", access_key=access_key, secret_key=secret_key)
     wait_until(lambda: s3.list_buckets() is not None, timeout=timeout, what="SeaweedFS S3 API",
                interval=0.25, abort=any_died(records))
