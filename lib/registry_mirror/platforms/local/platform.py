@@ -24,7 +24,7 @@ from .mirrors import mirror_healthy, mirror_secret_env, upstream_answers
 from .nginx import nginx_answers
 from .paths import StackPaths
 from .rollout import Rollout, hub_url, preflight, stop_recorded
-from .seaweedfs import s3_round_trip
+from .seaweedfs import cached_blob_readable, s3_round_trip
 from .state import StackState, process_table, stack_status, stop_rank
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ class LocalPlatform:
         finally:
             if not dry_run:
                 state.save(self.paths.state_file)
+                self.paths.seal()  # what the programs created during the deploy, too
         return report
 
     def status(self) -> PlatformStatus:
@@ -125,6 +126,8 @@ class LocalPlatform:
             state.mirrors = []
             state.fingerprints = {}
             state.save(self.paths.state_file)
+            # Nothing of the stack runs as its workers' user any more: the next deploy creates it again.
+            self.paths.access.release()
         return report
 
     def rollback(self, *, component: str, revision: str = "", dry_run: bool = True) -> DeployReport:
@@ -255,8 +258,11 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
             if name == "s3-gateway":
                 secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)
                 assert self.settings.storage is not None
-                s3_round_trip(self.configs.s3_endpoint, secrets.s3_access_key.reveal(),
-                              secrets.s3_secret_key.reveal(), self.settings.storage.bucket)
+                keys = (secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
+                s3_round_trip(self.configs.s3_endpoint, *keys, self.settings.storage.bucket)
+                # Errors for what the registry believes it holds (its volumes deleted under it).
+                cached_blob_readable(self.configs.s3_endpoint, *keys, self.settings.storage.bucket,
+                                     self.settings.storage.root_directory)
             return True
         except Exception:  # noqa: BLE001 - a probe that fails means "not ready", which is what we report
             return False

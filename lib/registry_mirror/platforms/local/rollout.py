@@ -30,7 +30,6 @@ from .seaweedfs import (
     SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, ensure_bucket, s3_round_trip, start_seaweedfs, stop_seaweedfs_part,
 )
 from .state import StackState, stop_rank
-from .worker_access import WorkerUserMissing
 
 
 def preflight(configs: StackConfigs) -> PreflightReport:
@@ -77,10 +76,14 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     unavailable = private_network.available()
     checks.append(Check("private network for SeaweedFS", unavailable is None,
                         unavailable or "a network namespace of the stack's own can be created"))
-    try:
-        checks.append(Check("nginx worker user", True, paths.access.user or "the invoking user (not root)"))
-    except WorkerUserMissing as exc:
-        checks.append(Check("nginx worker user", False, str(exc)))
+    user = paths.access.user
+    if user is None:
+        checks.append(Check("nginx worker user", True, "the invoking user (not root)"))
+    else:
+        useradd = binary("useradd")
+        checks.append(Check("nginx worker user", useradd is not None,
+                            f"{user}, this stack's own (the deploy creates it, down removes it)" if useradd
+                            else f"useradd is missing, so the workers' user {user} cannot be created"))
     return PreflightReport(checks)
 
 

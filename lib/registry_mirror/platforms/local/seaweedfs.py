@@ -143,6 +143,22 @@ def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) 
     return "write, read and delete of a scratch object succeeded"
 
 
+def cached_blob_readable(endpoint: str, access_key: str, secret_key: str, bucket: str, root: str) -> str:
+    """Read the first byte of one layer the registry cached (the first its listing names); raises when
+    S3 answers an error for it. A scratch round trip alone passes on a store whose old volumes are
+    gone: the filer still lists every object, and new writes land in new volumes."""
+    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
+    prefix = f"{root.strip('/')}/docker/registry/v2/blobs/".lstrip("/")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+    if not listed:
+        return "no layer cached yet"
+    key = listed[0]["Key"]
+    if listed[0].get("Size", 0) == 0:
+        return "the first cached layer is empty"
+    s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
+    return f"read the first byte of {key}"
+
+
 def ensure_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 60) -> bool:
     """Create the bucket if it is missing; True when it was created. The registry needs it to exist."""
     s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)

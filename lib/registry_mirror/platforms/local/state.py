@@ -53,6 +53,7 @@ class StackState:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)  # the stack's own, like everything under its folder but client/
         tmp.write_text(json.dumps({"generation": self.generation,
                                    "processes": {k: v.to_json() for k, v in self.processes.items()},
                                    "mirrors": self.mirrors, "fingerprints": self.fingerprints,
@@ -98,8 +99,10 @@ def condition(state: StackState, processes: pd.DataFrame, *, has_state: bool) ->
         return (f"DEPLOY FAILED at {state.last_deploy.get('failed_at')}: {state.last_deploy.get('error')}; "
                 f"{len(processes) - len(down)} process(es) left running for debugging, `make down` stops them")
     if down or unready:
+        # S3 that runs but fails reads or writes has lost or refuses what the registry stored.
+        named = [f"{n} (S3 answers errors for stored objects)" if n == "s3-gateway" else n for n in unready]
         parts = ([f"not running: {', '.join(down)}"] if down else []) + (
-            [f"not answering: {', '.join(unready)}"] if unready else [])
+            [f"not answering: {', '.join(named)}"] if unready else [])
         return f"DEGRADED: {'; '.join(parts)}; `make demo` repairs it"
     return f"RUNNING: {len(processes)} processes, all answering"
 
