@@ -17,6 +17,7 @@ from ...parameters import LocalSettings, Settings, resolve_project_path
 from ...preflight import PreflightReport
 from ...processes import ProcessRecord, gone
 from ...rendering import ClientConfigs
+from ...s3_clients import s3_client
 from ...security_rules import SecurityRules
 from ..base import COMPONENTS, CheckFn, PlatformStatus
 from .configs import StackConfigs
@@ -97,9 +98,19 @@ class LocalPlatform:
 
     def status(self) -> PlatformStatus:
         """What runs, what answers, and which of the lifecycle states the stack is in."""
+        from .exposure import exposed_to_others
+
         state = StackState.load(self.paths.state_file)
         processes = process_table(state, running=ProcessRecord.alive, ready=self._answers)
-        return stack_status(state, processes, has_state=self.paths.state_file.exists())
+        # Only a stack that runs whole: a stopped one has no ports, and a broken one is DEGRADED already.
+        whole = not processes.empty and bool(processes["running"].all() and processes["ready"].all())
+        exposed: list[str] = []
+        if whole:
+            try:
+                exposed = exposed_to_others(self)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:  # unproven is not closed
+                exposed = [f"could not try as another local user ({exc})"]
+        return stack_status(state, processes, has_state=self.paths.state_file.exists(), exposed=exposed)
 
     def down(self, *, dry_run: bool = False) -> DeployReport:
         """Stop every process of the stack (data and logs stay for the analysis notebooks)."""
@@ -259,10 +270,10 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
                 secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)
                 assert self.settings.storage is not None
                 keys = (secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
-                s3_round_trip(self.configs.s3_endpoint, *keys, self.settings.storage.bucket)
+                s3 = s3_client(endpoint=self.configs.s3_endpoint, access_key=keys[0], secret_key=keys[1])
+                s3_round_trip(self.configs.s3_endpoint, *keys, self.settings.storage.bucket, s3=s3)
                 # Errors for what the registry believes it holds (its volumes deleted under it).
-                cached_blob_readable(self.configs.s3_endpoint, *keys, self.settings.storage.bucket,
-                                     self.settings.storage.root_directory)
+                cached_blob_readable(s3, self.settings.storage.bucket, self.settings.storage.root_directory)
             return True
         except Exception:  # noqa: BLE001 - a probe that fails means "not ready", which is what we report
             return False

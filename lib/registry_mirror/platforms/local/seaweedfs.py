@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -125,13 +126,13 @@ def stop_seaweedfs_part(record: ProcessRecord) -> None:
     stop_process(record, timeout=STOP_SECONDS.get(record.name, 30), signalled=release)
 
 
-def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) -> str:
+def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str, *, s3: Any = None) -> str:
     """What the registry needs of S3, done once: an authenticated write, read and delete in the bucket.
 
     A port that answers is not enough: SeaweedFS restarted on kept data answers InternalError until
     its volume server has registered, and the registry panics on that at start.
     """
-    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
+    s3 = s3 or s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
     key = f"_readiness/{uuid.uuid4().hex}"
     body = os.urandom(64)
     s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -143,11 +144,10 @@ def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str) 
     return "write, read and delete of a scratch object succeeded"
 
 
-def cached_blob_readable(endpoint: str, access_key: str, secret_key: str, bucket: str, root: str) -> str:
+def cached_blob_readable(s3: Any, bucket: str, root: str) -> str:
     """Read the first byte of one layer the registry cached (the first its listing names); raises when
     S3 answers an error for it. A scratch round trip alone passes on a store whose old volumes are
     gone: the filer still lists every object, and new writes land in new volumes."""
-    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key)
     prefix = f"{root.strip('/')}/docker/registry/v2/blobs/".lstrip("/")
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
     if not listed:
