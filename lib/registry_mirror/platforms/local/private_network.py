@@ -30,7 +30,8 @@ def create_argv(argv: Sequence[str]) -> list[str]:
 
 def enter_argv(holder: int, argv: Sequence[str]) -> list[str]:
     """`argv` started in the network namespace `holder` (a pid) runs in."""
-    own_user = [] if os.geteuid() == 0 else ["--user"]
+    # --preserve-credentials: an unprivileged user namespace refuses the setgroups nsenter would do.
+    own_user = [] if os.geteuid() == 0 else ["--user", "--preserve-credentials"]
     return [require("nsenter"), f"--target={holder}", *own_user, "--net", "--", *argv]
 
 
