@@ -107,12 +107,14 @@ class StackPaths:
             _close(self.state_file)
 
     def exposed(self) -> list[str]:
-        """What of the stack's own files another local user could list, read or enter (empty: nothing)."""
+        """What of the stack's own files another local user could list, read or enter (empty: nothing).
+        Below a folder closed to others nothing is reachable, whatever its own mode; in an open one,
+        its open files are named too."""
         found = [f"{self.root} is listable by others"] if self.root.stat().st_mode & 0o044 else []
         for top in self.private:
-            # Below a folder closed to others nothing is reachable; the files of the small ones are checked too.
-            shallow = top in (self.config, self.logs, self.secrets)
-            for path in ([top, *top.iterdir()] if shallow else [top]) if top.exists() else []:
+            if not top.exists() or not top.stat().st_mode & 0o077:
+                continue
+            for path in [top, *(top.iterdir() if top.stat().st_mode & 0o011 else ())]:
                 if not path.is_symlink() and path.lstat().st_mode & 0o077:
                     found.append(f"{path.relative_to(self.root)} is open to others "
                                  f"({oct(path.lstat().st_mode & 0o777)})")

@@ -270,6 +270,9 @@ class Rollout:
             rec = start_nginx(name, conf=conf, prefix=self.paths.nginx_prefix(name),
                               log=self.paths.logs / f"{name}.stderr.log", ready=ready,
                               register=self._register, timeout=self.local.ready_timeout_seconds)
+            if name == "proxy":
+                # nginx makes its unix sockets 0666; the folder alone would guard the trusted hop.
+                self.paths.proxy_socket.chmod(0o660)
             return f"pid {rec.pid}"
         self.steps.run(name, "start nginx", start,
                        detail=f"http://{self.configs.endpoint}" if name == "router" else "unix socket")
