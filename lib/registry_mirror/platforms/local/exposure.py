@@ -23,9 +23,9 @@ STRANGER = "nobody"  # stands for every other local account
 _PROBE_COLLECTION = "cache-not-exposed-probe"  # no such collection: a delete that reaches the master harms nothing
 
 
-def exposed_to_others(stack: LocalPlatform) -> list[str]:
+def exposed_to_others(stack: LocalPlatform, attempts: list[tuple[Attempt, str]] | None = None) -> list[str]:
     """What another local user gets through to (empty: nothing); the fast part of `cache_not_exposed`."""
-    attempts = stranger_attempts(stack)
+    attempts = stranger_attempts(stack) if attempts is None else attempts
     if os.geteuid() != 0:
         network = [(a, want) for a, want in attempts if a.kind in ("http", "tcp")]
         return judge(network, run_here(a for a, _ in network), "the invoking user") + stack.paths.exposed()
@@ -38,7 +38,7 @@ def cache_not_exposed(stack: LocalPlatform) -> PolicyCheck:
     stack lets in anyone but its own workers (nor another stack's); the stack itself still reaches
     its master and its workers their socket."""
     attempts = stranger_attempts(stack)
-    problems = exposed_to_others(stack)
+    problems = exposed_to_others(stack, attempts)
     if os.geteuid() != 0:
         # An ordinary user cannot act as another one: its network attempts, and its files' modes.
         return judged("cache-not-exposed", "delete, write and metadata attempts on SeaweedFS's ports as the "
