@@ -10,7 +10,7 @@ import pytest
 
 from registry_mirror.platforms.local import private_network
 from registry_mirror.platforms.local.paths import StackPaths
-from registry_mirror.platforms.local.stranger import attempt
+from registry_mirror.platforms.local.stranger import Attempt, run_here
 from registry_mirror.platforms.local.worker_access import WORKER_USER_PREFIX, worker_access
 
 
@@ -56,7 +56,7 @@ def test_the_private_network_has_a_loopback_of_its_own() -> None:
 
     with socket.create_server(("127.0.0.1", 0)) as outside:
         port = outside.getsockname()[1]
-        assert attempt("tcp", ["127.0.0.1", port])[0]
+        assert run_here([Attempt("outside", "tcp", ("127.0.0.1", port))])["outside"].reached
         probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
         inside = subprocess.run(private_network.create_argv(["/usr/bin/python3", "-I", "-c", probe]),
                                 capture_output=True, text=True, timeout=30)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import pwd
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ...checks.report import PolicyCheck, judged
 from .private_network import run_inside
 from .seaweedfs import internal_ports
 from .state import StackState
-from .stranger import SYSTEM_PYTHON, Attempt, Outcome, attempt, run_as
+from .stranger import SYSTEM_PYTHON, Attempt, Outcome, run_as, run_here
 from .worker_access import WORKER_USER_PREFIX
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ def exposed_to_others(stack: LocalPlatform, attempts: list[tuple[Attempt, str]] 
     attempts = stranger_attempts(stack) if attempts is None else attempts
     if os.geteuid() != 0:
         network = [(a, want) for a, want in attempts if a.kind in ("http", "tcp")]
-        return judge(network, run_here(a for a, _ in network), "the invoking user") + stack.paths.exposed()
+        return judge(network, run_here([a for a, _ in network]), "the invoking user") + stack.paths.exposed()
     return judge(attempts, run_as(STRANGER, [a for a, _ in attempts]), STRANGER) + stack.paths.exposed()
 
 
@@ -95,10 +94,6 @@ def other_stacks_workers(own: str | None) -> list[str]:
     stacks shared before each had its own)."""
     return sorted(e.pw_name for e in pwd.getpwall()
                   if e.pw_name != own and (e.pw_name.startswith(WORKER_USER_PREFIX) or e.pw_name == "registry-mirror"))
-
-
-def run_here(attempts: Iterable[Attempt]) -> dict[str, Outcome]:
-    return {a.label: Outcome(*attempt(a.kind, list(a.target))) for a in attempts}
 
 
 def judge(attempts: list[tuple[Attempt, str]], outcomes: dict[str, Outcome], who: str) -> list[str]:
