@@ -12,7 +12,7 @@ from ...checks.report import PolicyCheck, judged
 from .private_network import run_inside
 from .seaweedfs import internal_ports
 from .state import StackState
-from .stranger import SYSTEM_PYTHON, Attempt, Outcome, run_as, run_here
+from .stranger import Attempt, Outcome, child_argv, outcomes, run_as, run_here
 from .worker_access import WORKER_USER_PREFIX
 
 if TYPE_CHECKING:
@@ -114,10 +114,11 @@ def _stack_controls(stack: LocalPlatform, sockets: list[tuple[Attempt, str]]) ->
         wrong.append("the stack's own master does not run")
     else:
         port = internal_ports(stack.paths.secrets)["master"]
-        inside = run_inside(master.pid, [SYSTEM_PYTHON, "-I", "-c", "import sys, urllib.request; urllib.request."
-                                         f"urlopen('http://{stack.local.address}:{port}/dir/status', timeout=5)"])
-        if inside.returncode != 0:
-            wrong.append(f"the stack cannot reach its own master: {inside.stderr.strip()[-200:]}")
+        status = Attempt("master", "http", (stack.local.address, port, "GET", "/dir/status"))
+        inside = run_inside(master.pid, child_argv([status]))
+        got = outcomes(inside.stdout)["master"].detail if inside.returncode == 0 else inside.stderr.strip()[-200:]
+        if got != "HTTP 200":
+            wrong.append(f"the stack cannot reach its own master: {got}")
     user = stack.paths.access.user
     proxy = [a for a, _ in sockets if a.target == (str(stack.paths.proxy_socket),)]
     if user is not None and proxy and not run_as(user, proxy)[proxy[0].label].reached:

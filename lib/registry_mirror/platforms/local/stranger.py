@@ -75,10 +75,20 @@ def run_here(attempts: list[Attempt], *, timeout: float = 30) -> dict[str, Outco
     return _run(attempts, {}, timeout, "")
 
 
-def _run(attempts: list[Attempt], identity: dict[str, Any], timeout: float, who: str) -> dict[str, Outcome]:
+def child_argv(attempts: list[Attempt]) -> list[str]:
+    """The command that makes `attempts` as whoever runs it (for `private_network.run_inside`, too)."""
     spec = json.dumps([[a.label, a.kind, list(a.target)] for a in attempts])
-    result = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", _CHILD, spec], **identity, capture_output=True,
-                            text=True, timeout=timeout, check=False, cwd="/")
+    return [SYSTEM_PYTHON, "-I", "-S", "-c", _CHILD, spec]
+
+
+def outcomes(stdout: str) -> dict[str, Outcome]:
+    """What `child_argv`'s command printed: label -> outcome."""
+    return {label: Outcome(bool(reached), str(detail)) for label, (reached, detail) in json.loads(stdout).items()}
+
+
+def _run(attempts: list[Attempt], identity: dict[str, Any], timeout: float, who: str) -> dict[str, Outcome]:
+    result = subprocess.run(child_argv(attempts), **identity, capture_output=True, text=True, timeout=timeout,
+                            check=False, cwd="/")
     if result.returncode != 0:
         raise RuntimeError(f"the attempts{who} did not run: {result.stderr.strip()[-300:]}")
-    return {label: Outcome(bool(reached), str(detail)) for label, (reached, detail) in json.loads(result.stdout).items()}
+    return outcomes(result.stdout)
