@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.credentials import LocalStackSecrets
@@ -148,9 +149,14 @@ def test_status_is_degraded_naming_s3_when_storage_fails_objects_the_registry_ho
     probing = LocalPlatform(stack.settings.model_copy(update={"storage": stack.settings.storage.model_copy(
         update={"bucket": bucket, "root_directory": "/"})}), stack.rules)
     try:
-        assert cached_blob_readable(s3, bucket, "/").startswith("read the first byte")
+        # Stored (a HEAD asks only the filer; a read now would make the gateway remember the volume's
+        # place and, after the delete, retry it for 10 s before it answers the error).
+        assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == 4096
         assert _inside(stack, "GET", "master", f"/col/delete?collection={bucket}")[0] in (200, 204)
         # Its scratch round trip still passes (new writes get new volumes); the stored layer fails.
+        assert "succeeded" in s3_round_trip(stack.configs.s3_endpoint, *keys, bucket, s3=s3)
+        with pytest.raises(ClientError, match="InternalError"):
+            cached_blob_readable(s3, bucket, "/")
         condition = probing.status().condition
         assert condition.startswith("DEGRADED") and "s3-gateway (S3 answers errors" in condition, condition
     finally:
