@@ -91,7 +91,7 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     for leftover in ("seaweedfs-filer.sock", "seaweedfs-s3.sock"):
         (run_dir / leftover).unlink(missing_ok=True)  # left by a killed filer or gateway
     records: list[ProcessRecord] = []
-    for name in SEAWEEDFS_PARTS[:4]:
+    for name in argvs:  # the four weed parts, in start order; the relay follows
         argv = create_argv(argvs[name]) if not records else enter_argv(records[0].pid, argvs[name])
         # SeaweedFS reads security.toml from its working directory.
         record = start_process(name, argv, log=logs / f"{name}.log", env=daemon_env(), cwd=secured,
