@@ -20,12 +20,14 @@ WORKERS ?= -n 2 --dist loadgroup
 
 bootstrap: apt users venv tools
 
-# nginx workers never run as root: a stack run by root runs them as this system user (no login,
-# no home). A stack run by anyone else runs them as that user and needs none of this.
+# nginx workers never run as root: a stack run by root runs them as a system user of its own
+# (registry-mirror-<8 hex>, no login, no home), which the deploy creates and `make down` removes, so
+# one stack's workers cannot reach another's sockets. This only checks the tools for that are there.
+# A stack run by anyone else runs its workers as that user and needs none of this.
 users:
-	@if [ "$$(id -u)" = 0 ] && ! getent passwd registry-mirror >/dev/null; then \
-	  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
-	    registry-mirror && echo "created system user registry-mirror for the nginx workers"; \
+	@if [ "$$(id -u)" = 0 ] && ! command -v useradd >/dev/null; then \
+	  echo "useradd is missing (package passwd): a stack run as root cannot create its nginx workers' user"; \
+	  exit 1; \
 	fi
 
 # The registry version production pins (and any other a params file names), built from the Go

@@ -48,7 +48,8 @@ def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str
                   cwd: Path | None = None, umask: int = -1) -> ProcessRecord:
     """Start a daemon with its output appended to `log` (and `umask` for the files it creates)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    # 0600: logs name clients and what they pulled.
+    with open(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=dict(env), cwd=cwd, start_new_session=True, close_fds=True,
                                 umask=umask)

@@ -143,7 +143,7 @@ BREAKS = {
     "socket-folder-open": (lambda s: s.paths.shared.chmod(0o2755), {"mirror-not-exposed"}),
 }
 if os.geteuid() == 0:
-    BREAKS["workers-as-root"] = (lambda s: _edit_proxy(s, "user registry-mirror;", "user root;")(),
+    BREAKS["workers-as-root"] = (lambda s: _edit_proxy(s, f"user {s.paths.access.user};", "user root;")(),
                                  {"mirror-not-exposed", "config-matches"})
 
 

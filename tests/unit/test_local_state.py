@@ -91,3 +91,16 @@ def test_state_round_trips_through_its_file(tmp_path: Path) -> None:
     state = _state(last_deploy=FAILED)
     state.save(path)
     assert StackState.load(path) == state
+
+
+def test_s3_that_answers_errors_is_named_as_s3() -> None:
+    status = _status(_state(), unready={"s3-gateway"})
+    assert status.startswith("DEGRADED: not answering: s3-gateway (S3 answers errors for stored objects)"), status
+
+
+def test_degraded_when_another_local_user_gets_through() -> None:
+    table = process_table(_state(), running=lambda rec: True, ready=lambda name: True)
+    exposed = [f"nobody: attempt {i}: HTTP 204" for i in range(5)]
+    status = stack_status(_state(), table, has_state=True, exposed=exposed).condition
+    assert status.startswith("DEGRADED: open to other local users: nobody: attempt 0: HTTP 204"), status
+    assert "(and 2 more)" in status and "attempt 3" not in status

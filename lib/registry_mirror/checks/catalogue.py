@@ -20,7 +20,8 @@ PROVES = {
     "upstream-credentials": "the mirror pulls upstream as its own account (higher rate limit)",
     "upstream-pull-only": "the mirror's upstream credential can pull and nothing else",
     "ratelimit-headers": "Docker Hub's remaining pull allowance is known",
-    "cache-not-exposed": "the cache's storage answers nobody but the S3 API with keys (no filer, volume or gRPC way in)",
+    "cache-not-exposed": "another local user can neither delete, write nor read the cache (no storage port, file or "
+                         "socket of the stack answers it; S3 only with the stack's keys)",
     "config-matches": "what runs is what the parameters render",
 }
 CHECK_ORDER = tuple(PROVES)
@@ -42,7 +43,8 @@ NEXT = {
     "upstream-credentials": "set the upstream password variable for every instance and redeploy",
     "upstream-pull-only": "give the mirror a pull-only credential (a read-only access token)",
     "config-matches": "redeploy from the parameters (the deploy runbook repairs drift), then find who edited by hand",
-    "cache-not-exposed": "SeaweedFS runs without its security.toml: redeploy (it is written to secrets/seaweedfs)",
+    "cache-not-exposed": "SeaweedFS runs outside the stack's private network, or the stack's files or sockets are "
+                         "open to others: redeploy (it restarts SeaweedFS and closes the folders)",
 }
 
 # A sample every upstream serves: the stand-in seeds library/hello; Docker Hub has hello-world.

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from ...processes import session_members, tcp_listeners
 from ...registry_build import MODULE, built_registry, uses_debian_package
 from ...registry_config import registry_config_yaml
 from ...unix_http import unix_request
-from .seaweedfs import internal_ports
+from .exposure import cache_not_exposed
 from .state import StackState
 from .worker_access import worker_uids
 
@@ -192,7 +190,7 @@ def local_checks(stack: LocalPlatform, *, image: str | None = None) -> dict[str,
         "upstream-credentials": upstream_credentials,
         "upstream-pull-only": lambda: upstream_scope_check(stack.settings),
         "ratelimit-headers": lambda: rate_limit_check(stack.settings),
-        "cache-not-exposed": lambda: cache_not_exposed(stack, unlisted or denied),
+        "cache-not-exposed": lambda: cache_not_exposed(stack),
         "config-matches": config_matches,
     }
 
@@ -226,58 +224,6 @@ def image_pinned(want: str, pids: dict[str, int]) -> PolicyCheck:
     return judged("image-pinned", "each instance's executable against the recorded binary (path, digest, version)",
                   f"distribution {want}, {source}",
                   "; ".join(problems) or f"{len(pids)} instance(s) run distribution {want}, {source}", not problems)
-
-
-def cache_not_exposed(stack: LocalPlatform, stranger: str | None) -> PolicyCheck:
-    """From a client the proxy refuses: SeaweedFS's filer must ask for a JWT and its gRPC ports for a
-    client certificate; the master must refuse to hand out a write."""
-    ports = internal_ports(stack.paths.secrets)
-    address = stack.local.address
-    source = stranger or address
-    session = client_from(source)
-    problems = []
-    assert stack.settings.storage is not None
-    listing = session.get(f"http://{address}:{ports['filer']}/buckets/{stack.settings.storage.bucket}/",
-                          headers={"Accept": "application/json"}, timeout=5)
-    if listing.status_code != 401:
-        problems.append(f"filer listed the bucket ({listing.status_code})")
-    assign = session.get(f"http://{address}:{ports['master']}/dir/assign", timeout=5)
-    if assign.status_code == 200 and "fid" in assign.text:
-        problems.append("master handed out a write")
-    for name in ("master.grpc", "volume.grpc", "filer.grpc", "gateway.grpc"):
-        if grpc_answers_without_certificate(address, ports[name], source):
-            problems.append(f"{name} speaks HTTP/2 to a client without a certificate")
-    return judged("cache-not-exposed", "as a refused client: list the bucket on the filer, ask the master for a "
-                  "write, open each gRPC port without a client certificate", "401, refused, TLS alert",
-                  "; ".join(problems) or "all refused", not problems)
-
-
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
-
-
-def grpc_answers_without_certificate(address: str, port: int, source: str) -> bool:
-    """Does the port answer an HTTP/2 preface with a SETTINGS frame, in plain text or over TLS
-    without a client certificate? (A refusal is a TLS alert, a reset or silence.)"""
-    def settings_frame(data: bytes) -> bool:
-        return len(data) >= 9 and data[3] == 0x04
-
-    try:
-        with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as raw:
-            raw.sendall(_H2_PREFACE)
-            if settings_frame(raw.recv(64)):
-                return True
-    except OSError:
-        pass
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    try:
-        with socket.create_connection((address, port), timeout=3, source_address=(source, 0)) as raw:
-            with context.wrap_socket(raw) as tls:
-                tls.sendall(_H2_PREFACE)
-                return settings_frame(tls.recv(64))
-    except OSError:  # ssl.SSLError is one
-        return False
 
 
 def _built_registry(want: str) -> tuple[PinnedBinary | None, list[str]]:

@@ -165,7 +165,8 @@ def _upstream_rate_limited(stack: LocalPlatform, state: StackState, record: dict
 
 
 def _s3_down(stack: LocalPlatform, state: StackState, record: dict) -> str:
-    _stop(stack, state, "s3-gateway")
+    # The relay goes too: it holds the S3 port for the gateway, which sits in SeaweedFS's private network.
+    _stop(stack, state, "s3-relay", "s3-gateway")
     assert stack.settings.local is not None
     return f"stopped SeaweedFS's S3 gateway; port {stack.settings.local.s3_port} refuses connections"
 

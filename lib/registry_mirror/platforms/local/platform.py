@@ -19,6 +19,7 @@ from ...parameters import LocalSettings, Settings, resolve_project_path
 from ...preflight import PreflightReport
 from ...processes import ProcessRecord, gone, request_stop
 from ...rendering import ClientConfigs
+from ...s3_clients import s3_client
 from ...security_rules import SecurityRules
 from ..base import COMPONENTS, CheckFn, PlatformStatus
 from .configs import StackConfigs
@@ -26,7 +27,7 @@ from .mirrors import mirror_healthy, mirror_secret_env, upstream_answers
 from .nginx import nginx_answers
 from .paths import StackPaths
 from .rollout import Rollout, hub_url, mirror_stop_seconds, preflight, stop_recorded
-from .seaweedfs import s3_round_trip, storage_parts_alive
+from .seaweedfs import cached_blob_readable, s3_round_trip, storage_parts_alive
 from .state import StackState, is_mirror, process_table, stack_status, stop_rank
 
 if TYPE_CHECKING:
@@ -96,17 +97,28 @@ class LocalPlatform:
         finally:
             if not dry_run:
                 state.save(self.paths.state_file)
+                self.paths.seal()  # what the programs created during the deploy, too
         return report
 
     def status(self) -> PlatformStatus:
         """What runs, what answers, and which of the lifecycle states the stack is in."""
+        from .exposure import exposed_to_others
+
         state = StackState.load(self.paths.state_file)
         # Probed all at once: a hung part costs one probe timeout, not one per process that waits on it.
         live = [n for n, r in state.processes.items() if r.alive()]
         with ThreadPoolExecutor(max_workers=max(1, len(live))) as pool:
             answers = dict(zip(live, pool.map(self._answers, live)))
         processes = process_table(state, running=ProcessRecord.alive, ready=lambda n: answers.get(n, False))
-        return stack_status(state, processes, has_state=self.paths.state_file.exists())
+        # Only a stack that runs whole: a stopped one has no ports, and a broken one is DEGRADED already.
+        whole = not processes.empty and bool(processes["running"].all() and processes["ready"].all())
+        exposed: list[str] = []
+        if whole:
+            try:
+                exposed = exposed_to_others(self)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:  # unproven is not closed
+                exposed = [f"could not try as another local user ({exc})"]
+        return stack_status(state, processes, has_state=self.paths.state_file.exists(), exposed=exposed)
 
     def down(self, *, dry_run: bool = False) -> DeployReport:
         """Stop every process of the stack (data and logs stay for the analysis notebooks)."""
@@ -140,6 +152,8 @@ class LocalPlatform:
             state.mirrors = []
             state.fingerprints = {}
             state.save(self.paths.state_file)
+            # Nothing of the stack runs as its workers' user any more: the next deploy creates it again.
+            self.paths.access.release()
         return report
 
     def rollback(self, *, component: str, revision: str = "", dry_run: bool = True) -> DeployReport:
@@ -276,8 +290,12 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
             if name == "s3-gateway":
                 secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)
                 assert self.settings.storage is not None
-                s3_round_trip(self.configs.s3_endpoint, secrets.s3_access_key.reveal(),
-                              secrets.s3_secret_key.reveal(), self.settings.storage.bucket, timeout=STATUS_PROBE_SECONDS)
+                keys = (secrets.s3_access_key.reveal(), secrets.s3_secret_key.reveal())
+                s3 = s3_client(endpoint=self.configs.s3_endpoint, access_key=keys[0], secret_key=keys[1],
+                               probe_timeout=STATUS_PROBE_SECONDS)
+                s3_round_trip(self.configs.s3_endpoint, *keys, self.settings.storage.bucket, s3=s3)
+                # Errors for what the registry believes it holds (its volumes deleted under it).
+                cached_blob_readable(s3, self.settings.storage.bucket, self.settings.storage.root_directory)
             return True
         except Exception:  # noqa: BLE001 - a probe that fails means "not ready", which is what we report
             return False

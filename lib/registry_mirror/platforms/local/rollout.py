@@ -18,6 +18,7 @@ from ...preflight import Check, PreflightReport
 from ...processes import ProcessRecord, port_is_free, reap_session, session_members, stop_process, wait_until
 from ...registry_config import DRAIN_SECONDS, registry_config_yaml
 from ...sample_images import SAMPLE_IMAGES, seed_registry
+from . import private_network
 from .configs import Nginx, StackConfigs
 from .daemons import binary
 from .hub_stand_in import hub_seeder, start_hub_stand_in
@@ -31,7 +32,6 @@ from .seaweedfs import (
     storage_parts_alive,
 )
 from .state import StackState, is_mirror, stop_rank
-from .worker_access import WorkerUserMissing
 
 # Seconds a mirror may take to exit after its drain window before it is killed.
 MIRROR_EXIT_GRACE_SECONDS = 3
@@ -58,7 +58,7 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     checks.append(Check("registry version", version == want,
                         f"{mirror_binary} reports {version}; params registry.version {want}"))
     # Keyed by the process that holds the port when the stack runs.
-    ports = {"router": local.public_port, "s3-gateway": local.s3_port}
+    ports = {"router": local.public_port, "s3-relay": local.s3_port}
     if uses_hub_stand_in(configs):
         ports["hub"] = local.hub_port
         ports["hub-token"] = local.hub_token_port
@@ -66,6 +66,8 @@ def preflight(configs: StackConfigs) -> PreflightReport:
         # A killed nginx master's workers still hold its port: ours too, and the deploy stops them.
         ours = state.running(component) or (component in state.processes
                                             and bool(session_members(state.processes[component])))
+        # A SeaweedFS started before the relay existed has its gateway on the S3 port; the deploy replaces it.
+        ours = ours or (component == "s3-relay" and state.running("s3-gateway"))
         free = ours or port_is_free(local.address, port)
         checks.append(Check(f"port {port} ({component})", free,
                             "held by this stack" if ours else ("free" if free else "in use by another program")))
@@ -81,10 +83,17 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     existing = next(p for p in (paths.root, *paths.root.parents) if p.exists())
     writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
     checks.append(Check("state dir writable", writable, str(paths.root)))
-    try:
-        checks.append(Check("nginx worker user", True, paths.access.user or "the invoking user (not root)"))
-    except WorkerUserMissing as exc:
-        checks.append(Check("nginx worker user", False, str(exc)))
+    unavailable = private_network.available()
+    checks.append(Check("private network for SeaweedFS", unavailable is None,
+                        unavailable or "a network namespace of the stack's own can be created"))
+    user = paths.access.user
+    if user is None:
+        checks.append(Check("nginx worker user", True, "the invoking user (not root)"))
+    else:
+        useradd = binary("useradd")
+        checks.append(Check("nginx worker user", useradd is not None,
+                            f"{user}, this stack's own (the deploy creates it, down removes it)" if useradd
+                            else f"useradd is missing, so the workers' user {user} cannot be created"))
     return PreflightReport(checks)
 
 
@@ -285,6 +294,9 @@ class Rollout:
             rec = start_nginx(name, conf=conf, prefix=self.paths.nginx_prefix(name),
                               log=self.paths.logs / f"{name}.stderr.log", ready=ready,
                               register=self._register, timeout=self.local.ready_timeout_seconds)
+            if name == "proxy":
+                # nginx makes its unix sockets 0666; the folder alone would guard the trusted hop.
+                self.paths.proxy_socket.chmod(0o660)
             return f"pid {rec.pid}"
         self.steps.run(name, "start nginx", start,
                        detail=f"http://{self.configs.endpoint}" if name == "router" else "unix socket")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -16,14 +18,18 @@ from ...processes import (
 )
 from ...s3_clients import s3_client
 from .daemons import any_died, daemon_env, require, write_private
+from .private_network import create_argv, enter_argv
 from .seaweedfs_security import ensure_security_config
 
 # Start order; stop goes the other way, so each part finishes its writes while what it writes to
-# still runs: the gateway stops taking requests, the filer closes its metadata store, the volume
-# server flushes its needle files, the master goes last.
-SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway")
+# still runs: the relay stops taking requests, the gateway finishes its own, the filer closes its
+# metadata store, the volume server flushes its needle files, the master goes last.
+SEAWEEDFS_PARTS = ("s3-master", "s3-volume", "s3-filer", "s3-gateway", "s3-relay")
 # Changes whenever how the parts are started changes, so a deploy restarts a SeaweedFS started the old way.
-SEAWEEDFS_LAYOUT = "four parts, JWT and mutual TLS, write white-list, no bucket auto-creation"
+SEAWEEDFS_LAYOUT = ("four parts in a private network, S3 relayed from its socket, JWT and mutual TLS, "
+                    "no bucket auto-creation")
+# Files SeaweedFS writes (volumes, the filer's store) are the stack's alone.
+PRIVATE_UMASK = 0o077
 # Seconds each part may take to stop on SIGTERM before it is killed.
 STOP_SECONDS = {"s3-gateway": 10, "s3-filer": 30, "s3-volume": 15, "s3-master": 15}
 # ... and when the master or the volume server is already gone, so there is nothing left to finish.
@@ -41,6 +47,10 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     keeps the rest running), and a kill in the middle of a write is what made restarts answer
     InternalError for a while. Separate parts can be stopped in order. Each is handed to `register`
     as soon as it runs, so a failure half-way leaves nothing that `down` would not find.
+
+    All four run in a network namespace the master creates (see `private_network`): no other local
+    user can reach their HTTP or gRPC ports. The S3 API reaches `address:s3_port` through the
+    stack's relay from the gateway's unix socket.
     """
     identity = config_dir / "s3-identities.json"
     write_private(identity, json.dumps({"identities": [{
@@ -51,12 +61,13 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
     ports = _stable_ports(config_dir / "s3-ports.json", address, (
         "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "gateway.grpc"))
     weed = require("weed")
-    # Only the S3 API (with keys) may give out data: JWTs on HTTP, mutual TLS on gRPC, and writes
-    # to master and volume server only from the stack's own address.
+    # Behind the private network, still: JWTs on HTTP, mutual TLS on gRPC, and writes to master and
+    # volume server only from the namespace's own loopback address.
     secured = ensure_security_config(config_dir / "seaweedfs", address)
     bind = [f"-ip={address}", f"-ip.bind={address}"]
     master = f"{address}:{ports['master']}.{ports['master.grpc']}"
     filer = f"{address}:{ports['filer']}.{ports['filer.grpc']}"
+    gateway_socket = run_dir / "seaweedfs-s3.sock"
     for part in ("master", "volume", "filer"):
         (data_dir / part).mkdir(parents=True, exist_ok=True)
     argvs = {
@@ -77,15 +88,24 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
                        f"-port.grpc={ports['gateway.grpc']}", f"-config={identity}", "-port.iceberg=0",
                        # As S3 does: a write into a bucket that does not exist is NoSuchBucket. By
                        # default SeaweedFS creates it for an admin identity, which hides a deleted bucket.
-                       "-port.lance=0", "-autoCreateBucket=false"],
+                       "-port.lance=0", "-autoCreateBucket=false", f"-localSocket={gateway_socket}"],
     }
-    (run_dir / "seaweedfs-filer.sock").unlink(missing_ok=True)  # left by a killed filer
-    records = []
-    for name in SEAWEEDFS_PARTS:
+    for leftover in ("seaweedfs-filer.sock", "seaweedfs-s3.sock"):
+        (run_dir / leftover).unlink(missing_ok=True)  # left by a killed filer or gateway
+    records: list[ProcessRecord] = []
+    for name in argvs:  # the four weed parts, in start order; the relay follows
+        argv = create_argv(argvs[name]) if not records else enter_argv(records[0].pid, argvs[name])
         # SeaweedFS reads security.toml from its working directory.
-        record = start_process(name, argvs[name], log=logs / f"{name}.log", env=daemon_env(), cwd=secured)
+        record = start_process(name, argv, log=logs / f"{name}.log", env=daemon_env(), cwd=secured,
+                               umask=PRIVATE_UMASK)
         register(record)
         records.append(record)
+    wait_until(gateway_socket.exists, timeout=timeout, what="the S3 gateway's socket", abort=any_died(records))
+    relay = start_process("s3-relay", [sys.executable, "-m", "registry_mirror.platforms.local.s3_relay", address,
+                                       str(s3_port), str(gateway_socket)],
+                          log=logs / "s3-relay.log", env=daemon_env(), umask=PRIVATE_UMASK)
+    register(relay)
+    records.append(relay)
     s3 = s3_client(endpoint=f"http://{address}:{s3_port}", access_key=access_key, secret_key=secret_key)
     wait_until(lambda: s3.list_buckets() is not None, timeout=timeout, what="SeaweedFS S3 API",
                interval=0.25, abort=any_died(records))
@@ -118,14 +138,15 @@ def stop_seaweedfs_part(record: ProcessRecord, *, storage_alive: bool = True) ->
     stop_process(record, timeout=timeout, signalled=release)
 
 
-def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 10) -> str:
+def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 10,
+                  s3: Any = None) -> str:
     """What the registry needs of S3, done once: an authenticated write, read and delete in the bucket,
-    each call given at most `timeout` seconds.
+    each call given at most `timeout` seconds (or as the client `s3` given was made).
 
     A port that answers is not enough: SeaweedFS restarted on kept data answers InternalError until
     its volume server has registered, and the registry panics on that at start.
     """
-    s3 = s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key, probe_timeout=timeout)
+    s3 = s3 or s3_client(endpoint=endpoint, access_key=access_key, secret_key=secret_key, probe_timeout=timeout)
     key = f"_readiness/{uuid.uuid4().hex}"
     body = os.urandom(64)
     s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -135,6 +156,21 @@ def s3_round_trip(endpoint: str, access_key: str, secret_key: str, bucket: str, 
     finally:
         s3.delete_object(Bucket=bucket, Key=key)
     return "write, read and delete of a scratch object succeeded"
+
+
+def cached_blob_readable(s3: Any, bucket: str, root: str) -> str:
+    """Read the first byte of one layer the registry cached (the first its listing names); raises when
+    S3 answers an error for it. A scratch round trip alone passes on a store whose old volumes are
+    gone: the filer still lists every object, and new writes land in new volumes."""
+    prefix = f"{root.strip('/')}/docker/registry/v2/blobs/".lstrip("/")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+    if not listed:
+        return "no layer cached yet"
+    key = listed[0]["Key"]
+    if listed[0].get("Size", 0) == 0:
+        return "the first cached layer is empty"
+    s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].read()
+    return f"read the first byte of {key}"
 
 
 def ensure_bucket(endpoint: str, access_key: str, secret_key: str, bucket: str, *, timeout: float = 60) -> bool:

@@ -8,7 +8,7 @@ to find and stop what an earlier one started.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ class StackState:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)  # the stack's own, like everything under its folder but client/
         tmp.write_text(json.dumps({"generation": self.generation,
                                    "processes": {k: v.to_json() for k, v in self.processes.items()},
                                    "mirrors": self.mirrors, "fingerprints": self.fingerprints,
@@ -84,7 +85,7 @@ def process_table(state: StackState, *, running: Callable[[ProcessRecord], bool]
     return pd.DataFrame(rows, columns=PROCESS_COLUMNS)
 
 
-def condition(state: StackState, processes: pd.DataFrame, *, has_state: bool) -> str:
+def condition(state: StackState, processes: pd.DataFrame, *, has_state: bool, exposed: Sequence[str] = ()) -> str:
     """One line that tells apart every state a user can leave the stack in; its first words are the state."""
     if not has_state:
         return "NOT DEPLOYED: no stack state here; `make demo` deploys it"
@@ -103,11 +104,18 @@ def condition(state: StackState, processes: pd.DataFrame, *, has_state: bool) ->
         return (f"DEPLOY FAILED at {state.last_deploy.get('failed_at')}: {state.last_deploy.get('error')}; "
                 f"{len(processes) - len(down)} process(es) left running for debugging, `make down` stops them")
     if down or unready:
+        # S3 that runs but fails reads or writes has lost or refuses what the registry stored.
+        named = [f"{n} (S3 answers errors for stored objects)" if n == "s3-gateway" else n for n in unready]
         parts = ([f"not running: {', '.join(down)}"] if down else []) + (
-            [f"not answering: {', '.join(unready)}"] if unready else [])
+            [f"not answering: {', '.join(named)}"] if unready else [])
         return f"DEGRADED: {'; '.join(parts)}; `make demo` repairs it"
+    if exposed:
+        return (f"DEGRADED: open to other local users: {'; '.join(exposed[:3])}"
+                f"{f' (and {len(exposed) - 3} more)' if len(exposed) > 3 else ''}; `make demo` closes it")
     return f"RUNNING: {len(processes)} processes, all answering"
 
 
-def stack_status(state: StackState, processes: pd.DataFrame, *, has_state: bool) -> PlatformStatus:
-    return PlatformStatus(condition=condition(state, processes, has_state=has_state), processes=processes)
+def stack_status(state: StackState, processes: pd.DataFrame, *, has_state: bool,
+                 exposed: Sequence[str] = ()) -> PlatformStatus:
+    return PlatformStatus(condition=condition(state, processes, has_state=has_state, exposed=exposed),
+                          processes=processes)

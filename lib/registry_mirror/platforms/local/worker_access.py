@@ -1,12 +1,16 @@
 """Who the local nginx workers run as, and the one folder they may reach.
 
 nginx's workers parse every client request, so they must not run as root. When the stack runs as
-root the workers run as the system user `registry-mirror` (created by `make bootstrap`); the mirror
-sockets, the proxy socket, nginx's temp folders and the proxy's blob cache then live in a folder
-that only root and that user's group can enter. It cannot live under the stack's own folder:
-operators and pytest keep that under 0700 parents the workers could not traverse. Mode 2750 makes
-every socket created inside inherit the group, and the mirrors start with umask 007, so no other
-local user can connect to them.
+root the workers run as a system user of that stack's own (`registry-mirror-<8 hex>`, named after
+the stack's folder, with a group of the same name), created by the deploy and removed by `down`.
+The mirror sockets, the proxy socket, nginx's temp folders and the proxy's caches live in a folder
+only root and that group can enter. One user per stack, not one for all: the proxy trusts the
+X-Forwarded-For of whoever connects to its socket, so a worker of one stack must not be able to
+connect to another stack's sockets (a shared user could also signal or trace the other's workers).
+
+The folder cannot live under the stack's own folder: operators and pytest keep that under 0700
+parents the workers could not traverse. Mode 2750 makes every socket created inside inherit the
+group, and the mirrors start with umask 007, so no other local user can connect to them.
 
 A stack run by an ordinary user needs none of this: its workers already run as that user, and the
 sockets stay in the stack's own 0700 `run/` folder.
@@ -19,19 +23,23 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-WORKER_USER = "registry-mirror"
+WORKER_USER_PREFIX = "registry-mirror-"
 SHARED_PARENT = Path("/var/lib/registry-mirror")  # beside its sockets, as /var/lib/mysql does
 OWNER_FILE = "stack-root"
 MIRROR_UMASK = 0o007
+# What nginx's workers write in the shared folder; handed to the current worker user at each deploy
+# (a user removed by `down` and created again may come back with another uid).
+WORKER_FOLDERS = ("proxy-blob-cache", "proxy-manifest-cache", "nginx-temp")
 
 
 class WorkerUserMissing(RuntimeError):
-    def __init__(self) -> None:
-        super().__init__(f"nginx workers must not run as root, and the system user {WORKER_USER} they run as "
-                         "does not exist: run `make bootstrap` to create it")
+    def __init__(self, user: str) -> None:
+        super().__init__(f"the nginx workers' system user {user} could not be created (useradd failed): "
+                         "nginx workers must not run as root")
 
 
 @dataclass(frozen=True)
@@ -39,23 +47,47 @@ class WorkerAccess:
     """The nginx `user` (None: the invoking user) and the folder its workers share with the mirrors."""
 
     user: str | None
-    gid: int | None
     shared: Path
 
     @property
+    def gid(self) -> int | None:
+        """The workers' group, once the deploy created it (None for an ordinary user's stack)."""
+        if self.user is None:
+            return None
+        try:
+            return grp.getgrnam(self.user).gr_gid
+        except KeyError:
+            return None
+
+    @property
     def mode(self) -> int:
-        return 0o2750 if self.gid is not None else 0o700
+        return 0o2750 if self.user is not None else 0o700
 
     def prepare(self, stack_root: Path) -> None:
-        """Create the shared folder with its owner and mode; record which stack it belongs to."""
-        if self.gid is not None:
+        """Create the workers' user and the shared folder with its owner and mode; record which stack
+        the folder belongs to."""
+        if self.user is not None:
             SHARED_PARENT.mkdir(mode=0o755, parents=True, exist_ok=True)
             _collect_orphans()
+            ensure_system_user(self.user)
         self.shared.mkdir(parents=True, exist_ok=True)
-        if self.gid is not None:
-            os.chown(self.shared, os.geteuid(), self.gid)
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.shared, 0, entry.pw_gid)
             (self.shared / OWNER_FILE).write_text(str(stack_root.resolve()))
+            for name in WORKER_FOLDERS:
+                _hand_over(self.shared / name, entry.pw_uid, entry.pw_gid)
         self.shared.chmod(self.mode)
+
+    def release(self) -> None:
+        """After `down`: the shared folder back to root alone, then the workers' user removed, so a
+        uid or gid the system hands out later never owns what the stack left."""
+        if self.user is None:
+            return
+        if self.shared.exists():
+            _hand_over(self.shared, 0, 0)
+            self.shared.chmod(0o700)
+        remove_system_user(self.user)
 
     def problems(self) -> list[str]:
         """Why another local user could reach the shared folder (empty: nobody but root and the workers)."""
@@ -68,10 +100,12 @@ class WorkerAccess:
             found.append(f"the socket folder belongs to uid {info.st_uid}")
         if info.st_mode & stat.S_IRWXO:
             found.append("the socket folder is open to other users")
-        if self.gid is None and info.st_mode & stat.S_IRWXG:
+        if self.user is None and info.st_mode & stat.S_IRWXG:
             found.append("the socket folder is open to its group")
-        if self.gid is not None and (info.st_gid != self.gid or info.st_mode & stat.S_IWGRP):
-            found.append(f"the socket folder is not group {WORKER_USER}, read-only")
+        if self.user is not None and (info.st_gid != self.gid or info.st_mode & stat.S_IWGRP):
+            found.append(f"the socket folder is not group {self.user}, read-only")
+        if self.user is not None and self.gid is not None and grp.getgrgid(self.gid).gr_mem:
+            found.append(f"group {self.user} has members besides its workers: {grp.getgrgid(self.gid).gr_mem}")
         return found
 
 
@@ -79,14 +113,33 @@ def worker_access(stack_root: Path, *, euid: int | None = None) -> WorkerAccess:
     """The access for a stack at `stack_root` run by `euid` (default: this process)."""
     euid = os.geteuid() if euid is None else euid
     if euid != 0:
-        return WorkerAccess(user=None, gid=None, shared=stack_root / "run")
-    try:
-        gid = pwd.getpwnam(WORKER_USER).pw_gid
-        grp.getgrgid(gid)
-    except KeyError:
-        raise WorkerUserMissing() from None
+        return WorkerAccess(user=None, shared=stack_root / "run")
     digest = hashlib.sha256(str(stack_root.resolve()).encode()).hexdigest()[:16]
-    return WorkerAccess(user=WORKER_USER, gid=gid, shared=SHARED_PARENT / digest)
+    return WorkerAccess(user=WORKER_USER_PREFIX + digest[:8], shared=SHARED_PARENT / digest)
+
+
+def ensure_system_user(name: str) -> None:
+    """A system user and group `name` (no login, no home); nothing when it exists."""
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    result = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+                             "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True, timeout=30,
+                            check=False)
+    # 9: created meanwhile by a concurrent deploy of the same stack.
+    if result.returncode not in (0, 9):
+        raise WorkerUserMissing(name) from RuntimeError(result.stderr.strip())
+
+
+def remove_system_user(name: str) -> None:
+    """Remove user `name` and its group; nothing when it is gone."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return
+    subprocess.run(["userdel", name], capture_output=True, text=True, timeout=30, check=False)
 
 
 def worker_uids(pids: list[int]) -> dict[int, int]:
@@ -102,9 +155,20 @@ def worker_uids(pids: list[int]) -> dict[int, int]:
     return uids
 
 
+def _hand_over(folder: Path, uid: int, gid: int) -> None:
+    """Make `uid:gid` own `folder` and everything in it (without following links)."""
+    if not folder.exists():
+        return
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        if (info.st_uid, info.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+
+
 def _collect_orphans() -> None:
-    # A stack folder deleted by hand (or a pytest temp dir) leaves its shared folder behind.
+    # A stack folder deleted by hand (or a pytest temp dir) leaves its shared folder and user behind.
     for folder in SHARED_PARENT.iterdir():
         owner = folder / OWNER_FILE
         if folder.is_dir() and owner.is_file() and not Path(owner.read_text().strip()).exists():
             shutil.rmtree(folder, ignore_errors=True)
+            remove_system_user(WORKER_USER_PREFIX + folder.name[:8])

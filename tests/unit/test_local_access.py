@@ -1,0 +1,64 @@
+"""Who may reach a local stack's files, sockets and SeaweedFS, decided without running anything."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from registry_mirror.platforms.local import private_network
+from registry_mirror.platforms.local.paths import StackPaths
+from registry_mirror.platforms.local.stranger import Attempt, run_here
+from registry_mirror.platforms.local.worker_access import WORKER_USER_PREFIX, worker_access
+
+
+def test_each_root_run_stack_has_a_worker_user_of_its_own(tmp_path: Path) -> None:
+    a, b = worker_access(tmp_path / "a", euid=0), worker_access(tmp_path / "b", euid=0)
+    assert a.user and b.user and a.user != b.user and a.shared != b.shared
+    assert a.user.startswith(WORKER_USER_PREFIX) and len(a.user) <= 32  # useradd's limit
+    assert worker_access(tmp_path / "a", euid=0) == a  # the same stack, the same user, every time
+    ordinary = worker_access(tmp_path / "a", euid=1000)
+    assert ordinary.user is None and ordinary.shared == tmp_path / "a" / "run" and ordinary.mode == 0o700
+
+
+def test_seal_closes_the_stacks_own_files_and_leaves_the_client_configs_open(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path / "stack")
+    for folder in (paths.root, paths.config, paths.logs, paths.client_dir, paths.data / "s3" / "volume"):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    for file in (paths.config / "proxy.conf", paths.logs / "proxy.access.log", paths.data / "s3" / "volume" / "1.dat",
+                 paths.client_dir / "registries.conf"):
+        file.write_text("x")
+        file.chmod(0o644)
+    assert {"config is open to others (0o755)", "config/proxy.conf is open to others (0o644)"} <= set(paths.exposed())
+    paths.seal()
+    assert paths.exposed() == []
+    assert stat.S_IMODE(paths.root.stat().st_mode) == 0o711
+    assert stat.S_IMODE((paths.data / "s3" / "volume" / "1.dat").stat().st_mode) == 0o600
+    assert stat.S_IMODE((paths.client_dir / "registries.conf").stat().st_mode) == 0o644
+
+
+def test_a_file_in_a_closed_folder_is_not_reported_as_reachable(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path / "stack")
+    paths.config.mkdir(parents=True)
+    paths.root.chmod(0o711)
+    paths.config.chmod(0o700)
+    (paths.config / "mirror-9-0.yml").write_text("x")
+    (paths.config / "mirror-9-0.yml").chmod(0o644)
+    assert paths.exposed() == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a network namespace as root")
+def test_the_private_network_has_a_loopback_of_its_own() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as outside:
+        port = outside.getsockname()[1]
+        assert run_here([Attempt("outside", "tcp", ("127.0.0.1", port))])["outside"].reached
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        inside = subprocess.run(private_network.create_argv(["/usr/bin/python3", "-I", "-c", probe]),
+                                capture_output=True, text=True, timeout=30)
+    assert inside.returncode != 0 and "ConnectionRefused" in inside.stderr, inside
+    assert private_network.available() is None
