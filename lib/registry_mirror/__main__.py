@@ -4,6 +4,7 @@
     python -m registry_mirror endpoint       [--params FILE]     where the mirror answers and how to point clients
     python -m registry_mirror down           [--params FILE] [--confirm]   stop everything, keep data
     python -m registry_mirror build-registry  --params FILE ...  build each registry version the files pin
+    python -m registry_mirror build-conformance                  build the pinned OCI conformance suite
     python -m registry_mirror task-params     --params FILE --out FILE [--security-rules FILE]
                                               [--image-digest-file FILE]
 """
@@ -19,6 +20,7 @@ from .errors import ParameterError, RunbookError
 from .parameters import load_params_file
 from .pipeline_params import write_task_params
 from .platforms.registry import platform_for
+from .conformance_build import build_conformance
 from .registry_build import build_registry, uses_debian_package
 
 DEFAULT_PARAMS = "params/local.yaml"
@@ -59,6 +61,11 @@ def build_registries(args: argparse.Namespace) -> str:
     return "\n".join(lines) or "every params file runs Debian's registry package: nothing to build"
 
 
+def build_conformance_suite(args: argparse.Namespace) -> str:
+    build = build_conformance()
+    return f"OCI conformance {build.version}: {build.binary} (sha256 {build.sha256[:16]}...)"
+
+
 def task_params(args: argparse.Namespace) -> str:
     if not args.params:
         raise ParameterError("task-params needs --params: the environment's params file")
@@ -91,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         if params == "one":
             sub.add_argument("--params", action=_Once, help=f"params file (default {DEFAULT_PARAMS})")
-        else:
+        elif params == "several":
             sub.add_argument("--params", action="append", required=True, help="params file; give several")
         return sub
 
@@ -101,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     down_cmd.add_argument("--confirm", action="store_true", help="really stop it (without: show the plan)")
     command("build-registry", build_registries, "build each registry version the params files pin",
             params="several")
+    command("build-conformance", build_conformance_suite, "build the pinned OCI distribution-spec conformance suite",
+            params="none")
     task = command("task-params", task_params, "the params file a pipeline task runs the runbook with")
     task.add_argument("--out", type=Path, required=True, help="where to write the derived params file")
     task.add_argument("--security-rules", type=Path, help="the private rules file")
