@@ -18,27 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import requests
-import yaml
 
-from registry_mirror.credentials import LocalStackSecrets
-from registry_mirror.parameters import load_params_file
 from registry_mirror.platforms.local import LocalPlatform
-from registry_mirror.platforms.local.daemons import daemon_env
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
-from registry_mirror.platforms.local.mirrors import mirror_registry_binary
-from registry_mirror.processes import ProcessRecord, free_port, start_process, stop_process, wait_until
-from registry_mirror.registry_config import S3Location
-from registry_mirror.rendering import render_cf_manifests
 from registry_mirror.sample_images import BuiltImage, SampleImage, build_image, seed_registry
-from registry_mirror.security_rules import SecurityRules
-from tests.fakes.cf_edge import LOAD_BALANCER, MIRROR_CONTAINER, cf_edge
+from tests.integration.cf_mirror_app import CLIENT, cf_chain
 
 pytestmark = pytest.mark.integration
-
-PRODUCTION = load_params_file("params/production.yaml")
-CLIENT = "127.0.0.10"  # allowed on both renderings
-CF_RULES = SecurityRules(allow=["127.0.0.1/32", f"{CLIENT}/32"], trusted_routers=[f"{LOAD_BALANCER}/32"])
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -70,50 +56,10 @@ class Endpoint:
             conn.close()
 
 
-def _cf_mirror_env(stack: LocalPlatform, listen: str) -> dict[str, str]:
-    """The production mirror manifest's env, with local values only where the platform differs."""
-    assert stack.settings.storage is not None
-    manifests = render_cf_manifests(PRODUCTION, CF_RULES, s3=S3Location(
-        bucket=stack.settings.storage.bucket, region=stack.settings.storage.region))
-    secrets = stack.mirror_secret_env(LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False))
-    return {**manifests.mirror_env,
-            "REGISTRY_STORAGE_S3_REGIONENDPOINT": f"http://{stack.local.address}:{stack.local.s3_port}",
-            "REGISTRY_STORAGE_S3_FORCEPATHSTYLE": "true", "REGISTRY_STORAGE_S3_SECURE": "false",
-            "REGISTRY_PROXY_REMOTEURL": stack.hub_url,
-            "REGISTRY_PROXY_USERNAME": stack.settings.upstream.username or "",
-            "REGISTRY_HTTP_ADDR": listen, "REGISTRY_HTTP_DEBUG_ADDR": f"127.0.0.1:{free_port()}", **secrets}
-
-
 @pytest.fixture(scope="module")
 def cf_endpoint(stack: LocalPlatform) -> Iterator[Endpoint]:
-    """The CF rendering (buildpack-templated, behind load balancer, gorouter and Envoy stand-ins) in front
-    of the mirror app: the registry release production pins, started from its manifest's env."""
-    port = free_port(MIRROR_CONTAINER)
-    config = stack.paths.config / "cf-mirror-app.yml"
-    # The registry:3 image's own default config, which the manifest's variables override.
-    config.write_text(yaml.safe_dump({"version": 0.1, "storage": {"filesystem": {"rootdirectory": "/unused"}},
-                                      "http": {"addr": ":5000"}}))
-    log = stack.paths.logs / "cf-mirror-app.log"
-    record: ProcessRecord = start_process(
-        "cf-mirror-app", [str(mirror_registry_binary(PRODUCTION.registry.version)), "serve", str(config)], log=log,
-        env=daemon_env(_cf_mirror_env(stack, f"{MIRROR_CONTAINER}:{port}")))
-    try:
-        wait_until(lambda: _answers(f"http://{MIRROR_CONTAINER}:{port}/v2/"), timeout=30, what="the CF mirror app")
-        conf = render_cf_manifests(PRODUCTION, CF_RULES, s3=S3Location("unused", "unused")).proxy_nginx_conf
-        # The app port of the mirror is 5000 on CF; here a free one.
-        conf = conf.replace(":5000;", f":{port};")
-        with cf_edge(conf, env={"MIRROR_ROUTE": MIRROR_CONTAINER}) as edge:
-            yield Endpoint("cf", "127.0.0.1", edge.public)
-    finally:
-        stop_process(record)
-    assert not record.alive()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+    with cf_chain(stack) as chain:
+        yield Endpoint("cf", "127.0.0.1", chain.public)
 
 
 @pytest.fixture(params=["local", "cf"])
