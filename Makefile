@@ -25,13 +25,13 @@ users:
 	    registry-mirror && echo "created system user registry-mirror for the nginx workers"; \
 	fi
 
-# The registry version production pins (and any other a params file names), and the OCI conformance
-# suite `make test` runs, built from the Go module proxy into .tools/ once; a second run only checks
-# the recorded checksums.
+# The registry version production pins (and any other a params file names), and the Go clients
+# `make test` runs (the OCI conformance suite, crane), built from the Go module proxy into .tools/ once;
+# a second run only checks the recorded checksums.
 tools: venv
 	@$(BIN)/python -m registry_mirror build-registry --params params/production.yaml --params params/local.yaml \
 	  --params params/staging.yaml
-	@$(BIN)/python -m registry_mirror build-conformance
+	@$(BIN)/python -m registry_mirror build-test-tools
 
 # Install only what is missing, so a second run does not touch apt at all.
 apt:

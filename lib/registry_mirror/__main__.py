@@ -4,7 +4,7 @@
     python -m registry_mirror endpoint       [--params FILE]     where the mirror answers and how to point clients
     python -m registry_mirror down           [--params FILE] [--confirm]   stop everything, keep data
     python -m registry_mirror build-registry  --params FILE ...  build each registry version the files pin
-    python -m registry_mirror build-conformance                  build the pinned OCI conformance suite
+    python -m registry_mirror build-test-tools                   build the pinned Go clients the tests run
     python -m registry_mirror task-params     --params FILE --out FILE [--security-rules FILE]
                                               [--image-digest-file FILE]
 """
@@ -20,7 +20,7 @@ from .errors import ParameterError, RunbookError
 from .parameters import load_params_file
 from .pipeline_params import write_task_params
 from .platforms.registry import platform_for
-from .conformance_build import build_conformance
+from .go_tools import PINNED, build_tool
 from .registry_build import build_registry, uses_debian_package
 
 DEFAULT_PARAMS = "params/local.yaml"
@@ -61,9 +61,10 @@ def build_registries(args: argparse.Namespace) -> str:
     return "\n".join(lines) or "every params file runs Debian's registry package: nothing to build"
 
 
-def build_conformance_suite(args: argparse.Namespace) -> str:
-    build = build_conformance()
-    return f"OCI conformance {build.version}: {build.binary} (sha256 {build.sha256[:16]}...)"
+def build_test_tools(args: argparse.Namespace) -> str:
+    # The OCI conformance suite and crane, at the versions go_tools.PINNED names.
+    builds = {name: build_tool(name) for name in PINNED}
+    return "\n".join(f"{name} {b.version}: {b.binary} (sha256 {b.sha256[:16]}...)" for name, b in builds.items())
 
 
 def task_params(args: argparse.Namespace) -> str:
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     down_cmd.add_argument("--confirm", action="store_true", help="really stop it (without: show the plan)")
     command("build-registry", build_registries, "build each registry version the params files pin",
             params="several")
-    command("build-conformance", build_conformance_suite, "build the pinned OCI distribution-spec conformance suite",
+    command("build-test-tools", build_test_tools, "build the pinned Go clients the tests run (OCI conformance, crane)",
             params="none")
     task = command("task-params", task_params, "the params file a pipeline task runs the runbook with")
     task.add_argument("--out", type=Path, required=True, help="where to write the derived params file")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from registry_mirror.go_tools import built_tool
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.sample_images import BuiltImage, SampleImage, build_image, seed_registry
@@ -78,7 +79,7 @@ def _fresh_multiarch(stack: LocalPlatform, name: str) -> BuiltImage:
 
 
 def _amd64(built: BuiltImage) -> str:
-    return next(m.digest for m in built.platform_manifests if m.platform == "linux/amd64")
+    return _child(built, "linux/amd64")
 
 
 def test_later_accept_lines_cannot_be_forged_by_a_client_with_the_same_first_line(
@@ -108,6 +109,7 @@ def test_later_accept_lines_cannot_be_forged_by_a_client_with_the_same_first_lin
     # skopeo names the digest of what the tag resolved to: the list, from which it chose arm64.
     seen = json.loads(inspected.stdout)
     assert (seen["Architecture"], seen["Digest"]) == ("arm64", built.digest)
+    assert _crane_digest(endpoint, built, "linux/arm64") == _child(built, "linux/arm64")
 
 
 def test_a_user_agent_cannot_carry_accept_types_into_another_clients_key(
@@ -125,3 +127,19 @@ def test_a_user_agent_cannot_carry_accept_types_into_another_clients_key(
     for method in ("GET", "HEAD"):
         status, headers, _ = endpoint.ask(path, victim, method=method)
         assert (status, headers["content-type"], headers["docker-content-digest"]) == (200, DOCKER_LIST, built.digest)
+    # crane sends its types on one line: it too gets the list, and picks arm64 from it.
+    assert _crane_digest(endpoint, built, "linux/arm64") == _child(built, "linux/arm64")
+
+
+def _child(built: BuiltImage, platform: str) -> str:
+    return next(m.digest for m in built.platform_manifests if m.platform == platform)
+
+
+def _crane_digest(endpoint: Endpoint, built: BuiltImage, platform: str) -> str:
+    crane = built_tool("crane")
+    assert crane is not None, "crane is not built: run `make bootstrap`"
+    run = subprocess.run([crane.binary, "digest", "--insecure", "--platform", platform,
+                          f"{endpoint.host}:{endpoint.port}/{built.repository}:latest"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-500:]
+    return run.stdout.strip()
