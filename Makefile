@@ -120,3 +120,5 @@ bench: bootstrap
 	cd bench && ../$(BIN)/python cache_inventory.py
 	cd bench && ../$(BIN)/python triage.py
 	cd bench && ../$(BIN)/python lifecycle.py
+	cd bench && ../$(BIN)/python stampede.py
+	cd bench && ../$(BIN)/python conformance.py
