@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import ROOT, local_test_settings, machine  # noqa: F401 - also puts the project on sys.path
 
-from registry_mirror.conformance_build import SAMPLES, run_conformance
+from registry_mirror.conformance import SAMPLES, run_conformance
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.sample_images import seed_registry

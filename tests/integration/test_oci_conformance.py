@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_mirror.conformance_build import SAMPLES, SUITE, run_conformance
+from registry_mirror.conformance import SAMPLES, SUITE, run_conformance
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.sample_images import build_image, seed_registry
