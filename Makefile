@@ -30,11 +30,13 @@ users:
 	  exit 1; \
 	fi
 
-# The registry version production pins (and any other a params file names), built from the Go
-# module proxy into .tools/registry-<version>/ once; a second run only checks the recorded checksum.
+# The registry version production pins (and any other a params file names), and the Go clients
+# `make test` runs (the OCI conformance suite, crane), built from the Go module proxy into .tools/ once;
+# a second run only checks the recorded checksums.
 tools: venv
 	@$(BIN)/python -m registry_mirror build-registry --params params/production.yaml --params params/local.yaml \
 	  --params params/staging.yaml
+	@$(BIN)/python -m registry_mirror build-test-tools
 
 # Install only what is missing, so a second run does not touch apt at all.
 apt:
@@ -133,3 +135,5 @@ bench: bootstrap
 	cd bench && ../$(BIN)/python cache_inventory.py
 	cd bench && ../$(BIN)/python triage.py
 	cd bench && ../$(BIN)/python lifecycle.py
+	cd bench && ../$(BIN)/python stampede.py
+	cd bench && ../$(BIN)/python conformance.py

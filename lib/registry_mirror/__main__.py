@@ -4,6 +4,7 @@
     python -m registry_mirror endpoint       [--params FILE]     where the mirror answers and how to point clients
     python -m registry_mirror down           [--params FILE] [--confirm]   stop everything, keep data
     python -m registry_mirror build-registry  --params FILE ...  build each registry version the files pin
+    python -m registry_mirror build-test-tools                   build the pinned Go clients the tests run
     python -m registry_mirror task-params     --params FILE --out FILE [--security-rules FILE]
                                               [--image-digest-file FILE]
 """
@@ -18,6 +19,7 @@ from .errors import ParameterError, RunbookError
 from .parameters import load_params_file
 from .pipeline_params import write_task_params
 from .platforms.registry import platform_for
+from .go_tools import PINNED, build_tool
 from .registry_build import build_registry, uses_debian_package
 
 DEFAULT_PARAMS = "params/local.yaml"
@@ -58,6 +60,12 @@ def build_registries(args: argparse.Namespace) -> str:
     return "\n".join(lines) or "every params file runs Debian's registry package: nothing to build"
 
 
+def build_test_tools(args: argparse.Namespace) -> str:
+    # The OCI conformance suite and crane, at the versions go_tools.PINNED names.
+    builds = {name: build_tool(name) for name in PINNED}
+    return "\n".join(f"{name} {b.version}: {b.binary} (sha256 {b.sha256[:16]}...)" for name, b in builds.items())
+
+
 def task_params(args: argparse.Namespace) -> str:
     if not args.params:
         raise ParameterError("task-params needs --params: the environment's params file")
@@ -90,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         if params == "one":
             sub.add_argument("--params", action=_Once, help=f"params file (default {DEFAULT_PARAMS})")
-        else:
+        elif params == "several":
             sub.add_argument("--params", action="append", required=True, help="params file; give several")
         return sub
 
@@ -100,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     down_cmd.add_argument("--confirm", action="store_true", help="really stop it (without: show the plan)")
     command("build-registry", build_registries, "build each registry version the params files pin",
             params="several")
+    command("build-test-tools", build_test_tools, "build the pinned Go clients the tests run (OCI conformance, crane)",
+            params="none")
     task = command("task-params", task_params, "the params file a pipeline task runs the runbook with")
     task.add_argument("--out", type=Path, required=True, help="where to write the derived params file")
     task.add_argument("--security-rules", type=Path, help="the private rules file")

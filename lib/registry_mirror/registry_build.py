@@ -49,9 +49,10 @@ def build_dir(version: str, root: Path = TOOLS_DIR) -> Path:
     return root / f"registry-{version}"
 
 
-def built_registry(version: str, root: Path = TOOLS_DIR) -> RegistryBuild | None:
-    """The recorded build of `version`, or None when bootstrap has not built it."""
-    record = build_dir(version, root) / "build.json"
+def built_registry(version: str, root: Path = TOOLS_DIR, *, folder: Path | None = None) -> RegistryBuild | None:
+    """The recorded build of `version` (in `folder`, by default the registry's), or None when bootstrap has
+    not built it."""
+    record = (folder or build_dir(version, root)) / "build.json"
     try:
         return RegistryBuild(**json.loads(record.read_text()))
     except (OSError, ValueError, TypeError):
@@ -67,32 +68,42 @@ def build_registry(version: str, root: Path = TOOLS_DIR, *, log=print) -> Regist
             return existing
         except PreflightError:
             log(f"registry {version}: the recorded binary changed; building it again")
-    go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(p).exists()),
-                                    None)
-    if go is None:
-        raise PreflightError("building registry needs the Go toolchain (`go` is not on PATH); install Go, "
-                             "then run `make bootstrap` again")
-    target = build_dir(version, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
     log(f"building registry v{version} from the Go module proxy ({MODULE}); the first build takes a few minutes")
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        env = {**os.environ, "GOBIN": tmp, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -modcacherw"}
-        result = subprocess.run([go, "install", f"{MODULE}@v{version}"], env=env, capture_output=True, text=True,
-                                check=False, timeout=1800)
-        if result.returncode != 0:
-            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
-            raise PreflightError(f"go install {MODULE}@v{version} failed: {tail[-500:]}")
-        built = Path(tmp) / "registry"
+
+    def reports_version(built: Path) -> None:
         reported = subprocess.run([str(built), "--version"], capture_output=True, text=True, check=False,
                                   timeout=30).stdout
         if f"v{version}" not in reported:
             raise PreflightError(f"the built registry reports {reported.strip()!r}, not v{version}")
+
+    return go_install(MODULE, f"v{version}", "registry", build_dir(version, root), check=reports_version, log=log)
+
+
+def go_install(module: str, version: str, name: str, target: Path, *,
+               check=None, log=print) -> RegistryBuild:  # type: ignore[no-untyped-def]
+    """`go install module@version` into `target`/`name`, recording version, checksum and Go release."""
+    go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(p).exists()),
+                                    None)
+    if go is None:
+        raise PreflightError(f"building {name} needs the Go toolchain (`go` is not on PATH); install Go, "
+                             "then run `make bootstrap` again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        env = {**os.environ, "GOBIN": tmp, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -modcacherw"}
+        result = subprocess.run([go, "install", f"{module}@{version}"], env=env, capture_output=True, text=True,
+                                check=False, timeout=1800)
+        if result.returncode != 0:
+            tail = " | ".join(result.stderr.strip().splitlines()[-3:])
+            raise PreflightError(f"go install {module}@{version} failed: {tail[-500:]}")
+        built = Path(tmp) / name
+        if check is not None:
+            check(built)
         go_version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False).stdout
         target.mkdir(exist_ok=True)
-        binary = target / "registry"
+        binary = target / name
         shutil.move(str(built), binary)
-    record = RegistryBuild(version=version, module=MODULE, binary=str(binary), sha256=file_sha256(binary),
-                           go_version=go_version.strip())
+    record = RegistryBuild(version=version.removeprefix("v"), module=module, binary=str(binary),
+                           sha256=file_sha256(binary), go_version=go_version.strip())
     (target / "build.json").write_text(json.dumps(asdict(record), indent=2) + "\n")
     log(f"built {binary} (sha256 {record.sha256[:16]}...)")
     return record

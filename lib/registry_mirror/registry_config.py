@@ -102,7 +102,10 @@ def registry_config(settings: Settings, *, s3: S3Location, listener: Listener,
         "addr": listener.addr,
         # CF sends SIGTERM and kills after 10 s; finish in-flight pulls inside that window.
         "draintimeout": f"{DRAIN_SECONDS}s",
-        "headers": {"X-Content-Type-Options": ["nosniff"]},
+        # A manifest by tag differs with the client's Accept lines; saying so lets the proxy cache keep
+        # one copy per Accept (nginx hashes every Accept line for Vary, even where $http_accept shows
+        # only the first), and the proxy stores no tag answer that lacks it.
+        "headers": {"X-Content-Type-Options": ["nosniff"], "Vary": ["Accept"]},
     }
     if listener.net != "tcp":
         http["net"] = listener.net
@@ -144,8 +147,14 @@ def registry_config_yaml(config: dict[str, Any]) -> str:
         config, sort_keys=False, default_flow_style=False)
 
 
+# What every mirror process gets in its environment besides its config, on every platform. The 3.x
+# registry exports OpenTelemetry traces to localhost:4318 unless told not to, and logs a failed export
+# every 10 s per instance; nothing collects them here.
+REGISTRY_PROCESS_ENV: dict[str, str] = {"OTEL_TRACES_EXPORTER": "none"}
+
+
 def registry_env(config: dict[str, Any]) -> dict[str, str]:
-    """The same config as REGISTRY_* variables, as the CF manifest carries it.
+    """The same config as REGISTRY_* variables, as the CF manifest carries it, with REGISTRY_PROCESS_ENV.
 
     `REGISTRY_STORAGE=s3` is needed because it replaces the image's whole default storage map; the
     registry applies the variables in name order, so it lands before the REGISTRY_STORAGE_S3_* ones.
@@ -159,6 +168,7 @@ def registry_env(config: dict[str, Any]) -> dict[str, str]:
         if key == "version":
             continue
         _flatten(f"REGISTRY_{key.upper()}", value, env)
+    env.update(REGISTRY_PROCESS_ENV)
     return dict(sorted(env.items(), key=lambda kv: (len(kv[0].split("_")), kv[0])))
 
 

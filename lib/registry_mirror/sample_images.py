@@ -29,6 +29,13 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_LIST_V2 = "application/vnd.docker.distribution.manifest.list.v2+json"
 IMAGE_CONFIG_V1 = "application/vnd.docker.container.image.v1+json"
 LAYER_TAR_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# The media types of each format: (manifest, list or index, config, layer).
+_DOCKER_TYPES = (MANIFEST_V2, MANIFEST_LIST_V2, IMAGE_CONFIG_V1, LAYER_TAR_GZIP)
+_OCI_TYPES = (OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, OCI_LAYER_TAR_GZIP)
 
 # A fixed creation time keeps the config blob, and so every digest above it, stable.
 CREATED = "2024-01-01T00:00:00Z"
@@ -45,12 +52,14 @@ class SeedError(RunbookError):
 
 @dataclass(frozen=True)
 class SampleImage:
-    """What to generate: one tag, one schema2 manifest per platform, these layer sizes."""
+    """What to generate: one tag, one manifest per platform (Docker schema2, or OCI when `oci`; several
+    make a manifest list, or an OCI image index), these layer sizes."""
 
     repository: str
     tag: str
     platforms: tuple[str, ...] = ("linux/amd64",)
     layer_sizes: tuple[int, ...] = (4096,)
+    oci: bool = False
 
     def __post_init__(self) -> None:
         # Reject bad names here, where the mistake is made, not as a registry 400 later.
@@ -115,7 +124,7 @@ class BuiltImage:
         """Bytes the registry stores for this image: blobs, platform manifests and any list."""
         size = sum(len(blob) for blob in self.blobs.values())
         size += sum(child.size for child in self.platform_manifests)
-        if self.media_type == MANIFEST_LIST_V2:
+        if len(self.platform_manifests) > 1:
             size += len(self.manifest)
         return size
 
@@ -151,10 +160,11 @@ def build_image(image: SampleImage) -> BuiltImage:
     if len(children) == 1:
         only = children[0]
         return BuiltImage(image.repository, image.tag, only.media_type, only.content, only.digest, children, blobs)
+    list_type = (_OCI_TYPES if image.oci else _DOCKER_TYPES)[1]
     manifest_list = _canonical_json(
         {
             "schemaVersion": 2,
-            "mediaType": MANIFEST_LIST_V2,
+            "mediaType": list_type,
             "manifests": [
                 {
                     "mediaType": child.media_type,
@@ -167,7 +177,7 @@ def build_image(image: SampleImage) -> BuiltImage:
         }
     )
     return BuiltImage(
-        image.repository, image.tag, MANIFEST_LIST_V2, manifest_list, _digest(manifest_list), children, blobs
+        image.repository, image.tag, list_type, manifest_list, _digest(manifest_list), children, blobs
     )
 
 
@@ -199,6 +209,7 @@ _GZIP_LEVEL = 6
 
 
 def _build_platform(image: SampleImage, platform: str, blobs: dict[str, bytes]) -> BuiltManifest:
+    manifest_type, _, config_type, layer_type = _OCI_TYPES if image.oci else _DOCKER_TYPES
     layers: list[tuple[str, int]] = []
     diff_ids: list[str] = []
     for index, size in enumerate(image.layer_sizes):
@@ -230,12 +241,13 @@ def _build_platform(image: SampleImage, platform: str, blobs: dict[str, bytes]) 
     manifest = _canonical_json(
         {
             "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {"mediaType": IMAGE_CONFIG_V1, "size": len(config), "digest": config_digest},
-            "layers": [{"mediaType": LAYER_TAR_GZIP, "size": size, "digest": digest} for digest, size in layers],
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "size": len(config), "digest": config_digest},
+            "layers": [{"mediaType": layer_type, "size": size, "digest": digest} for digest, size in layers],
         }
     )
     return BuiltManifest(
+        media_type=manifest_type,
         platform=platform,
         content=manifest,
         digest=_digest(manifest),
@@ -335,7 +347,7 @@ def _seed_one(client: _RegistryClient, built: BuiltImage) -> SeededImage:
                 if not client.blob_exists(repository, digest):
                     client.upload_blob(repository, digest, built.blobs[digest])
             # A list's children must already be in the repository when the list is put.
-            if built.media_type == MANIFEST_LIST_V2 and client.manifest_digest(repository, child.digest) != child.digest:
+            if len(built.platform_manifests) > 1 and client.manifest_digest(repository, child.digest) != child.digest:
                 client.put_manifest(repository, child.digest, child.media_type, child.content, child.digest)
         client.put_manifest(repository, built.tag, built.media_type, built.manifest, built.digest)
     return SeededImage(

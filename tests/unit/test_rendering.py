@@ -25,6 +25,7 @@ from registry_mirror.platforms.local.nginx import nginx_test
 from registry_mirror.parameters import PROJECT_ROOT, Settings, load_params_file
 from registry_mirror.processes import free_port, tcp_listeners, wait_until
 from registry_mirror.registry_config import (
+    REGISTRY_PROCESS_ENV,
     SECRET_ENV,
     Listener,
     S3Location,
@@ -38,6 +39,8 @@ from registry_mirror.rendering import (
     BUILDPACK_MIRROR_ROUTE,
     BUILDPACK_NAMESERVERS,
     BUILDPACK_PORT,
+    BlobCache,
+    ManifestCache,
     NginxTarget,
     render_cf_manifests,
     render_client_configs,
@@ -332,7 +335,7 @@ def test_env_form_never_flattens_a_storage_parameter_map() -> None:
     env = registry_env(_config("staging"))
     assert yaml.safe_load(env["REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING"]) == {"enabled": False}
     assert not any(k.startswith("REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_") for k in env)
-    assert yaml.safe_load(env["REGISTRY_HTTP_HEADERS"]) == {"X-Content-Type-Options": ["nosniff"]}
+    assert yaml.safe_load(env["REGISTRY_HTTP_HEADERS"]) == {"X-Content-Type-Options": ["nosniff"], "Vary": ["Accept"]}
 
 
 def test_env_form_carries_the_whole_config() -> None:
@@ -341,7 +344,7 @@ def test_env_form_carries_the_whole_config() -> None:
     env = registry_env(config)
     rebuilt: dict[str, Any] = {"version": config["version"]}
     for name, value in env.items():
-        if name == "REGISTRY_STORAGE":
+        if name == "REGISTRY_STORAGE" or not name.startswith("REGISTRY_"):
             continue
         path = name.removeprefix("REGISTRY_").lower().split("_")
         node = rebuilt
@@ -493,3 +496,41 @@ def test_env_form_starts_registry(tmp_path: Path, upstream: str, processes: list
     assert f"proxy cache to {upstream}" in logged
     assert json.loads(logged.splitlines()[0])["instance"] == "mirror-env"
     assert proc.poll() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# What an operator reads at every start: nothing, unless it means something
+
+
+def _nginx_t_warnings(tmp_path: Path, name: str, text: str) -> list[str]:
+    prefix = tmp_path / "prefix" / name
+    prefix.mkdir(parents=True)
+    conf = tmp_path / f"{name}.conf"
+    conf.write_text(text)
+    nginx_test(conf, prefix)
+    result = subprocess.run(["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "e.log"), "-t"],
+                            capture_output=True, text=True, timeout=30)
+    return [line for line in result.stderr.splitlines() if "[warn]" in line or "[emerg]" in line]
+
+
+@needs_nginx
+def test_both_security_proxy_renderings_start_without_warnings(tmp_path: Path) -> None:
+    """Two proxy_next_upstream lines in one location made nginx warn `duplicate value` at every start."""
+    settings = _settings("local")
+    target = _local_target(tmp_path, "proxy", f"unix:{tmp_path}/proxy.sock", (f"unix:{tmp_path}/m.sock",))
+    local = render_nginx_conf(settings.load_security_rules(), target, real_ip_from=["unix:"],
+                              blob_cache=BlobCache.sized("16M", str(tmp_path / "blobs")),
+                              manifest_cache=ManifestCache.from_settings(settings, str(tmp_path / "manifests")))
+    cf = _buildpack_substitute(render_cf_manifests(_settings("staging"), EXAMPLE_RULES, s3=EXAMPLE_S3)
+                               .proxy_nginx_conf, port=free_port(), temp_dir=tmp_path / "temp")
+    cf = cf.replace("blob-cache", str(tmp_path / "cf-blobs")).replace("manifest-cache", str(tmp_path / "cf-manifests"))
+    assert _nginx_t_warnings(tmp_path, "local", local) == []
+    assert _nginx_t_warnings(tmp_path, "cf", cf) == []
+
+
+def test_every_mirror_process_is_told_not_to_export_traces() -> None:
+    """registry 3.x logs a failed trace export to localhost:4318 every 10 s without this (both platforms:
+    the CF manifest's env and the local instances' environment come from the same constant)."""
+    env = render_cf_manifests(_settings("staging"), EXAMPLE_RULES, s3=EXAMPLE_S3).mirror_env
+    assert env["OTEL_TRACES_EXPORTER"] == "none"
+    assert REGISTRY_PROCESS_ENV == {"OTEL_TRACES_EXPORTER": "none"}

@@ -280,3 +280,16 @@ def _log_entries(log_path: Path) -> Iterator[dict[str, object]]:
             continue
         if isinstance(entry, dict) and entry.get("msg") in ("response completed", "response completed with error"):
             yield entry
+
+
+def test_oci_samples_use_oci_media_types_throughout() -> None:
+    from registry_mirror.sample_images import OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST
+
+    index = build_image(SampleImage("library/oci-index", "latest", platforms=("linux/amd64", "linux/arm64"), oci=True))
+    assert index.media_type == OCI_INDEX and json.loads(index.manifest)["mediaType"] == OCI_INDEX
+    for child in index.platform_manifests:
+        manifest = json.loads(child.content)
+        assert (child.media_type, manifest["mediaType"], manifest["config"]["mediaType"]) == (OCI_MANIFEST,) * 2 + (OCI_CONFIG,)
+        assert {layer["mediaType"] for layer in manifest["layers"]} == {OCI_LAYER_TAR_GZIP}
+    docker = build_image(SampleImage("library/oci-index", "latest", platforms=("linux/amd64", "linux/arm64")))
+    assert docker.digest != index.digest and index.total_bytes > 0

@@ -14,6 +14,7 @@ from ...errors import ComponentNotReady
 from ...parameters import Settings
 from ...processes import ProcessRecord, start_process, stop_process, wait_until
 from ...registry_build import built_registry, uses_debian_package
+from ...registry_config import REGISTRY_PROCESS_ENV
 from ...unix_http import unix_request
 from .daemons import binary, daemon_env, died
 from .worker_access import MIRROR_UMASK
@@ -54,7 +55,7 @@ def start_mirror_instance(name: str, *, executable: str | None, config_file: Pat
             socket_path.unlink()  # left by a killed instance; the registry will not bind over it
         offset = log.stat().st_size if log.exists() else 0
         # umask 007: the socket is for the nginx workers' group only (see worker_access).
-        record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env(secrets),
+        record = start_process(name, [executable, "serve", str(config_file)], log=log, env=daemon_env({**REGISTRY_PROCESS_ENV, **secrets}),
                                umask=MIRROR_UMASK)
         if register is not None:
             register(record)
