@@ -143,7 +143,8 @@ def test_an_empty_params_file_is_refused_naming_it_instead_of_running_the_local_
                              "-f", str(empty), "-p", "dry_run", "True"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode != 0, result.stdout[-2000:]
-    assert f"ParameterError: params file {empty}: is empty" in result.stderr
+    # Refused by papermill's CLI itself (the package's I/O handler), or from the kernel where no handler runs.
+    assert f"params file {empty}: is empty" in result.stderr
 
 
 @pytest.mark.integration
