@@ -3,6 +3,7 @@ with one clear line that names the file and the key, before anything is started.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import types
@@ -474,6 +475,36 @@ def test_runbook_parameters_refuses(change: dict[str, Any], phrase: str) -> None
     _assert_one_line(message)
     assert message.startswith("deploy.ipynb parameters: ")
     assert phrase in message
+
+
+def test_a_currency_option_is_an_iso_code() -> None:
+    """A cost's currency is validated like any parameter: three capital letters, USD by default."""
+    _, options = runbook_parameters(_namespace(currency="EUR"), notebook="x.ipynb", options={"currency": str})
+    assert options == {"currency": "EUR"}
+    for wrong in ("usd", "dollars", "$", ""):
+        with pytest.raises(ParameterError, match=r"'currency' must be an ISO 4217 code .* such as USD") as info:
+            runbook_parameters(_namespace(currency=wrong), notebook="x.ipynb", options={"currency": str})
+        _assert_one_line(str(info.value))
+    for name in ("cache_usage.ipynb", "retention.ipynb"):  # both show costs: both declare the option
+        cells = json.loads((PROJECT_ROOT / "notebooks" / name).read_text())["cells"]
+        declared = "".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+        assert 'currency: str = "USD"' in declared, name
+
+
+def test_a_runbook_for_one_platform_refuses_another_before_its_credentials() -> None:
+    """teardown.ipynb on a Cloud Foundry params file: the real problem (it is local-only) first, before
+    the CF settings are judged or any CF credential is asked for."""
+    ns = _namespace(confirm_teardown=False)
+    ns.update(_load("staging"))
+    with pytest.raises(ParameterError) as info:
+        runbook_parameters(ns, notebook="teardown.ipynb", options={"confirm_teardown": bool}, only_on=("local",))
+    message = str(info.value)
+    _assert_one_line(message)
+    assert "teardown is local-only" in message and "'cloudfoundry'" in message
+    runbook_parameters(_namespace(confirm_teardown=False), notebook="teardown.ipynb",
+                       options={"confirm_teardown": bool}, only_on=("local",))
+    cells = json.loads((PROJECT_ROOT / "notebooks" / "teardown.ipynb").read_text())["cells"]
+    assert any('only_on=("local",)' in "".join(c["source"]) for c in cells)  # the notebook asks for it
 
 
 def test_runbook_parameters_int_option_refuses_bool() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..readable import summary_table
+from ..readable import money, price, summary_table
 
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
 Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
@@ -107,19 +107,19 @@ class Inventory:
         return (self.blobs.assign(age=buckets).groupby("age", observed=False)["size"]
                 .agg(["count", "sum"]).rename(columns={"count": "blobs", "sum": "bytes"}).reset_index())
 
-    def headroom(self, quota_gb: float, price_per_gb_month: float) -> pd.DataFrame:
+    def headroom(self, quota_gb: float, price_per_gb_month: float, currency: str = "USD") -> pd.DataFrame:
         used_gb = int(self.objects["size"].sum()) / 1e9
         return pd.DataFrame([{"used_gb": used_gb, "quota_gb": quota_gb or None,
                               "free_gb": (quota_gb - used_gb) if quota_gb else None,
                               "used_share": used_gb / quota_gb if quota_gb else None,
-                              "monthly_cost": used_gb * price_per_gb_month}])
+                              "monthly_cost": used_gb * price_per_gb_month, "currency": currency}])
 
-    def verdict(self, quota_gb: float = 0.0, price_per_gb_month: float = 0.0) -> str:
+    def verdict(self, quota_gb: float = 0.0, price_per_gb_month: float = 0.0, currency: str = "USD") -> str:
         s = self.summary().iloc[0]
-        room = self.headroom(quota_gb, price_per_gb_month).iloc[0]
-        quota = (f" {room['used_share']:.0%} of the {quota_gb:g} GB quota is used." if quota_gb else "")
-        cost = f" At {price_per_gb_month:g} per GB-month it costs {room['monthly_cost']:.2f} a month." \
-            if price_per_gb_month else ""
+        room = self.headroom(quota_gb, price_per_gb_month, currency).iloc[0]
+        quota = (f" {room['used_share']:.0%} of the {quota_gb:,.10g} GB quota is used." if quota_gb else "")
+        cost = (f" At {price(price_per_gb_month, currency, 'GB-month')} it costs "
+                f"{money(room['monthly_cost'], currency)} a month." if price_per_gb_month else "")
         n = {k: int(s[k]) for k in ("repositories", "objects", "unreferenced_blobs", "upload_objects",
                                     "untracked_by_scheduler")}
         untracked = (f" {n['untracked_by_scheduler']} cached layer(s) or manifest(s) have no scheduler entry and "
