@@ -427,19 +427,20 @@ def plot(inv: Inventory):  # type: ignore[no-untyped-def]
     return figure
 
 
-def write(inv: Inventory, folder, quota_gb: float = 0.0, price_per_gb_month: float = 0.0) -> list:  # type: ignore[no-untyped-def]
-    """The tables as CSV, and the summary appended to history.csv for growth over time."""
+def write(inv: Inventory, folder, quota_gb: float = 0.0, price_per_gb_month: float = 0.0,  # type: ignore[no-untyped-def]
+          currency: str = "USD", history: pd.DataFrame | None = None) -> list:
+    """The tables as CSV, and a copy of the bucket's history (cache_history.csv) when given: the
+    history itself lives in the bucket, where the next run finds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     tables = {"summary": inv.summary(), "repositories": inv.repositories(), "unreferenced": inv.unreferenced(),
-              "ages": inv.ages(), "scheduler": inv.scheduler, "untracked": inv.untracked(), "headroom": inv.headroom(quota_gb, price_per_gb_month)}
+              "ages": inv.ages(), "scheduler": inv.scheduler, "untracked": inv.untracked(),
+              "headroom": inv.headroom(quota_gb, price_per_gb_month, currency)}
+    if history is not None:
+        tables["history"] = history
     for name, frame in tables.items():
         path = folder / f"cache_{name}.csv"
         frame.to_csv(path, index=False)
         written.append(path)
-    history = folder / "cache_history.csv"
-    row = inv.summary().assign(taken_at=datetime.now(timezone.utc).isoformat())
-    row.to_csv(history, mode="a", header=not history.exists(), index=False)
-    written.append(history)
     return written
