@@ -83,7 +83,7 @@ def test_sizes_dedupe_unreferenced_and_uploads(walk: bool) -> None:
     assert repos.loc["library/b", "logical_bytes"] == 5700 and repos.loc["library/a", "tags"] == 1
     ages = inv.ages(now=NOW).set_index("age")
     assert ages.loc["<1 week", "blobs"] == 2 and ages.loc["<3 months", "bytes"] == 5000 and ages.loc["older", "blobs"] == 1
-    assert "1 unreferenced blob(s)" in inv.verdict(quota_gb=1, price_per_gb_month=0.03)
+    assert "1 unreferenced blob(s), 123 bytes, could be reclaimed" in inv.verdict(quota_gb=1, price_per_gb_month=0.03)
 
 
 def test_costs_carry_their_currency() -> None:

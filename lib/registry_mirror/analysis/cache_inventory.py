@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..readable import money, price, summary_table
+from ..readable import human_bytes, money, price, summary_table
 
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
 Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
@@ -126,9 +126,9 @@ class Inventory:
                      "will never expire: several mirror instances overwriting one scheduler state do this "
                      "(distribution issue 4594)." if n["untracked_by_scheduler"] else "")
         return (f"The cache holds {n['repositories']} repositories in {n['objects']} objects, "
-                f"{s['bytes'] / 1e6:.1f} MB; shared layers make {s['logical_bytes'] / 1e6:.1f} MB of images take "
-                f"{s['physical_blob_bytes'] / 1e6:.1f} MB (dedupe {s['dedupe_ratio']:.2f}x). "
-                f"{n['unreferenced_blobs']} unreferenced blob(s), {s['reclaimable_bytes'] / 1e6:.1f} MB, could be "
+                f"{human_bytes(s['bytes'])}; shared layers make {human_bytes(s['logical_bytes'])} of images take "
+                f"{human_bytes(s['physical_blob_bytes'])} (dedupe {s['dedupe_ratio']:.2f}x). "
+                f"{n['unreferenced_blobs']} unreferenced blob(s), {human_bytes(s['reclaimable_bytes'])}, could be "
                 f"reclaimed; {n['upload_objects']} leftover upload object(s).{untracked}{quota}{cost}")
 
 
