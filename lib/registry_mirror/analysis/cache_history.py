@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from ..readable import human_bytes
 from .cache_inventory import CacheLocation, Inventory
 
 HISTORY_KEY = "cache-usage/history.csv"  # outside docker/: the registry never reads it
@@ -56,11 +57,12 @@ def plot_growth(history: pd.DataFrame):  # type: ignore[no-untyped-def]
     figure, axis = plt.subplots(figsize=(12, 3.5))
     when = pd.to_datetime(history["taken_at"], utc=True)
     size_mb = history["bytes"] / 1e6
-    axis.set_ylabel("MB in the bucket")
+    axis.set_ylabel("MB the cache holds")
     axis.ticklabel_format(axis="y", style="plain", useOffset=False)
     if len(history) == 1:
         axis.plot(when, size_mb, "o")
-        axis.annotate(f"{size_mb.iloc[0]:,.1f} MB: the first recorded run; growth shows from the next one",
+        first = human_bytes(history["bytes"].iloc[0])
+        axis.annotate(f"{first}: the first recorded run; growth shows from the next one",
                       (mdates.date2num(when.iloc[0]), size_mb.iloc[0]), textcoords="offset points", xytext=(8, 8))
         axis.set_xticks([mdates.date2num(when.iloc[0])])
         axis.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d %H:%M UTC"))
