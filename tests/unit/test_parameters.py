@@ -507,6 +507,29 @@ def test_a_runbook_for_one_platform_refuses_another_before_its_credentials() -> 
     assert any('only_on=("local",)' in "".join(c["source"]) for c in cells)  # the notebook asks for it
 
 
+def test_cf_dry_runs_without_credentials_refuse_for_that_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy's dry run (its preflight), rollback's and triage's first look (status) and verify_policies'
+    checks on a Cloud Foundry params file with no credentials in the environment: each reads the
+    foundation, so each refuses for the missing CF credentials, first, and for nothing else before it
+    (not the upstream token, which only a change would send)."""
+    from registry_mirror.errors import SecretMissingError
+
+    for name in ("CF_USERNAME", "CF_PASSWORD", "CF_CLIENT_ID", "CF_CLIENT_SECRET", "DOCKERHUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("allow: ['10.1.0.0/16']\ndeny: []\ntrusted_routers: ['10.2.0.0/24']\n")
+    data = _load("staging")
+    data["proxy"] = {**data["proxy"], "security_rules_file": str(rules)}
+    settings = validate_settings(data, source="staging")
+    target = platforms.platform_for(settings, settings.load_security_rules())
+    report = target.preflight()
+    assert [c.name for c in report.checks if not c.ok] == ["CF credentials"]
+    assert "no Cloud Foundry credentials: set CF_USERNAME" in report.checks[0].detail
+    for first_look in (target.status, target.policy_checks):
+        with pytest.raises(SecretMissingError, match="^no Cloud Foundry credentials: set CF_USERNAME"):
+            first_look()
+
+
 def test_runbook_parameters_int_option_refuses_bool() -> None:
     ns = _namespace(retries=True)
     with pytest.raises(ParameterError, match="'retries' must be int, got bool"):
