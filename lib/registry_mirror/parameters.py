@@ -43,14 +43,14 @@ def validate_settings(data: Mapping[str, Any], *, source: str) -> Settings:
 
 def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
                        options: Mapping[str, type] | None = None,
-                       only_on: tuple[str, ...] = ()) -> tuple[Settings, dict[str, Any]]:
+                       only_on: tuple[str, ...] = (), elsewhere: str = "") -> tuple[Settings, dict[str, Any]]:
     """Validate a notebook's parameters as papermill left them in `globals()`.
 
     Papermill only warns about a parameter the notebook does not declare, so a misspelt key in a
     params file would silently run with the notebook's default; here it is an error instead.
     `options` are the runbook's own parameters (dry_run, confirmations), typed, with no default.
     `only_on`: the platforms the runbook serves; another one is refused first, before anything
-    about that platform's settings or credentials is asked.
+    about that platform's settings or credentials is asked, saying `elsewhere` (what to use instead).
     """
     options = dict(options or {})
     names = _parameter_cell_names(namespace.get("In"))
@@ -71,7 +71,8 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
     if only_on and given["platform"] not in only_on:
         raise ParameterError(f"{source}: {Path(notebook).stem} is {' or '.join(only_on)}-only, and these "
                              f"parameters are for platform {given['platform']!r} (environment "
-                             f"{given.get('environment')!r}); nothing was asked of that platform or changed")
+                             f"{given.get('environment')!r}); nothing was asked of that platform or changed"
+                             + (f"; {elsewhere}" if elsewhere else ""))
     chosen: dict[str, Any] = {}
     for key, kind in options.items():
         value = given[key]

@@ -497,14 +497,17 @@ def test_a_runbook_for_one_platform_refuses_another_before_its_credentials() -> 
     ns = _namespace(confirm_teardown=False)
     ns.update(_load("staging"))
     with pytest.raises(ParameterError) as info:
-        runbook_parameters(ns, notebook="teardown.ipynb", options={"confirm_teardown": bool}, only_on=("local",))
+        runbook_parameters(ns, notebook="teardown.ipynb", options={"confirm_teardown": bool}, only_on=("local",),
+                           elsewhere="elsewhere use the CLI's down")
     message = str(info.value)
     _assert_one_line(message)
     assert "teardown is local-only" in message and "'cloudfoundry'" in message
+    assert message.endswith("; elsewhere use the CLI's down")
     runbook_parameters(_namespace(confirm_teardown=False), notebook="teardown.ipynb",
                        options={"confirm_teardown": bool}, only_on=("local",))
     cells = json.loads((PROJECT_ROOT / "notebooks" / "teardown.ipynb").read_text())["cells"]
-    assert any('only_on=("local",)' in "".join(c["source"]) for c in cells)  # the notebook asks for it
+    assert any('only_on=("local",)' in "".join(c["source"]) and "registry_mirror down" in "".join(c["source"])
+               for c in cells)  # the notebook asks for it, and names what stops another platform
 
 
 def test_cf_dry_runs_without_credentials_refuse_for_that_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -732,6 +735,37 @@ def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_p
     assert papermill_files(["/venv/bin/python", "/venv/bin/papermill", "a", "b", "-fx.yaml", "-p", "f", "1"]) == [
         "x.yaml"]
     assert papermill_files(["/venv/bin/python", "-m", "pytest", "-f", "x.yaml"]) == []
+
+
+def test_papermills_cwd_option_does_not_make_a_relative_params_file_missing(tmp_path: Path) -> None:
+    """`papermill ... -f params/local.yaml --cwd notebooks`: papermill read the file from where it was
+    started, then moved into notebooks/ before starting the kernel; the kernel's check must not then
+    call the file missing (it did: "params file params/local.yaml: file not found")."""
+    import subprocess
+
+    from registry_mirror.papermill_files import check_papermill_files
+    from registry_mirror.processes import wait_until
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "local.yaml").write_text((PARAMS / "local.yaml").read_text())
+    (tmp_path / "notebooks").mkdir()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    parent = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
+                               "params/local.yaml", "--cwd", "notebooks"], cwd=tmp_path / "notebooks")
+    absolute = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
+                                 str(empty), "--cwd", "notebooks"], cwd=tmp_path / "notebooks")
+    try:
+        for process in (parent, absolute):
+            wait_until(lambda p=process: Path(f"/proc/{p.pid}/cmdline").read_bytes(), timeout=10,
+                       what="sh's command line")
+        assert check_papermill_files(parent.pid) == []
+        with pytest.raises(ParameterError, match="is empty"):  # an absolute path is still checked
+            check_papermill_files(absolute.pid)
+    finally:
+        for process in (parent, absolute):
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.parametrize("text,phrase", [(None, "file not found"), ("", "is empty"), ("- a\n- b\n", "not a list"),
