@@ -22,7 +22,13 @@ def check_papermill_files(pid: int | None = None) -> list[Path]:
     """Refuse an empty, list-shaped, unreadable or missing file named with papermill's `-f`; returns
     the files, [] when the kernel was not started by papermill's CLI (JupyterLab, nbmake, pytest)."""
     argv, cwd = _command_line(os.getppid() if pid is None else pid)
-    files = [cwd / name for name in papermill_files(argv)]
+    names = papermill_files(argv)
+    if any(arg == "--cwd" or arg.startswith("--cwd=") for arg in argv):
+        # Papermill's --cwd moves papermill's own process there before it starts the kernel: a relative
+        # -f path no longer resolves from its cwd. Papermill read it (through ParamsFileHandler, which
+        # checks the same) before it moved, so only absolute paths are checked again here.
+        names = [name for name in names if Path(name).is_absolute()]
+    files = [cwd / name for name in names]
     for path in files:
         label = str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
         data = read_yaml_mapping(path, label=f"params file {label}")

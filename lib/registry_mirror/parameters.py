@@ -23,6 +23,8 @@ from .security_rules import Cidr, SecurityRules, load_security_rules
 from .yaml_files import KeyedValueError, describe_validation_error, read_yaml_mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# A runbook's `currency` option: the ISO 4217 code every cost it shows carries (the price's currency).
+CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def load_params_file(path: str | Path) -> Settings:
@@ -40,12 +42,15 @@ def validate_settings(data: Mapping[str, Any], *, source: str) -> Settings:
 
 
 def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
-                       options: Mapping[str, type] | None = None) -> tuple[Settings, dict[str, Any]]:
+                       options: Mapping[str, type] | None = None,
+                       only_on: tuple[str, ...] = (), elsewhere: str = "") -> tuple[Settings, dict[str, Any]]:
     """Validate a notebook's parameters as papermill left them in `globals()`.
 
     Papermill only warns about a parameter the notebook does not declare, so a misspelt key in a
     params file would silently run with the notebook's default; here it is an error instead.
     `options` are the runbook's own parameters (dry_run, confirmations), typed, with no default.
+    `only_on`: the platforms the runbook serves; another one is refused first, before anything
+    about that platform's settings or credentials is asked, saying `elsewhere` (what to use instead).
     """
     options = dict(options or {})
     names = _parameter_cell_names(namespace.get("In"))
@@ -63,6 +68,11 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
         parts = [f"unknown parameter '{k}'{did_you_mean(k, expected)}" for k in unknown] + [
             f"missing parameter '{k}'" for k in missing]
         raise ParameterError(f"{source}: " + "; ".join(parts))
+    if only_on and given["platform"] not in only_on:
+        raise ParameterError(f"{source}: {Path(notebook).stem} is {' or '.join(only_on)}-only, and these "
+                             f"parameters are for platform {given['platform']!r} (environment "
+                             f"{given.get('environment')!r}); nothing was asked of that platform or changed"
+                             + (f"; {elsewhere}" if elsewhere else ""))
     chosen: dict[str, Any] = {}
     for key, kind in options.items():
         value = given[key]
@@ -74,6 +84,9 @@ def runbook_parameters(namespace: Mapping[str, Any], *, notebook: str,
                                  f"those two words as booleans: -p {key} True")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParameterError(f"{source}: '{key}' must be {kind.__name__}, got {type(value).__name__}")
+        if key == "currency" and not CURRENCY.fullmatch(value):
+            raise ParameterError(f"{source}: 'currency' must be an ISO 4217 code of three capital letters, such "
+                                 f"as USD or EUR (the currency of price_per_gb_month), got {value!r}")
         chosen[key] = value
     settings = validate_settings({k: given[k] for k in SETTINGS_KEYS}, source=source)
     return settings, chosen

@@ -32,6 +32,20 @@ def count(n: Any) -> str:
     return f"{int(n):,}"
 
 
+def money(amount: float, currency: str) -> str:
+    """12.3456, 'USD' -> '12.35 USD': a cost always carries its ISO 4217 code, two decimals, never
+    scientific notation (a cost under a cent shows as '<0.01 USD')."""
+    if 0 < amount < 0.005:
+        return f"<0.01 {currency}"
+    return f"{amount:,.2f} {currency}"
+
+
+def price(amount: float, currency: str, unit: str) -> str:
+    """0.039, 'USD', 'GB-month' -> '0.039 USD per GB-month': the figure as given, in plain decimals."""
+    text = f"{amount:.10f}".rstrip("0").rstrip(".")
+    return f"{text} {currency} per {unit}"
+
+
 def summary_table(row: pd.Series, *, sizes: Iterable[str] = (), ratios: Iterable[str] = (),
                   labels: dict[str, str] | None = None) -> pd.DataFrame:
     """A one-row summary as `item | value` text: counts whole, sizes human, ratios in percent."""

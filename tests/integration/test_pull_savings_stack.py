@@ -22,7 +22,7 @@ from registry_mirror.parameters import resolve_project_path, runbook_parameters
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.sample_images import SampleImage, seed_registry
-from tests.support import client, settings_as_parameters
+from tests.support import client, first_screen, settings_as_parameters
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +97,7 @@ def _slice(log: Path, offset: int, to: Path) -> None:
 
 
 def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_path: Path) -> None:
+    from registry_mirror.analysis.cache_history import read_history
     from registry_mirror.analysis.cache_inventory import inventory, open_cache, take_inventory
 
     image = SampleImage(f"library/usage-{secrets.token_hex(4)}", "1", layer_sizes=(123_457,))
@@ -115,9 +116,14 @@ def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_pat
     walked = take_inventory(cache, progress=False)
     assert sorted(walked.objects["key"]) == sorted(inv.objects["key"])
 
+    # The growth history lives in the bucket: this run adds one row to what earlier runs left there.
+    before = read_history(cache)
     printed = cache_usage_cells(stack, output_dir=str(tmp_path / "usage"), quota_gb=10.0)
     summary = pd.read_csv(tmp_path / "usage" / "cache_summary.csv").iloc[0]
-    assert summary["repositories"] >= 1 and (tmp_path / "usage" / "cache_history.csv").exists()
+    assert summary["repositories"] >= 1
+    after = read_history(cache)
+    assert len(after) == len(before) + 1 and after["bytes"].iloc[-1] == summary["bytes"]
+    assert len(pd.read_csv(tmp_path / "usage" / "cache_history.csv")) == len(after)  # the build's copy
     secrets_file = stack.paths.secrets_file.read_text()
     assert not any(value in printed for value in _secret_values(secrets_file))
 
@@ -125,20 +131,23 @@ def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_pat
 def cache_usage_cells(stack: LocalPlatform, **values: object) -> str:
     """cache_usage.ipynb's cells, in-process, with the stack's settings and these options over the
     notebook's defaults; returns what the cells show (the cache's repr, the verdict, the files)."""
+    from registry_mirror.analysis.cache_history import record_history
     from registry_mirror.analysis.cache_inventory import open_cache, take_inventory, write
 
     defaults: dict[str, object] = {"bucket": "", "s3_endpoint": "", "quota_gb": 0.0, "price_per_gb_month": 0.0,
+                                   "currency": "USD",
                                    "inventory_report": "", "output_dir": ".out/cache-usage"}
     settings, options = runbook_parameters({**settings_as_parameters(stack.settings), **defaults, **values},
                                            notebook="cache_usage.ipynb",
                                            options={k: type(v) for k, v in defaults.items()})
     cache = open_cache(settings, bucket=options["bucket"], endpoint=options["s3_endpoint"])
     inv = take_inventory(cache, report=options["inventory_report"])
-    printed = [repr(cache), inv.verdict(options["quota_gb"], options["price_per_gb_month"]),
+    printed = [repr(cache), inv.verdict(options["quota_gb"], options["price_per_gb_month"], options["currency"]),
                inv.summary().T.to_string(),
-               inv.headroom(options["quota_gb"], options["price_per_gb_month"]).to_string()]
+               inv.headroom(options["quota_gb"], options["price_per_gb_month"], options["currency"]).to_string()]
+    history = record_history(cache, inv)
     printed += [str(path) for path in write(inv, resolve_project_path(options["output_dir"]), options["quota_gb"],
-                                            options["price_per_gb_month"])]
+                                            options["price_per_gb_month"], options["currency"], history)]
     return "\n".join(printed)
 
 
@@ -190,3 +199,11 @@ def test_the_analyse_task_runs_green_against_the_stack(stack: LocalPlatform, tmp
         assert dom.returncode == 0, dom.stderr[-1500:]
         assert verdict in dom.stdout
         assert re.search(r'<img [^>]*src="data:image/png;base64,', dom.stdout), f"{name}: no plot in the page"
+    # As an operator first sees each report: the verdict on the first screen, whole, plain numbers.
+    assert "The mirror served" in first_screen(out / "pull_savings.ipynb", tmp_path / "screen")
+    assert "The cache holds" in first_screen(out / "cache_usage.ipynb", tmp_path / "screen")
+    # The run left its row in the bucket's history, where the next build's run finds it.
+    from registry_mirror.analysis.cache_history import read_history
+    from registry_mirror.analysis.cache_inventory import open_cache
+
+    assert not read_history(open_cache(stack.settings)).empty

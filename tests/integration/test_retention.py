@@ -234,6 +234,9 @@ def test_the_notebooks_dry_run_changes_nothing(stack: LocalPlatform, tmp_path: P
     assert "Dry run: would delete" in text and "the 0.0 MB budget" in text
     assert (tmp_path / "out" / "retention_plan.csv").exists()
     assert _listing(cache) == before
+    from tests.support import first_screen
+
+    assert "what nothing references frees" in first_screen(out, tmp_path / "screen")  # the plan, seen first
 
 
 def _listing(cache) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]

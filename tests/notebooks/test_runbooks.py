@@ -158,15 +158,17 @@ def test_the_deployed_runbook_opens_on_its_verdict(deployed_notebook: tuple[Loca
 
 
 @pytest.mark.integration
-def test_teardown_without_confirmation_stops_nothing(deployed_notebook: tuple[LocalPlatform, Path]) -> None:
-    """teardown.ipynb's cells with its default (confirm_teardown False), in-process; the confirmed run is
-    the session stack's own teardown, under papermill."""
+def test_teardown_without_confirmation_stops_nothing(deployed_notebook: tuple[LocalPlatform, Path],
+                                                     tmp_path: Path) -> None:
+    """teardown.ipynb under papermill with its default (confirm_teardown False): a dry run that opens on
+    its verdict; the confirmed run is the session stack's own teardown."""
+    import papermill as pm
+
     platform, _ = deployed_notebook
     before = platform.running_processes()
-    settings, options = runbook_parameters({**settings_as_parameters(platform.settings), "confirm_teardown": False},
-                                           notebook="teardown.ipynb", options={"confirm_teardown": bool})
-    target = platform_for(settings, settings.load_security_rules())
-    target.status()  # the notebook shows it first
-    report = target.down(dry_run=not options["confirm_teardown"])
-    assert "DRY RUN" in repr(report)
+    out = tmp_path / "teardown.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/teardown.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
+                        parameters={**settings_as_parameters(platform.settings), "confirm_teardown": False},
+                        progress_bar=False, kernel_name="python3")
+    assert "DRY RUN" in first_screen(out, tmp_path / "screen")
     assert {n: r.pid for n, r in platform.running_processes().items()} == {n: r.pid for n, r in before.items()}

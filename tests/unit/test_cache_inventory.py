@@ -83,7 +83,24 @@ def test_sizes_dedupe_unreferenced_and_uploads(walk: bool) -> None:
     assert repos.loc["library/b", "logical_bytes"] == 5700 and repos.loc["library/a", "tags"] == 1
     ages = inv.ages(now=NOW).set_index("age")
     assert ages.loc["<1 week", "blobs"] == 2 and ages.loc["<3 months", "bytes"] == 5000 and ages.loc["older", "blobs"] == 1
-    assert "1 unreferenced blob(s)" in inv.verdict(quota_gb=1, price_per_gb_month=0.03)
+    assert "1 unreferenced blob(s), 123 bytes, could be reclaimed" in inv.verdict(quota_gb=1, price_per_gb_month=0.03)
+
+
+def test_costs_carry_their_currency() -> None:
+    """Every cost the cache shows names its currency: the verdict's monthly figure and price, and the
+    headroom table; a cost below a cent a month is neither rounded to 0.00 nor shown as 1e-05."""
+    def one_blob(size: int):  # type: ignore[no-untyped-def]
+        key = f"{BASE}blobs/sha256/{d(1)[:2]}/{d(1)}/data"
+        return inventory(lambda prefix: [{"Key": key, "Size": size, "LastModified": NOW}]
+                         if key.startswith(prefix) else [], progress=False)
+
+    inv = one_blob(2_000_000_000)
+    verdict = inv.verdict(price_per_gb_month=0.023, currency="EUR")
+    assert "At 0.023 EUR per GB-month it costs 0.05 EUR a month." in verdict, verdict
+    assert "USD" in inv.verdict(price_per_gb_month=0.023)  # the default currency, named
+    assert inv.headroom(0, 0.023, "EUR").iloc[0]["currency"] == "EUR"
+    tiny = one_blob(1000).verdict(price_per_gb_month=0.00001)
+    assert "<0.01 USD a month" in tiny and "0.00001 USD per GB-month" in tiny, tiny
 
 
 def test_a_root_directory_and_an_empty_bucket() -> None:

@@ -3,6 +3,7 @@ with one clear line that names the file and the key, before anything is started.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import types
@@ -476,6 +477,62 @@ def test_runbook_parameters_refuses(change: dict[str, Any], phrase: str) -> None
     assert phrase in message
 
 
+def test_a_currency_option_is_an_iso_code() -> None:
+    """A cost's currency is validated like any parameter: three capital letters, USD by default."""
+    _, options = runbook_parameters(_namespace(currency="EUR"), notebook="x.ipynb", options={"currency": str})
+    assert options == {"currency": "EUR"}
+    for wrong in ("usd", "dollars", "$", ""):
+        with pytest.raises(ParameterError, match=r"'currency' must be an ISO 4217 code .* such as USD") as info:
+            runbook_parameters(_namespace(currency=wrong), notebook="x.ipynb", options={"currency": str})
+        _assert_one_line(str(info.value))
+    for name in ("cache_usage.ipynb", "retention.ipynb"):  # both show costs: both declare the option
+        cells = json.loads((PROJECT_ROOT / "notebooks" / name).read_text())["cells"]
+        declared = "".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+        assert 'currency: str = "USD"' in declared, name
+
+
+def test_a_runbook_for_one_platform_refuses_another_before_its_credentials() -> None:
+    """teardown.ipynb on a Cloud Foundry params file: the real problem (it is local-only) first, before
+    the CF settings are judged or any CF credential is asked for."""
+    ns = _namespace(confirm_teardown=False)
+    ns.update(_load("staging"))
+    with pytest.raises(ParameterError) as info:
+        runbook_parameters(ns, notebook="teardown.ipynb", options={"confirm_teardown": bool}, only_on=("local",),
+                           elsewhere="elsewhere use the CLI's down")
+    message = str(info.value)
+    _assert_one_line(message)
+    assert "teardown is local-only" in message and "'cloudfoundry'" in message
+    assert message.endswith("; elsewhere use the CLI's down")
+    runbook_parameters(_namespace(confirm_teardown=False), notebook="teardown.ipynb",
+                       options={"confirm_teardown": bool}, only_on=("local",))
+    cells = json.loads((PROJECT_ROOT / "notebooks" / "teardown.ipynb").read_text())["cells"]
+    assert any('only_on=("local",)' in "".join(c["source"]) and "registry_mirror down" in "".join(c["source"])
+               for c in cells)  # the notebook asks for it, and names what stops another platform
+
+
+def test_cf_dry_runs_without_credentials_refuse_for_that_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy's dry run (its preflight), rollback's and triage's first look (status) and verify_policies'
+    checks on a Cloud Foundry params file with no credentials in the environment: each reads the
+    foundation, so each refuses for the missing CF credentials, first, and for nothing else before it
+    (not the upstream token, which only a change would send)."""
+    from registry_mirror.errors import SecretMissingError
+
+    for name in ("CF_USERNAME", "CF_PASSWORD", "CF_CLIENT_ID", "CF_CLIENT_SECRET", "DOCKERHUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("allow: ['10.1.0.0/16']\ndeny: []\ntrusted_routers: ['10.2.0.0/24']\n")
+    data = _load("staging")
+    data["proxy"] = {**data["proxy"], "security_rules_file": str(rules)}
+    settings = validate_settings(data, source="staging")
+    target = platforms.platform_for(settings, settings.load_security_rules())
+    report = target.preflight()
+    assert [c.name for c in report.checks if not c.ok] == ["CF credentials"]
+    assert "no Cloud Foundry credentials: set CF_USERNAME" in report.checks[0].detail
+    for first_look in (target.status, target.policy_checks):
+        with pytest.raises(SecretMissingError, match="^no Cloud Foundry credentials: set CF_USERNAME"):
+            first_look()
+
+
 def test_runbook_parameters_int_option_refuses_bool() -> None:
     ns = _namespace(retries=True)
     with pytest.raises(ParameterError, match="'retries' must be int, got bool"):
@@ -678,6 +735,37 @@ def test_a_papermill_params_file_that_injects_nothing_is_refused_naming_it(tmp_p
     assert papermill_files(["/venv/bin/python", "/venv/bin/papermill", "a", "b", "-fx.yaml", "-p", "f", "1"]) == [
         "x.yaml"]
     assert papermill_files(["/venv/bin/python", "-m", "pytest", "-f", "x.yaml"]) == []
+
+
+def test_papermills_cwd_option_does_not_make_a_relative_params_file_missing(tmp_path: Path) -> None:
+    """`papermill ... -f params/local.yaml --cwd notebooks`: papermill read the file from where it was
+    started, then moved into notebooks/ before starting the kernel; the kernel's check must not then
+    call the file missing (it did: "params file params/local.yaml: file not found")."""
+    import subprocess
+
+    from registry_mirror.papermill_files import check_papermill_files
+    from registry_mirror.processes import wait_until
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "local.yaml").write_text((PARAMS / "local.yaml").read_text())
+    (tmp_path / "notebooks").mkdir()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    parent = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
+                               "params/local.yaml", "--cwd", "notebooks"], cwd=tmp_path / "notebooks")
+    absolute = subprocess.Popen(["sh", "-c", "sleep 30; :", "papermill", "nb.ipynb", "out.ipynb", "-f",
+                                 str(empty), "--cwd", "notebooks"], cwd=tmp_path / "notebooks")
+    try:
+        for process in (parent, absolute):
+            wait_until(lambda p=process: Path(f"/proc/{p.pid}/cmdline").read_bytes(), timeout=10,
+                       what="sh's command line")
+        assert check_papermill_files(parent.pid) == []
+        with pytest.raises(ParameterError, match="is empty"):  # an absolute path is still checked
+            check_papermill_files(absolute.pid)
+    finally:
+        for process in (parent, absolute):
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.parametrize("text,phrase", [(None, "file not found"), ("", "is empty"), ("- a\n- b\n", "not a list"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -101,13 +102,15 @@ def test_budget_evicts_least_recently_pulled_first_and_keeps_shared_blobs() -> N
 def test_age_limit_protection_and_pins() -> None:
     ledger = pd.DataFrame([{"repository": "library/mid", "reference": "1", "last_pull": NOW - timedelta(hours=1)}])
     plan = _plan(_filled(), RetentionPolicy(evict_after_days=7, protect_days=1.0, pinned=["library/p*"],
-                                            price_per_gb_month=23.0),
+                                            price_per_gb_month=23.0, currency="EUR"),
                  ledger)
     # mid's tag link is 10 days old but the ledger saw a pull an hour ago: protected.
     assert [e.image for e in plan.evictions] == ["library/old"]
     kept = plan.kept.set_index("image")["kept"]
     assert kept["library/pin"] == "pinned" and kept["library/mid"] == "pulled within the protection window"
-    assert "a month at 23 per GB-month" in plan.verdict()
+    # A cost carries its currency: the policy's ISO code on the amount and on the price.
+    assert re.search(r"[0-9]\.[0-9]{2} EUR a month at 23 EUR per GB-month", plan.verdict()), plan.verdict()
+    assert "USD" in _plan(_filled(), RetentionPolicy(evict_after_days=7, price_per_gb_month=0.039), ledger).verdict()
 
 
 def test_unreferenced_blobs_and_stray_links_go_first() -> None:
@@ -161,6 +164,8 @@ def test_policy_refuses_unknown_keys_and_bad_values() -> None:
         retention_policy({"budget": "lots"}, source="retention.ipynb parameters")
     with pytest.raises(ParameterError, match="outside docker/"):
         retention_policy({"ledger_prefix": "docker/ledger/"}, source="retention.ipynb parameters")
+    with pytest.raises(ParameterError, match="currency"):
+        retention_policy({"currency": "dollars"}, source="retention.ipynb parameters")
     assert RetentionPolicy(budget="1.5G").budget_bytes == 1_500_000_000
 
 

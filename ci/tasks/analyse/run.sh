@@ -7,7 +7,8 @@ require ENVIRONMENT BUCKET
 params="$(task_params)"
 status=0
 run_notebook cache_usage "$params" -p bucket "$BUCKET" -p s3_endpoint "${S3_ENDPOINT:-}" \
-  -p quota_gb "${QUOTA_GB:-0}" -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" -p output_dir "$OUT_DIR/tables" || status=$?
+  -p quota_gb "${QUOTA_GB:-0}" -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" \
+  -r currency "${CURRENCY:-USD}" -p output_dir "$OUT_DIR/tables" || status=$?
 # With the mirrors' logs the pulls that reached Docker Hub are exact; without, an upper bound.
 mirror_logs=()
 [ -d "$BUILD_DIR/mirror-logs" ] && mirror_logs=(-p mirror_logs "$BUILD_DIR/mirror-logs")

@@ -10,7 +10,7 @@ status=0
 run_notebook retention "$params" -p bucket "$BUCKET" -p s3_endpoint "${S3_ENDPOINT:-}" \
   -r budget "${BUDGET:-0}" -p evict_after_days "${EVICT_AFTER_DAYS:-0}" \
   -p protect_days "${PROTECT_DAYS:-1}" \
-  -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" -p update_ledger True \
+  -p price_per_gb_month "${PRICE_PER_GB_MONTH:-0}" -r currency "${CURRENCY:-USD}" -p update_ledger True \
   -p dry_run "$(bool "${DRY_RUN:-true}")" -p confirm_eviction "$(bool "${CONFIRM_EVICTION:-false}")" \
   -p output_dir "$OUT_DIR/tables" || status=$?
 # The lines the notebook read from Log Cache are kept for the savings report too: Log Cache holds only

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..readable import summary_table
+from ..readable import human_bytes, money, price, summary_table
 
 Listing = Callable[[str], Iterable[dict]]  # prefix -> objects ({"Key", "Size", "LastModified"})
 Folders = Callable[[str], tuple[list[dict], list[str]]]  # prefix -> (objects right there, sub-prefixes)
@@ -107,28 +107,28 @@ class Inventory:
         return (self.blobs.assign(age=buckets).groupby("age", observed=False)["size"]
                 .agg(["count", "sum"]).rename(columns={"count": "blobs", "sum": "bytes"}).reset_index())
 
-    def headroom(self, quota_gb: float, price_per_gb_month: float) -> pd.DataFrame:
+    def headroom(self, quota_gb: float, price_per_gb_month: float, currency: str = "USD") -> pd.DataFrame:
         used_gb = int(self.objects["size"].sum()) / 1e9
         return pd.DataFrame([{"used_gb": used_gb, "quota_gb": quota_gb or None,
                               "free_gb": (quota_gb - used_gb) if quota_gb else None,
                               "used_share": used_gb / quota_gb if quota_gb else None,
-                              "monthly_cost": used_gb * price_per_gb_month}])
+                              "monthly_cost": used_gb * price_per_gb_month, "currency": currency}])
 
-    def verdict(self, quota_gb: float = 0.0, price_per_gb_month: float = 0.0) -> str:
+    def verdict(self, quota_gb: float = 0.0, price_per_gb_month: float = 0.0, currency: str = "USD") -> str:
         s = self.summary().iloc[0]
-        room = self.headroom(quota_gb, price_per_gb_month).iloc[0]
-        quota = (f" {room['used_share']:.0%} of the {quota_gb:g} GB quota is used." if quota_gb else "")
-        cost = f" At {price_per_gb_month:g} per GB-month it costs {room['monthly_cost']:.2f} a month." \
-            if price_per_gb_month else ""
+        room = self.headroom(quota_gb, price_per_gb_month, currency).iloc[0]
+        quota = (f" {room['used_share']:.0%} of the {quota_gb:,.10g} GB quota is used." if quota_gb else "")
+        cost = (f" At {price(price_per_gb_month, currency, 'GB-month')} it costs "
+                f"{money(room['monthly_cost'], currency)} a month." if price_per_gb_month else "")
         n = {k: int(s[k]) for k in ("repositories", "objects", "unreferenced_blobs", "upload_objects",
                                     "untracked_by_scheduler")}
         untracked = (f" {n['untracked_by_scheduler']} cached layer(s) or manifest(s) have no scheduler entry and "
                      "will never expire: several mirror instances overwriting one scheduler state do this "
                      "(distribution issue 4594)." if n["untracked_by_scheduler"] else "")
         return (f"The cache holds {n['repositories']} repositories in {n['objects']} objects, "
-                f"{s['bytes'] / 1e6:.1f} MB; shared layers make {s['logical_bytes'] / 1e6:.1f} MB of images take "
-                f"{s['physical_blob_bytes'] / 1e6:.1f} MB (dedupe {s['dedupe_ratio']:.2f}x). "
-                f"{n['unreferenced_blobs']} unreferenced blob(s), {s['reclaimable_bytes'] / 1e6:.1f} MB, could be "
+                f"{human_bytes(s['bytes'])}; shared layers make {human_bytes(s['logical_bytes'])} of images take "
+                f"{human_bytes(s['physical_blob_bytes'])} (dedupe {s['dedupe_ratio']:.2f}x). "
+                f"{n['unreferenced_blobs']} unreferenced blob(s), {human_bytes(s['reclaimable_bytes'])}, could be "
                 f"reclaimed; {n['upload_objects']} leftover upload object(s).{untracked}{quota}{cost}")
 
 
@@ -427,19 +427,20 @@ def plot(inv: Inventory):  # type: ignore[no-untyped-def]
     return figure
 
 
-def write(inv: Inventory, folder, quota_gb: float = 0.0, price_per_gb_month: float = 0.0) -> list:  # type: ignore[no-untyped-def]
-    """The tables as CSV, and the summary appended to history.csv for growth over time."""
+def write(inv: Inventory, folder, quota_gb: float = 0.0, price_per_gb_month: float = 0.0,  # type: ignore[no-untyped-def]
+          currency: str = "USD", history: pd.DataFrame | None = None) -> list:
+    """The tables as CSV, and a copy of the bucket's history (cache_history.csv) when given: the
+    history itself lives in the bucket, where the next run finds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     tables = {"summary": inv.summary(), "repositories": inv.repositories(), "unreferenced": inv.unreferenced(),
-              "ages": inv.ages(), "scheduler": inv.scheduler, "untracked": inv.untracked(), "headroom": inv.headroom(quota_gb, price_per_gb_month)}
+              "ages": inv.ages(), "scheduler": inv.scheduler, "untracked": inv.untracked(),
+              "headroom": inv.headroom(quota_gb, price_per_gb_month, currency)}
+    if history is not None:
+        tables["history"] = history
     for name, frame in tables.items():
         path = folder / f"cache_{name}.csv"
         frame.to_csv(path, index=False)
         written.append(path)
-    history = folder / "cache_history.csv"
-    row = inv.summary().assign(taken_at=datetime.now(timezone.utc).isoformat())
-    row.to_csv(history, mode="a", header=not history.exists(), index=False)
-    written.append(history)
     return written

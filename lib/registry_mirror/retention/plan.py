@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
+from ..readable import money, price
 from .layout import Image, Layout
 from .policy import RetentionPolicy
 
@@ -66,8 +67,9 @@ class RetentionPlan:
 
     def verdict(self) -> str:
         images = sum(1 for e in self.evictions if e.image != "(unreferenced)")
-        price = self.policy.price_per_gb_month
-        cost = (f", {self.freed_bytes / 1e9 * price:.2f} a month at {price:g} per GB-month" if price else "")
+        rate, currency = self.policy.price_per_gb_month, self.policy.currency
+        cost = (f", {money(self.freed_bytes / 1e9 * rate, currency)} a month at {price(rate, currency, 'GB-month')}"
+                if rate else "")
         budget = self.policy.budget_bytes
         if budget:
             under = "under" if self.after_bytes <= budget else "still over"

@@ -38,6 +38,7 @@ class RetentionPolicy(BaseModel):
     protect_days: float = Field(default=0.0, ge=0, le=3650)  # never evict what was pulled this recently; 0: none
     pinned: Annotated[list[str], AfterValidator(_patterns)] = []  # images never evicted (repository[:tag] patterns)
     price_per_gb_month: float = Field(default=0.0, ge=0)  # the S3 price, for the verdict's monthly figure
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")  # ISO 4217 code of the price: every cost shows it
     grace_seconds: float = Field(default=60.0, ge=0, le=3600)  # links gone -> blob data deleted: in-flight reads finish
     ledger_prefix: str = Field(default="retention/ledger/", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/$")
 

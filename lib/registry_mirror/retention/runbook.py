@@ -59,5 +59,5 @@ def write_plan(planned: PlannedRetention, folder: object) -> list:  # type: igno
     return written
 
 
-POLICY_OPTIONS = ("budget", "evict_after_days", "protect_days", "pinned", "price_per_gb_month", "grace_seconds",
-                  "ledger_prefix")
+POLICY_OPTIONS = ("budget", "evict_after_days", "protect_days", "pinned", "price_per_gb_month", "currency",
+                  "grace_seconds", "ledger_prefix")
