@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from ..readable import money, price
+from ..readable import human_bytes, money, price
 from .layout import Image, Layout
 from .policy import RetentionPolicy
 
@@ -79,7 +79,8 @@ class RetentionPlan:
                      f"{_mb(budget)} budget{held}"
         else:
             ending = f"; the bucket goes from {_mb(self.total_bytes)} to {_mb(self.after_bytes)} (no size budget)"
-        return (f"Evicting {images} image(s) and what nothing references frees {_mb(self.freed_bytes)} in "
+        # Worded as the plan it is: the same line heads a dry run, and an eviction reports what it did apart.
+        return (f"Plan: evicting {images} image(s) and what nothing references frees {_mb(self.freed_bytes)} in "
                 f"{sum(len(e.keys) for e in self.evictions)} object(s){cost}{ending}.")
 
 
@@ -196,4 +197,4 @@ def _repository(link_key: str) -> str:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return human_bytes(n)
