@@ -231,12 +231,12 @@ def test_the_notebooks_dry_run_changes_nothing(stack: LocalPlatform, tmp_path: P
     pm.execute_notebook(str(root / "notebooks/retention.ipynb"), str(out), cwd=str(root / "notebooks"),
                         parameters=parameters, progress_bar=False, kernel_name="python3")
     text = out.read_text()
-    assert "Dry run: would delete" in text and "the 0.0 MB budget" in text
+    assert "Dry run: would delete" in text and "the 1.0 kB budget" in text
     assert (tmp_path / "out" / "retention_plan.csv").exists()
     assert _listing(cache) == before
     from tests.support import first_screen
 
-    assert "what nothing references frees" in first_screen(out, tmp_path / "screen")  # the plan, seen first
+    assert "Plan: evicting" in first_screen(out, tmp_path / "screen")  # the plan, seen first
 
 
 def _listing(cache) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
