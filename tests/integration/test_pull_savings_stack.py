@@ -21,6 +21,7 @@ from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
 from registry_mirror.parameters import resolve_project_path, runbook_parameters
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
+from registry_mirror.processes import wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry
 from tests.support import client, first_screen, settings_as_parameters
 
@@ -45,6 +46,9 @@ def test_the_notebook_reports_exactly_the_pulls_made(stack: LocalPlatform, tmp_p
     assert client("127.0.0.66").get(f"http://{stack.endpoint}/v2/", timeout=30).status_code == 403
     assert allowed.post(f"http://{stack.endpoint}/v2/{image.repository}/blobs/uploads/", timeout=30).status_code == 405
 
+    # nginx logs a request after its response went out: wait for the last one's line before reading.
+    wait_until(lambda: f"POST /v2/{image.repository}/blobs/uploads/".encode() in _tail(proxy_log, proxy_at),
+               timeout=10, what="the proxy's line for the refused write")
     # Only this test's lines: the session's stack has served many others.
     _slice(proxy_log, proxy_at, tmp_path / "slice.log")
     (tmp_path / "mirrors").mkdir()
@@ -91,9 +95,13 @@ def pull_savings_cells(stack: LocalPlatform, **values: object) -> str:
 
 
 def _slice(log: Path, offset: int, to: Path) -> None:
+    to.write_bytes(_tail(log, offset))
+
+
+def _tail(log: Path, offset: int) -> bytes:
     with open(log, "rb") as f:
         f.seek(offset)
-        to.write_bytes(f.read())
+        return f.read()
 
 
 def test_cache_usage_inventories_the_stacks_bucket(stack: LocalPlatform, tmp_path: Path) -> None:
