@@ -288,7 +288,7 @@ def test_282_config_has_no_keys_282_lacks(listener: Listener, endpoint: str | No
 
 def test_3x_config_has_ttl_pathstyle_and_metrics() -> None:
     config = _config("staging", endpoint="https://s3.example.internal")
-    assert config["proxy"]["ttl"] == "0"  # retention evicts; 3.1 runs no scheduler then
+    assert config["proxy"]["ttl"] == "168h"
     assert config["storage"]["s3"]["forcepathstyle"] is True
     assert config["storage"]["s3"]["regionendpoint"] == "https://s3.example.internal"
     assert config["storage"]["s3"]["secure"] is True
