@@ -32,9 +32,10 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
                        token_port: int, username: str, password: str,
                        register: Callable[[ProcessRecord], None] | None = None,
                        timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord, ProcessRecord]:
-    """Start the token service, the registry (on a loopback port of its own) and the front on `address:port` that
-    routes `/token` to the first and everything else to the second; return the three (token service,
-    registry, front) once the mirror's account gets a token through the front and `/v2/` accepts it.
+    """Start the token service, the registry (on a loopback port of its own) and the front on
+    `address:port` that routes `/token` to the first and everything else to the second; return the three
+    (token service, registry, front) once the mirror's account gets a token through the front and
+    `/v2/` accepts it.
 
     The mirror's account (`username`) may pull and nothing else, like a read-only access token; the
     sample images are pushed by a separate seeding account (`hub_seeder`).
