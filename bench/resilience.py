@@ -28,7 +28,7 @@ from registry_mirror.checks.client import MANIFEST_ACCEPT, pull_over_api
 from registry_mirror.http_clients import client_from
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
-from registry_mirror.platforms.local.state import StackState
+from registry_mirror.platforms.local.state import HUB_PARTS, StackState
 from registry_mirror.processes import wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry
 from registry_mirror.unix_http import unix_request
@@ -132,7 +132,7 @@ def hung(stack: LocalPlatform) -> dict[str, object]:
     pull_over_api(url, client_from(ALLOWED), repository, tag)
     healthy = timed_pulls(url, repository, tag, 20)
     state = StackState.load(stack.paths.state_file)
-    hub = [state.processes["hub"], state.processes["hub-token"]]
+    hub = [state.processes[n] for n in HUB_PARTS]
     for record in hub:
         os.kill(record.pid, signal.SIGSTOP)
     try:

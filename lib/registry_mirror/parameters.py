@@ -263,8 +263,8 @@ class ProxySettings(_Model):
 class LocalSettings(_Model):
     address: str = "127.0.0.1"  # loopback address every public listener binds
     public_port: Port = 8080  # the router stand-in: the mirror's public endpoint
-    hub_port: Port = 5100  # the Docker Hub stand-in (registry)
-    hub_token_port: Port = 5101  # the Docker Hub stand-in's token service (auth.docker.io)
+    hub_port: Port = 5100  # the Docker Hub stand-in: its registry, and its token service at /token
+    hub_token_port: Port = 5101  # where the token service listens behind it (auth.docker.io)
     s3_port: Port = 8333  # SeaweedFS S3 API
     state_dir: str = ".state/local"  # processes, configs, data and logs of the stack
     seed_sample_images: bool = True  # push generated sample images into the Docker Hub stand-in

@@ -102,7 +102,9 @@ def go_install(module: str, version: str, name: str, target: Path, *,
         target.mkdir(exist_ok=True)
         binary = target / name
         shutil.move(str(built), binary)
-    record = RegistryBuild(version=version.removeprefix("v"), module=module, binary=str(binary),
+    # The real path: .tools may be a link (a git worktree shares its main checkout's), and what is
+    # compared with it later (a process's /proc/<pid>/exe) is always the real path.
+    record = RegistryBuild(version=version.removeprefix("v"), module=module, binary=str(binary.resolve()),
                            sha256=file_sha256(binary), go_version=go_version.strip())
     (target / "build.json").write_text(json.dumps(asdict(record), indent=2) + "\n")
     log(f"built {binary} (sha256 {record.sha256[:16]}...)")

@@ -42,7 +42,9 @@ from tests.fakes.cf_edge import Edge, cf_edge
 ROOT = Path(__file__).resolve().parents[2]
 HUB_USER, HUB_TOKEN = "cloudgovmirror", "hub-token-DO-NOT-LEAK-7d1f"
 CF_USER, CF_PASSWORD = "deployer", "deployer-password"
-REGISTRY_IMAGE = SampleImage("library/registry", "3.0.0")
+# The release production pins: the mirror app runs it and the hub stand-in holds its image.
+REGISTRY_VERSION = yaml.safe_load((ROOT / "params/production.yaml").read_text())["registry"]["version"]
+REGISTRY_IMAGE = SampleImage("library/registry", REGISTRY_VERSION)
 # The worker that runs the runbooks is 127.0.0.1 here (allowed); the load balancer of the CF edge
 # stand-in is 127.0.0.4 (trusted). The 10.x ranges stand for a real estate's.
 RULES = {"allow": ["10.10.0.0/16", "127.0.0.1/32"], "deny": ["10.10.66.0/24", "127.0.0.66/32"],
@@ -61,21 +63,21 @@ class Hub:
 
 @pytest.fixture(scope="session")
 def docker_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """Docker Hub stand-in holding library/registry:3.0.0, for the preflight's digest check."""
+    """Docker Hub stand-in holding library/registry:<production's version>, for the preflight's digest check."""
     root = tmp_path_factory.mktemp("hub")
     port, token_port = free_port(), free_port()
-    token, hub = start_hub_stand_in(data_dir=root / "data", config_dir=root / "config", logs=root,
+    token, hub, front = start_hub_stand_in(data_dir=root / "data", config_dir=root / "config", logs=root,
                                     address="127.0.0.1", port=port, token_port=token_port,
                                     username=HUB_USER, password=HUB_TOKEN)
     try:
         url = f"http://127.0.0.1:{port}"
         hello = next(i for i in SAMPLE_IMAGES if i.repository == "library/hello")
         seeded = seed_registry(url, hub_seeder(root / "config"), [REGISTRY_IMAGE, hello])
-        yield Hub(url, seeded[0].digest, [token, hub])
+        yield Hub(url, seeded[0].digest, [token, hub, front])
     finally:
-        for rec in (hub, token):
+        for rec in (front, hub, token):
             stop_process(rec)
-        assert not any(r.alive() for r in (hub, token))
+        assert not any(r.alive() for r in (front, hub, token))
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +94,8 @@ def mirror_app(docker_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     "redirect": {"disable": True}},
         "http": {"addr": f"{address}:{MIRROR_PORT}", "secret": secrets.token_hex(16)},
         "proxy": {"remoteurl": docker_hub.url, "username": HUB_USER, "password": HUB_TOKEN}}))
-    executable = mirror_registry_binary("3.0.0")
-    assert executable, "registry 3.0.0 is not built: run `make bootstrap`"
+    executable = mirror_registry_binary(REGISTRY_VERSION)
+    assert executable, f"registry {REGISTRY_VERSION} is not built: run `make bootstrap`"
     record = start_process("mirror-app", [executable, "serve", str(config)], log=root / "mirror.log",
                            env=daemon_env())
     try:

@@ -15,6 +15,7 @@ import yaml
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.credentials import LocalStackSecrets
 from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local.mirrors import mirror_healthy, mirror_registry_binary, start_mirror_instance
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.rollout import set_service
@@ -24,6 +25,7 @@ from registry_mirror.processes import ProcessRecord, free_port, start_process, s
 from registry_mirror.registry_build import built_registry
 from registry_mirror.registry_config import registry_env
 from registry_mirror.rendering import render_cf_manifests
+from registry_mirror.sample_images import SampleImage, seed_registry
 from registry_mirror.registry_config import S3Location
 from registry_mirror.security_rules import SecurityRules
 
@@ -90,12 +92,16 @@ def test_production_manifest_env_started_by_3x_serves_a_pull_through_the_proxy(
     original = list(state.mirrors)
     try:
         set_service(stack.configs, state, [name])  # the proxy now reaches this instance alone
-        pulled = pull_with_skopeo("docker.io/library/multiarch:latest",
+        # An image of its own: a sample another test pulled may still be in the proxy's cache.
+        image = SampleImage("library/production-env", "latest", platforms=("linux/amd64", "linux/arm64"))
+        seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), [image])
+        pulled = pull_with_skopeo(f"docker.io/{image.repository}:{image.tag}",
                                   registries_conf=stack.client_configs().registries_conf, arch="arm64")
         assert pulled.layers >= 1
     finally:
         set_service(stack.configs, StackState.load(stack.paths.state_file), original)
-    served = [line for line in log.read_text().splitlines() if '"http.request.uri":"/v2/library/multiarch/manifests' in line]
+    served = [line for line in log.read_text().splitlines()
+              if '"http.request.uri":"/v2/library/production-env/manifests' in line]
     assert served, "the pull did not reach the instance started from the production env"
     # The Prometheus counters the pull-savings analysis reads exist on the debug address.
     metrics = requests.get(f"http://127.0.0.1:{debug_port}/metrics", timeout=5).text

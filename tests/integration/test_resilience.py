@@ -22,7 +22,7 @@ from registry_mirror.checks.client import MANIFEST_ACCEPT, PullFailed, pull_over
 from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.platforms.local import LocalPlatform
-from registry_mirror.platforms.local.state import StackState
+from registry_mirror.platforms.local.state import HUB_PARTS, StackState
 from registry_mirror.platforms import verify_pull
 from registry_mirror.processes import ProcessRecord, stop_process, wait_until
 from registry_mirror.sample_images import SampleImage, seed_registry
@@ -152,7 +152,7 @@ def test_cached_images_pull_by_tag_and_digest_while_docker_hub_hangs(tough: Loca
     pull_with_skopeo(image, registries_conf=conf)  # each kind of client caches its own answer to a tag
     pull_with_skopeo(by_digest, registries_conf=conf)
     uncached = fresh_image(tough)
-    hub = [processes(tough)[n] for n in ("hub", "hub-token")]
+    hub = [processes(tough)[n] for n in HUB_PARTS]
     with frozen(hub):
         # Past its window the tag is revalidated in the background; the cached copy keeps serving.
         wait_until(lambda: tag_state(tough, image) in ("STALE", "UPDATING"), timeout=TAG_SECONDS + 30,

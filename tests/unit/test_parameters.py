@@ -173,7 +173,7 @@ BAD_FILES = [
     pytest.param(Bad("local", "registry.instances", "valid integer",
                      text=_replace_once("  instances: 2\n", '  instances: "2"\n')), id="raw-instances-quoted-string"),
     pytest.param(Bad("local", "registry.version", "valid string",
-                     text=_replace_once('version: "3.0.0"', "version: 3.0")), id="raw-version-unquoted-float"),
+                     text=_replace_once('version: "3.1.2"', "version: 3.1")), id="raw-version-unquoted-float"),
     # CIDRs
     pytest.param(Bad("local", "proxy.security_rules.allow[1]", "is not a CIDR", _rules("allow", 1, "10.0.0.0/33")),
                  id="cidr-prefix-33"),

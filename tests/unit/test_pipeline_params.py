@@ -16,4 +16,4 @@ def test_the_pipeline_digest_makes_a_digest_only_reference(tmp_path: Path) -> No
     data = task_params(ROOT / "params/production.yaml", security_rules=rules, image_digest=DIGEST + "\n")
     # Cloud Foundry's stager (containers/image) refuses name:tag@digest; the version stays registry.version.
     assert data["registry"]["image"] == f"registry@{DIGEST}"
-    assert validate_settings(data, source="test").registry.version == "3.0.0"
+    assert validate_settings(data, source="test").registry.version == "3.1.2"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +21,13 @@ import pandas as pd
 
 from ...credentials import LocalStackSecrets
 from ...errors import ParameterError
-from ...processes import ProcessRecord, free_port, gone, start_process, stop_process, wait_until
+from ...processes import ProcessRecord, gone, start_process, stop_process, wait_until
 from ...s3_clients import s3_client
 from .daemons import daemon_env
 from .mirrors import mirror_registry_binary, mirror_secret_env, upstream_answers
 from .nginx import nginx_argv, reload_nginx
-from .state import StackState
+from .hub_stand_in import hub_front_config, hub_registry_address
+from .state import HUB_PARTS, StackState
 from .worker_access import MIRROR_UMASK
 
 if TYPE_CHECKING:
@@ -133,30 +133,24 @@ def active_faults(stack: LocalPlatform) -> list[str]:
 # ------------------------------------------------------------------------------ the faults
 
 def _upstream_down(stack: LocalPlatform, state: StackState, record: dict) -> str:
-    _stop(stack, state, "hub", "hub-token")
+    _stop(stack, state, *HUB_PARTS)
     return f"stopped the Docker Hub stand-in; {stack.hub_url} refuses connections"
 
 
 def _upstream_rate_limited(stack: LocalPlatform, state: StackState, record: dict) -> str:
-    """The real registry moves to another port; nginx takes its place and answers manifest GETs with
-    Docker Hub's 429 and headers (a GET counts against Docker Hub's limit, a HEAD does not, so HEADs
-    still pass)."""
+    """The stand-in's front is replaced by one that answers manifest GETs with Docker Hub's 429 and
+    headers (a GET counts against Docker Hub's limit, a HEAD does not, so HEADs still pass); tokens
+    and everything else still reach the token service and the registry behind it."""
     assert stack.settings.local is not None
-    address, port = stack.settings.local.address, stack.settings.local.hub_port
-    _stop(stack, state, "hub")
-    moved = free_port(address)
-    hub_conf = stack.paths.secrets / "hub.yml"
-    text = hub_conf.read_text().replace(f"{address}:{port}", f"{address}:{moved}")
-    moved_conf = stack.paths.secrets / "fault-hub.yml"
-    moved_conf.write_text(text)
-    hub = start_process("fault-hub-behind-limit", [shutil.which("docker-registry") or "docker-registry", "serve",
-                                                  str(moved_conf)], log=stack.paths.logs / "hub.log", env=daemon_env())
-    _register(stack, hub)
+    local = stack.settings.local
+    _stop(stack, state, "hub-front")
     prefix = stack.paths.nginx_prefix("fault-hub-limit")
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(_LIMITER.format(prefix=prefix, logs=stack.paths.logs, address=address, port=port, moved=moved,
-                                    user="" if os.geteuid() else "user nobody nogroup;"))
+    registry = hub_registry_address(stack.paths.secrets)
+    limit = _LIMITER.format(address=local.address, registry=registry)
+    conf.write_text(hub_front_config(prefix=prefix, logs=stack.paths.logs, address=local.address, port=local.hub_port,
+                                     token_port=local.hub_token_port, registry=registry, extra_locations=limit))
     limiter = start_process("fault-hub-limit", nginx_argv(conf, prefix), log=stack.paths.logs / "fault-hub-limit.log",
                             env=daemon_env())
     _register(stack, limiter)
@@ -203,7 +197,7 @@ def _mirror_dead(stack: LocalPlatform, state: StackState, record: dict) -> str:
 
 
 def _mirrors_fail_at_start(stack: LocalPlatform, state: StackState, record: dict) -> str:
-    _stop(stack, state, "hub", "hub-token")
+    _stop(stack, state, *HUB_PARTS)
     secrets = LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False)
     _restart_mirrors(stack, state, mirror_secret_env(stack.settings, secrets))
     return f"stopped the Docker Hub stand-in and restarted {len(state.mirrors)} mirror instance(s); each exited"
@@ -260,40 +254,17 @@ _INJECT: dict[str, Callable[[LocalPlatform, StackState, dict], str]] = {
 }
 _UNDO: dict[str, Callable[[LocalPlatform, dict], None]] = {"mirror-slow": _undo_slow}
 
-_LIMITER = """\
 # STAND-IN for Docker Hub over its pull limit (fault upstream-rate-limited): manifest GETs get 429.
-{user}
-worker_processes 1;
-error_log {logs}/fault-hub-limit.error.log;
-pid {prefix}/nginx.pid;
-daemon off;
-events {{ worker_connections 256; }}
-http {{
-    access_log {logs}/fault-hub-limit.access.log;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen {address}:{port};
-        location ~ ^/v2/.+/manifests/ {{
+_LIMITER = """\
+location ~ ^/v2/.+/manifests/ {{
             add_header ratelimit-limit "100;w=21600" always;
             add_header ratelimit-remaining "0;w=21600" always;
             add_header docker-ratelimit-source "{address}" always;
             if ($request_method = GET) {{
                 return 429 '{{"errors":[{{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}}]}}';
             }}
-            proxy_pass http://{address}:{moved};
-            proxy_set_header Host $http_host;
-        }}
-        location / {{
-            proxy_pass http://{address}:{moved};
-            proxy_set_header Host $http_host;
-        }}
-    }}
-}}
-"""
+            proxy_pass http://{registry};
+        }}"""
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -1,9 +1,18 @@
 """STAND-IN for Docker Hub on the local platform: a token service (auth.docker.io) and a real
-docker-registry that accepts only its tokens, anonymous pulls included, as Docker Hub does."""
+docker-registry that accepts only its tokens, anonymous pulls included, as Docker Hub does, both
+behind one nginx front on the stand-in's address and port.
+
+Why one front: registry 3.1 sends its upstream credentials only to a Bearer realm on the remote's own
+host and port, or on the same registrable domain, never to an IP literal (`realmAllowed` in
+distribution's registry/proxy/proxyauth.go). Docker Hub passes by domain (registry-1.docker.io and
+auth.docker.io); a loopback stand-in can pass only by host and port, so the realm is `/token` on the
+registry's own listener, and a realm anywhere else is refused as Docker Hub's rule refuses it."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,18 +21,21 @@ import bcrypt
 import requests
 import yaml
 
-from ...processes import PermanentError, ProcessRecord, start_process, wait_until
+from ...processes import PermanentError, ProcessRecord, free_port, start_process, wait_until
 from ...registry_auth import RegistryAuth
 from .daemons import any_died, daemon_env, died, require, write_private
+from .nginx import start_nginx
 from .hub_token_service import TokenServiceConfig, write_signing_material
 
 
 def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address: str, port: int,
                        token_port: int, username: str, password: str,
                        register: Callable[[ProcessRecord], None] | None = None,
-                       timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord]:
-    """Start the token service, then the registry behind it; return both once the mirror's account
-    gets a token and `/v2/` accepts it.
+                       timeout: float = 30) -> tuple[ProcessRecord, ProcessRecord, ProcessRecord]:
+    """Start the token service, the registry (on a loopback port of its own) and the front on
+    `address:port` that routes `/token` to the first and everything else to the second; return the three
+    (token service, registry, front) once the mirror's account gets a token through the front and
+    `/v2/` accepts it.
 
     The mirror's account (`username`) may pull and nothing else, like a read-only access token; the
     sample images are pushed by a separate seeding account (`hub_seeder`).
@@ -48,13 +60,17 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
         register(token_rec)
     wait_until(lambda: requests.get(token.realm, timeout=2).status_code == 200, timeout=timeout,
                what="Docker Hub token stand-in", abort=died(token_rec))
+    # The registry listens on a loopback port of its own, picked now (the three start and stop
+    # together): nginx's workers run as an unprivileged user that could not reach a socket in our
+    # private folders.
+    url, backend = f"http://{address}:{port}", f"{address}:{free_port(address)}"
     config = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "json", "fields": {"service": "dockerhub-stand-in"},
                 "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": str(data_dir)}, "delete": {"enabled": True}},
-        "http": {"addr": f"{address}:{port}"},
-        "auth": {"token": {"realm": token.realm, "service": "registry.docker.io",
+        "http": {"addr": backend},
+        "auth": {"token": {"realm": f"{url}/token", "service": "registry.docker.io",
                            "issuer": "dockerhub-stand-in", "rootcertbundle": str(cert)}},
     }
     conf = config_dir / "hub.yml"
@@ -63,9 +79,41 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
                            env=daemon_env())
     if register is not None:
         register(record)
-    wait_until(lambda: upstream_authenticates(f"http://{address}:{port}", username, password), timeout=timeout,
-               what="Docker Hub stand-in", abort=any_died([token_rec, record]))
-    return token_rec, record
+    wait_until(lambda: _listens(backend), timeout=timeout, what="Docker Hub stand-in's registry", abort=died(record))
+    prefix = config_dir / "hub-front"
+    prefix.mkdir(exist_ok=True)
+    front_conf = prefix / "nginx.conf"
+    front_conf.write_text(hub_front_config(prefix=prefix, logs=logs, address=address, port=port,
+                                           token_port=token_port, registry=backend))
+    front = start_nginx("hub-front", conf=front_conf, prefix=prefix, log=logs / "hub-front.stderr.log",
+                        ready=(address, port), register=register, timeout=timeout)
+    wait_until(lambda: upstream_authenticates(url, username, password), timeout=timeout,
+               what="Docker Hub stand-in", abort=any_died([token_rec, record, front]))
+    return token_rec, record, front
+
+
+def hub_front_config(*, prefix: Path, logs: Path, address: str, port: int, token_port: int, registry: str,
+                     extra_locations: str = "") -> str:
+    """The front's nginx.conf: `/token` to the token service, the rest to the registry, streamed both
+    ways (pushes of any size, ranges and HEADs passed through). `extra_locations` lets a fault drill
+    answer some paths itself (Docker Hub over its pull limit)."""
+    user = "" if os.geteuid() else "user nobody nogroup;"
+    return _FRONT.format(prefix=prefix, logs=logs, address=address, port=port, token_port=token_port,
+                         registry=registry, user=user, extra=extra_locations)
+
+
+def hub_registry_address(config_dir: Path) -> str:
+    """Where the stand-in's registry listens behind the front (`host:port`), from its config."""
+    return str(yaml.safe_load((config_dir / "hub.yml").read_text())["http"]["addr"])
+
+
+def _listens(where: str) -> bool:
+    host, _, port = where.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def hub_seeder(config_dir: Path) -> tuple[str, str]:
@@ -85,3 +133,40 @@ def upstream_authenticates(url: str, username: str, password: str, *, timeout: f
                             timeout=timeout).status_code == 200
     except requests.HTTPError as exc:  # the token service refused the credentials: waiting will not help
         raise PermanentError(f"token service refused the upstream credentials: {exc}") from None
+
+
+_FRONT = """\
+# STAND-IN for Docker Hub's front: auth.docker.io's /token and the registry on one listener.
+{user}
+worker_processes 1;
+error_log {logs}/hub-front.error.log;
+pid {prefix}/nginx.pid;
+daemon off;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 0;
+    proxy_http_version 1.1;
+    proxy_buffering off;
+    proxy_request_buffering off;
+    proxy_read_timeout 900s;
+    proxy_send_timeout 900s;
+    proxy_set_header Host $http_host;
+    proxy_set_header Connection "";
+    server {{
+        listen {address}:{port};
+        location = /token {{
+            proxy_pass http://{address}:{token_port};
+        }}
+        {extra}
+        location / {{
+            proxy_pass http://{registry};
+        }}
+    }}
+}}
+"""

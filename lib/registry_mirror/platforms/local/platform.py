@@ -285,7 +285,7 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
                 return nginx_answers(self.paths.proxy_socket)
             if name == "router":
                 return nginx_answers((self.local.address, self.local.public_port))
-            if name == "hub":
+            if name in ("hub", "hub-front"):
                 return upstream_answers(self.hub_url, timeout=2)
             if name == "s3-gateway":
                 secrets = LocalStackSecrets.load_or_create(self.paths.secrets_file, create=False)

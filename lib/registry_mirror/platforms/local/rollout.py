@@ -31,7 +31,7 @@ from .seaweedfs import (
     SEAWEEDFS_LAYOUT, SEAWEEDFS_PARTS, ensure_bucket, s3_round_trip, start_seaweedfs, stop_seaweedfs_part,
     storage_parts_alive,
 )
-from .state import StackState, is_mirror, stop_rank
+from .state import HUB_PARTS, StackState, is_mirror, stop_rank
 
 # Seconds a mirror may take to exit after its drain window before it is killed.
 MIRROR_EXIT_GRACE_SECONDS = 3
@@ -60,7 +60,7 @@ def preflight(configs: StackConfigs) -> PreflightReport:
     # Keyed by the process that holds the port when the stack runs.
     ports = {"router": local.public_port, "s3-relay": local.s3_port}
     if uses_hub_stand_in(configs):
-        ports["hub"] = local.hub_port
+        ports["hub-front"] = local.hub_port
         ports["hub-token"] = local.hub_token_port
     for component, port in ports.items():
         # A killed nginx master's workers still hold its port: ours too, and the deploy stops them.
@@ -190,18 +190,18 @@ class Rollout:
         up, state, hub = self.settings.upstream, self.state, hub_url(self.configs)
         if uses_hub_stand_in(self.configs):
             password = upstream_password(self.settings)
-            if state.running("hub") and state.running("hub-token"):
+            if all(state.running(n) for n in HUB_PARTS):
                 self.steps.unchanged("hub", "Docker Hub stand-in", f"pid {state.processes['hub'].pid}")
             else:
                 def start() -> str:
-                    # The survivor of the pair would hold its port: stop it, then start both.
-                    self._stop_all(("hub", "hub-token"))
-                    token, registry = start_hub_stand_in(
+                    # A survivor would hold its port or socket: stop them all, then start all.
+                    self._stop_all(HUB_PARTS)
+                    token, registry, front = start_hub_stand_in(
                         data_dir=self.paths.data / "hub", config_dir=self.paths.secrets, logs=self.paths.logs,
                         address=self.local.address, port=self.local.hub_port, token_port=self.local.hub_token_port,
                         username=up.username or "", password=password.reveal() if password else "",
                         register=self._register, timeout=self.local.ready_timeout_seconds)
-                    return f"pids {token.pid}/{registry.pid}, {hub}"
+                    return f"pids {token.pid}/{registry.pid}/{front.pid}, {hub}"
                 self.steps.run("hub", "start Docker Hub stand-in", start, detail=hub)
             if self.local.seed_sample_images:
                 def seed() -> str:

@@ -20,7 +20,9 @@ from ..base import PlatformStatus
 from .seaweedfs import SEAWEEDFS_PARTS
 
 # Clients' side first, storage last; SeaweedFS's parts in the reverse of their start order.
-STOP_ORDER = ("router", "proxy", "mirror", "hub", "hub-token", *reversed(SEAWEEDFS_PARTS), "s3")
+# The Docker Hub stand-in's processes: its front (the listener), the registry, the token service.
+HUB_PARTS = ("hub-front", "hub", "hub-token")
+STOP_ORDER = ("router", "proxy", "mirror", *HUB_PARTS, *reversed(SEAWEEDFS_PARTS), "s3")
 PROCESS_COLUMNS = ["component", "pid", "running", "ready", "in_service", "log"]
 
 
