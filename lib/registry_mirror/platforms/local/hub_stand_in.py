@@ -23,9 +23,14 @@ import yaml
 
 from ...processes import PermanentError, ProcessRecord, free_port, start_process, wait_until
 from ...registry_auth import RegistryAuth
-from .daemons import any_died, daemon_env, died, require, write_private
+from ...registry_build import built_registry
+from .daemons import any_died, daemon_env, died, write_private
 from .nginx import start_nginx
 from .hub_token_service import TokenServiceConfig, write_signing_material
+
+# What the stand-in's registry runs: the release whose tag paging matches Docker Hub's (see
+# hub_registry_binary); bootstrap builds it, as production pins it.
+HUB_REGISTRY_VERSION = "3.1.2"
 
 
 def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address: str, port: int,
@@ -75,7 +80,7 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
     }
     conf = config_dir / "hub.yml"
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
-    record = start_process("hub", [require("docker-registry"), "serve", str(conf)], log=logs / "hub.log",
+    record = start_process("hub", [hub_registry_binary(), "serve", str(conf)], log=logs / "hub.log",
                            env=daemon_env())
     if register is not None:
         register(record)
@@ -90,6 +95,17 @@ def start_hub_stand_in(*, data_dir: Path, config_dir: Path, logs: Path, address:
     wait_until(lambda: upstream_authenticates(url, username, password), timeout=timeout,
                what="Docker Hub stand-in", abort=any_died([token_rec, record, front]))
     return token_rec, record, front
+
+
+def hub_registry_binary() -> str:
+    """The registry behind the stand-in. Docker Hub pages a tag list by `n` and `last` as distribution
+    3.x does; Debian's docker-registry (2.8.2) ignores both and lists every tag, which a mirror asking
+    for a page after `last` would pass on as if Docker Hub did."""
+    build = built_registry(HUB_REGISTRY_VERSION)
+    if build is None or not Path(build.binary).exists():
+        raise PermanentError(f"the Docker Hub stand-in needs registry {HUB_REGISTRY_VERSION}, not built here: "
+                             "run `make bootstrap`")
+    return build.binary
 
 
 def hub_front_config(*, prefix: Path, logs: Path, address: str, port: int, token_port: int, registry: str,
