@@ -1,6 +1,6 @@
 """STAND-IN for Docker Hub on the local platform: a token service (auth.docker.io) and a real
-docker-registry that accepts only its tokens, anonymous pulls included, as Docker Hub does, both
-behind one nginx front on the stand-in's address and port.
+registry (distribution 3.1.2) that accepts only its tokens, anonymous pulls included, as Docker Hub
+does, both behind one nginx front on the stand-in's address and port.
 
 Why one front: registry 3.1 sends its upstream credentials only to a Bearer realm on the remote's own
 host and port, or on the same registrable domain, never to an IP literal (`realmAllowed` in
