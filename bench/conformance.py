@@ -17,7 +17,7 @@ from common import ROOT, local_test_settings, machine  # noqa: F401 - also puts 
 from registry_mirror.conformance import SAMPLES, run_conformance
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
-from registry_mirror.sample_images import seed_registry
+from registry_mirror.sample_images import SampleReferrer, seed_referrers, seed_registry
 from tests.integration.cf_mirror_app import cf_chain
 
 
@@ -32,6 +32,8 @@ def main() -> int:
                 bare = chain.mirror_url.removeprefix("http://")
                 for name, images in SAMPLES.items():
                     seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), list(images))
+                    seed_referrers(stack.hub_url, hub_seeder(stack.paths.secrets),
+                                   [SampleReferrer(images[0], "application/vnd.example.sig")])
                     endpoint, _ = run_conformance(stack.endpoint, images, Path(tmp) / f"{name}-endpoint")
                     alone, _ = run_conformance(bare, images, Path(tmp) / f"{name}-bare")
                     results[name] = {test: {"endpoint": endpoint.get(test), "bare": alone.get(test)}

@@ -45,10 +45,9 @@ def run_conformance(registry: str, images: Sequence[SampleImage], results: Path,
            # Read-only: a pull-through mirror refuses writes, so the suite reads what upstream holds.
            "OCI_API_PUSH": "false", "OCI_API_BLOBS_DELETE": "false", "OCI_API_MANIFESTS_DELETE": "false",
            "OCI_API_TAGS_DELETE": "false",
-           # The mirror cannot see Docker Hub's referrers (the registry has no referrers API in proxy
-           # mode), so it says the API is unsupported (404): that is what sends a client to the referrers
-           # tag schema, which the mirror serves. An empty index would tell the client there are none.
-           "OCI_API_REFERRER": "false",
+           # The proxy answers the referrers API from the referrers tag schema (see its nginx template);
+           # every manifest is a subject to list.
+           "OCI_API_REFERRER": "true", "OCI_RO_DATA_REFERRERS": " ".join(manifests),
            "OCI_RO_DATA_TAGS": " ".join(i.tag for i in images), "OCI_RO_DATA_MANIFESTS": " ".join(manifests),
            "OCI_RO_DATA_BLOBS": " ".join(blobs)}
     run = subprocess.run([build.binary], env=env, capture_output=True, text=True, timeout=timeout, check=False)

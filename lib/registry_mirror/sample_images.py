@@ -33,6 +33,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+# An artifact's config when it has none (image-spec, "Guidance for an Empty Descriptor").
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
 # The media types of each format: (manifest, list or index, config, layer).
 _DOCKER_TYPES = (MANIFEST_V2, MANIFEST_LIST_V2, IMAGE_CONFIG_V1, LAYER_TAR_GZIP)
 _OCI_TYPES = (OCI_MANIFEST, OCI_INDEX, OCI_CONFIG, OCI_LAYER_TAR_GZIP)
@@ -197,6 +200,82 @@ def seed_registry(
         session.auth = RegistryAuth(*auth) if auth is not None else RegistryAuth(None, None)
         client = _RegistryClient(session, base_url.rstrip("/"), timeout)
         return [_seed_one(client, build_image(image)) for image in images]
+
+
+@dataclass(frozen=True)
+class SampleReferrer:
+    """An artifact attached to a subject image (a signature, an SBOM), as a client attaches one in a
+    registry without the referrers API: the artifact's manifest, with the subject named in it, and the
+    subject's referrers tag schema (`sha256-<hex>`), an OCI index listing every such artifact."""
+
+    subject: SampleImage
+    artifact_type: str
+    payload: bytes = b"sample artifact"
+
+
+@dataclass(frozen=True)
+class BuiltReferrer:
+    """One artifact's manifest and blobs, and the subject it refers to."""
+
+    subject_repository: str
+    subject_digest: str
+    artifact_type: str
+    manifest: bytes = field(repr=False)
+    digest: str
+    blobs: Mapping[str, bytes] = field(repr=False, hash=False)
+
+    @property
+    def descriptor(self) -> dict[str, object]:
+        """How a referrers list names this artifact."""
+        return {"mediaType": OCI_MANIFEST, "size": len(self.manifest), "digest": self.digest,
+                "artifactType": self.artifact_type}
+
+
+def build_referrer(referrer: SampleReferrer) -> BuiltReferrer:
+    """The artifact's manifest (OCI 1.1: artifactType, the empty config, one layer, the subject); pure."""
+    subject = build_image(referrer.subject)
+    blobs = {_digest(EMPTY_CONFIG): EMPTY_CONFIG, _digest(referrer.payload): referrer.payload}
+    manifest = _canonical_json({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": referrer.artifact_type,
+        "config": {"mediaType": OCI_EMPTY, "size": len(EMPTY_CONFIG), "digest": _digest(EMPTY_CONFIG)},
+        "layers": [{"mediaType": "application/octet-stream", "size": len(referrer.payload),
+                    "digest": _digest(referrer.payload)}],
+        "subject": {"mediaType": subject.media_type, "size": len(subject.manifest), "digest": subject.digest},
+    })
+    return BuiltReferrer(subject.repository, subject.digest, referrer.artifact_type, manifest, _digest(manifest),
+                         blobs)
+
+
+def referrers_tag(subject_digest: str) -> str:
+    """The referrers tag schema's tag for a subject: `<alg>-<hex>`, the hex cut to 64 characters."""
+    algorithm, _, hex_part = subject_digest.partition(":")
+    return f"{algorithm}-{hex_part[:64]}"
+
+
+def seed_referrers(
+    base_url: str, auth: tuple[str, str] | None, referrers: Sequence[SampleReferrer], *, timeout: float = 30.0
+) -> list[BuiltReferrer]:
+    """Push each artifact and, per subject, the referrers tag schema index listing that subject's
+    artifacts given here (and no others): seeding again changes nothing."""
+    built = [build_referrer(referrer) for referrer in referrers]
+    with requests.Session() as session:
+        session.auth = RegistryAuth(*auth) if auth is not None else RegistryAuth(None, None)
+        client = _RegistryClient(session, base_url.rstrip("/"), timeout)
+        subjects: dict[tuple[str, str], list[BuiltReferrer]] = {}
+        for artifact in built:
+            for digest, content in artifact.blobs.items():
+                if not client.blob_exists(artifact.subject_repository, digest):
+                    client.upload_blob(artifact.subject_repository, digest, content)
+            client.put_manifest(artifact.subject_repository, artifact.digest, OCI_MANIFEST, artifact.manifest,
+                                artifact.digest)
+            subjects.setdefault((artifact.subject_repository, artifact.subject_digest), []).append(artifact)
+        for (repository, subject_digest), artifacts in subjects.items():
+            index = _canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                     "manifests": [a.descriptor for a in artifacts]})
+            client.put_manifest(repository, referrers_tag(subject_digest), OCI_INDEX, index, _digest(index))
+    return built
 
 
 # --- building -------------------------------------------------------------------------

@@ -15,14 +15,10 @@ import pytest
 from registry_mirror.conformance import SAMPLES, SUITE, run_conformance
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
-from registry_mirror.sample_images import build_image, seed_registry
-from tests.support import client
+from registry_mirror.sample_images import SampleReferrer, seed_referrers, seed_registry
 
 pytestmark = pytest.mark.integration
 
-# The suite asks for manifests accepting OCI types only. A tag holding a Docker manifest list has no
-# answer such a client accepts: the registry answers 400 (Docker Hub does not convert either).
-DOCKER_TAG_UNDER_OCI_ACCEPT = {f"{SUITE}/read-only/head/manifest-head-by-tag", f"{SUITE}/read-only/pull/manifest-by-tag"}
 # registry 3.0.0 in proxy mode (the pin before issue 22), kept so that a rollback to it is shown here.
 KNOWN_ON_3_0_0 = {
     # An unknown digest: the upstream's 404 MANIFEST_UNKNOWN comes back as 500 UNKNOWN (fixed in 3.1.x:
@@ -38,7 +34,7 @@ TAG_PAGINATION_ON_3_0_0 = {
 
 
 def _expected_failures(release: str, sample: str) -> set[str]:
-    expected = set(DOCKER_TAG_UNDER_OCI_ACCEPT) if sample == "docker-manifest-list" else set()
+    expected: set[str] = set()
     if release == "3.0.0":
         expected |= KNOWN_ON_3_0_0
     if release == "3.0.0" and sample == "docker-image-several-tags":
@@ -50,15 +46,15 @@ def _expected_failures(release: str, sample: str) -> set[str]:
 def test_pull_and_discovery_conform_through_the_endpoint(stack: LocalPlatform, sample: str, tmp_path: Path) -> None:
     images = SAMPLES[sample]
     seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), images)
+    # A subject with an artifact attached, so that one listing the suite checks is not empty.
+    seed_referrers(stack.hub_url, hub_seeder(stack.paths.secrets), [SampleReferrer(images[0], "application/vnd.example.sig")])
     leaves, report = run_conformance(stack.endpoint, images, tmp_path)
     passed = {name for name, status in leaves.items() if status == "Pass"}
     failed = {name for name, status in leaves.items() if status in ("FAIL", "Error")}
     assert len(passed) >= 8, report[-3000:]  # the suite ran its pull and tag-list tests
+    # ... and its referrers tests: for every subject, and for a subject nothing refers to.
+    referrers = {name: status for name, status in leaves.items() if "referrers" in name}
+    assert {f"{SUITE}/empty/referrers", f"{SUITE}/read-only/referrers"} <= set(referrers), report[-3000:]
+    assert set(referrers.values()) == {"Pass"}, report[-3000:]
     assert failed == _expected_failures(stack.settings.registry.version, sample), report[:6000]
 
-
-def test_the_referrers_api_says_unsupported_so_clients_fall_back_to_the_tag_schema(stack: LocalPlatform) -> None:
-    built = build_image(SAMPLES["oci-image"][0])
-    seed_registry(stack.hub_url, hub_seeder(stack.paths.secrets), SAMPLES["oci-image"])
-    resp = client("127.0.0.10").get(f"http://{stack.endpoint}/v2/{built.repository}/referrers/{built.digest}", timeout=10)
-    assert resp.status_code == 404

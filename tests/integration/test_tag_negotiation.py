@@ -11,11 +11,8 @@ with a registry started from the production mirror manifest's environment as the
 """
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -23,7 +20,7 @@ from registry_mirror.go_tools import built_tool
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.hub_stand_in import hub_seeder
 from registry_mirror.sample_images import BuiltImage, SampleImage, build_image, seed_registry
-from tests.integration.cf_mirror_app import CLIENT, cf_chain
+from tests.integration.endpoints import Endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -35,40 +32,6 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 SKOPEO_UA = "skopeo/1.9.3"
 SKOPEO_ACCEPT = [OCI_MANIFEST, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.v1+prettyjws",
                  "application/vnd.docker.distribution.manifest.v1+json", DOCKER_LIST, OCI_INDEX]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    rendering: str
-    host: str
-    port: int
-
-    def ask(self, path: str, headers: list[tuple[str, str]], method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-        """One request with these header lines exactly (repeats kept), from the allowed client address."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30, source_address=(CLIENT, 0))
-        try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            for name, value in headers:
-                conn.putheader(name, value)
-            conn.endheaders()
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-
-@pytest.fixture(scope="module")
-def cf_endpoint(stack: LocalPlatform) -> Iterator[Endpoint]:
-    with cf_chain(stack) as chain:
-        yield Endpoint("cf", "127.0.0.1", chain.public)
-
-
-@pytest.fixture(params=["local", "cf"])
-def endpoint(request: pytest.FixtureRequest, stack: LocalPlatform) -> Endpoint:
-    if request.param == "local":
-        host, port = stack.endpoint.rsplit(":", 1)
-        return Endpoint("local", host, int(port))
-    return request.getfixturevalue("cf_endpoint")
 
 
 def _fresh_multiarch(stack: LocalPlatform, name: str) -> BuiltImage:
@@ -143,3 +106,27 @@ def _crane_digest(endpoint: Endpoint, built: BuiltImage, platform: str) -> str:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-500:]
     return run.stdout.strip()
+
+
+def test_a_client_that_reads_only_oci_types_gets_a_docker_list_as_stored(stack: LocalPlatform, endpoint: Endpoint) -> None:
+    """The registry answers 400 to a client whose Accept names neither Docker type when the tag holds a
+    Docker manifest list (the OCI conformance suite is such a client). It reads indexes, so the proxy
+    hands it the list as stored, digest unchanged, on one Accept line or several; the registry's own
+    answers to other clients stay theirs, before and after."""
+    built = _fresh_multiarch(stack, f"oci-only-{endpoint.rendering}")
+    path = f"/v2/{built.repository}/manifests/latest"
+    docker_only = [("Accept", DOCKER_MANIFEST)]
+    status, headers, _ = endpoint.ask(path, docker_only)
+    assert (status, headers["docker-content-digest"]) == (200, _amd64(built))
+
+    for oci_only in ([("Accept", OCI_INDEX), ("Accept", OCI_MANIFEST)], [("Accept", f"{OCI_MANIFEST}, {OCI_INDEX}")]):
+        for method in ("GET", "HEAD", "GET"):
+            status, headers, body = endpoint.ask(path, oci_only, method=method)
+            assert (status, headers["content-type"], headers["docker-content-digest"]) == (200, DOCKER_LIST, built.digest)
+        assert body == built.manifest
+
+    for method in ("GET", "HEAD"):
+        status, headers, _ = endpoint.ask(path, docker_only, method=method)
+        assert (status, headers["docker-content-digest"]) == (200, _amd64(built))
+    status, headers, _ = endpoint.ask(path, [("Accept", OCI_INDEX)], method="HEAD")
+    assert (status, headers["docker-content-digest"]) == (200, built.digest)
