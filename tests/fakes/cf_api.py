@@ -110,6 +110,8 @@ REFRESH_TOKEN_SECONDS = 2592000  # clients.cf.refresh-token-validity: 30 days, c
 _BLOBSTORE = "/blobstore"
 _JSON = "application/json; charset=utf-8"
 _ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # DeploymentModel::ACTIVE_STATES
+# ProcessScale::SidecarMemoryLessThanProcessMemory (app/actions/process_scale.rb)
+_SCALE_BELOW_SIDECARS = "The requested memory allocation is not large enough to run all of your sidecar processes"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +349,25 @@ class _Revision:
     env: dict[str, Any]
     commands: dict[str, str | None]
     description: str
+    # The app's sidecars when it was recorded (RevisionCreate): name, command, memory_in_mb and
+    # process_types in the order they were attached, as RevisionPresenter shows them.
+    sidecars: list[dict[str, Any]] = field(default_factory=list)
+    guid: str = field(default_factory=_guid)
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+
+@dataclass
+class _Sidecar:
+    """SidecarModel (app/models/runtime/sidecar_model.rb) with its SidecarProcessTypeModel rows: a
+    command run in every instance of the app's processes of the given types."""
+
+    app_guid: str
+    name: str
+    command: str
+    process_types: list[str]  # as attached; the presenter sorts them (SidecarMixin#process_types)
+    memory_in_mb: int | None = None  # counted within the process's memory, not on top of it
+    origin: str = "user"  # SidecarModel::ORIGIN_USER; "buildpack" ones come from droplets
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
@@ -404,6 +425,11 @@ class _Route:
     guid: str = field(default_factory=_guid)
     created_at: str = field(default_factory=_now)
     updated_at: str = field(default_factory=_now)
+
+
+class _SidecarInvalid(Exception):
+    """SidecarCreate::InvalidSidecar / SidecarUpdate::InvalidSidecar: a 422 from the endpoints, a
+    FAILED apply_manifest job ("For application '<name>': ...") from a manifest."""
 
 
 class _JobFailure(Exception):
@@ -544,6 +570,24 @@ class _CCError(Exception):
         return _json_resp(self.status, body, self.headers)
 
 
+class _CompoundError(_CCError):
+    """CC's CompoundError: several 422s in one answer, as the space apply_manifest gives every
+    validation error of every app at once (space_manifests_controller.rb compound_error!)."""
+
+    def __init__(self, details: list[str]) -> None:
+        super().__init__(422, 10008, "CF-UnprocessableEntity", details[0])
+        self.details = details
+
+    def response(self) -> _Resp:
+        return _json_resp(422, {"errors": [{"code": 10008, "title": "CF-UnprocessableEntity", "detail": detail}
+                                           for detail in self.details]})
+
+
+def _unknown_error() -> _CCError:
+    # What CC answers for an exception it does not rescue (errors/v2.yml UnknownError).
+    return _CCError(500, 10001, "CF-UnknownError", "An unknown error occurred.")
+
+
 class _RawError(Exception):
     """An error from a service that is not CC (UAA, policy server, router): its own body shape."""
 
@@ -653,6 +697,105 @@ def _megabytes(value: object, what: str, app_name: str) -> int:
     return megabytes
 
 
+# ByteQuantity::BYTESPATTERN (lib/cloud_controller/byte_quantity.rb): units are optional "i"/"B" suffixed.
+_BYTES_PATTERN = re.compile(r"(-?\d+(?:\.\d+)?)([KMGT]i?B?|B)", re.IGNORECASE)
+_BYTE_UNITS = {"B": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+_SIDECAR_KEYS = ("name", "command", "process_types", "memory_in_mb")  # SidecarCreateMessage's allowed keys
+
+
+def _sidecar_manifest_memory(value: object) -> object:
+    """AppManifestMessage#sidecar_create_attributes: `convert_to_mb(memory) || memory`. A size with a
+    unit becomes megabytes; anything else (a bare 512, "lots") is passed on as written, for the
+    message's numericality check to judge: so a bare integer is megabytes here, unlike app memory."""
+    text = str(value).strip() if not isinstance(value, bool) else ""
+    if value is None or value is False or not text:  # blank: ByteConverter#convert_to_mb gives nil
+        return value
+    if not re.match(r"-?\d+(?:\.\d+)?", str(value)):  # ByteConverter: NonNumericError
+        return value
+    match = _BYTES_PATTERN.fullmatch(text)
+    if match is None:  # ByteQuantity::InvalidByteQuantityError
+        return value
+    size = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)[0].upper()])
+    return int(size / (1024 * 1024))  # ByteQuantity.to_megabytes truncates toward zero
+
+
+def _blank(value: object) -> bool:
+    """Rails' Object#blank?: nil, false, whitespace-only strings, empty collections."""
+    if value is None or value is False:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, (list, dict)) and not value
+
+
+def _sidecar_message_errors(message: Mapping[str, Any], *, update: bool = False) -> list[str]:
+    """The full messages of SidecarCreateMessage / SidecarUpdateMessage (app/messages/sidecar_create_message.rb,
+    sidecar_update_message.rb), in their validators' order; an update checks only the keys it sends."""
+    errors: list[str] = []
+    extra = [key for key in message if key not in _SIDECAR_KEYS]
+    if extra:
+        joined = "', '".join(extra)
+        errors.append(f"Unknown field(s): '{joined}'")
+    for key, label in (("name", "Name"), ("command", "Command")):
+        if update and key not in message:
+            continue
+        if _blank(message.get(key)):
+            errors.append(f"{label} can't be blank")
+        if not isinstance(message.get(key), str):
+            errors.append(f"{label} must be a string")
+    if not update or "process_types" in message:
+        types = message.get("process_types")
+        if not isinstance(types, list):
+            errors.append("Process types must be an array")
+        # ActiveModel's LengthValidator counts nil as "" and a string by its characters.
+        length = len(types) if isinstance(types, (list, str, dict)) else len(str(types)) if types is not None else 0
+        if length < 1:
+            errors.append("Process types must have at least 1 process_type")
+    memory = message.get("memory_in_mb")
+    if memory is not None:  # numericality: { only_integer: true, greater_than: 0 }, allow_nil: true
+        number: float | None
+        if isinstance(memory, bool) or not isinstance(memory, (int, float, str)):
+            number = None
+        else:
+            try:
+                number = float(memory)
+            except ValueError:
+                number = None
+        if number is None or number != number or number in (float("inf"), float("-inf")):
+            errors.append("Memory in mb is not a number")
+        elif not (isinstance(memory, int) or (isinstance(memory, str) and re.fullmatch(r"[+-]?\d+", memory))):
+            errors.append("Memory in mb must be an integer")
+        elif number <= 0:
+            errors.append("Memory in mb must be greater than 0")
+    return errors
+
+
+def _sidecar_model_errors(name: str, command: str) -> list[str]:
+    # SidecarModel#validate (app/models/runtime/sidecar_model.rb); Sequel joins them with ", ".
+    errors = []
+    if len(name) > 255:
+        errors.append("Name is too long (maximum is 255 characters)")
+    if len(command) > 4096:
+        errors.append("Command is too long (maximum is 4096 characters)")
+    return errors
+
+
+def _sidecar_process_type_error(types: list[Any]) -> str | None:
+    """SidecarProcessTypeModel (sidecar_process_type_model.rb): each row validated as it is saved, and
+    the unique (sidecar, type) index; the first failing row ends the transaction."""
+    seen: set[str] = set()
+    for value in types:
+        text = str(value) if not isinstance(value, str) else value
+        if _blank(value):
+            return "type is not present"
+        if len(text) > 255:
+            return "Process type is too long (maximum is 255 characters)"
+        if text in seen:
+            return f"sidecar_guid and type Sidecar is already associated with process type {text}"
+        seen.add(text)
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # The stand-in
 # --------------------------------------------------------------------------------------------------
@@ -710,6 +853,7 @@ class FakeCloudFoundry:
         self._droplets: list[_Droplet] = []
         self._builds: list[_Build] = []
         self._revisions: list[_Revision] = []
+        self._sidecars: list[_Sidecar] = []  # every app's, oldest first (CC lists them by id)
         self._deployments: list[_Deployment] = []
         self._routes: list[_Route] = []
         self._jobs: list[_Job] = []
@@ -783,6 +927,7 @@ class FakeCloudFoundry:
                                  "timeout": app.web.health_check_timeout},
                 "web_process_guids": [p.guid for p in app.processes],
                 "routes": [self._route_url(r) for r in self._routes_of(app)],
+                "sidecars": [self._present_sidecar(s) for s in self._sidecars_of(app)],
             }
 
     def deployments(self, app_name: str) -> list[dict[str, Any]]:
@@ -1002,6 +1147,12 @@ class FakeCloudFoundry:
             ("GET", f"/v3/apps/{g}/processes/(?P<type>[^/]+)", self._h_get_app_process),
             ("GET", f"/v3/apps/{g}/routes", self._h_app_routes),
             ("GET", f"/v3/apps/{g}/droplets/current", self._h_current_droplet),
+            ("GET", f"/v3/apps/{g}/sidecars", self._h_app_sidecars),
+            ("POST", f"/v3/apps/{g}/sidecars", self._h_create_sidecar),
+            ("GET", f"/v3/processes/{g}/sidecars", self._h_process_sidecars),
+            ("GET", f"/v3/sidecars/{g}", self._h_get_sidecar),
+            ("PATCH", f"/v3/sidecars/{g}", self._h_update_sidecar),
+            ("DELETE", f"/v3/sidecars/{g}", self._h_delete_sidecar),
             ("GET", f"/v3/apps/{g}/revisions", self._h_app_revisions),
             ("GET", f"/v3/apps/{g}/revisions/deployed", self._h_deployed_revisions),
             ("GET", f"/v3/revisions/{g}", self._h_get_revision),
@@ -1729,12 +1880,18 @@ class FakeCloudFoundry:
         instances = body.get("instances", process.instances)
         if not isinstance(instances, int) or isinstance(instances, bool) or instances < 0:
             raise _unprocessable("Instances must be greater than or equal to 0")
+        memory = body.get("memory_in_mb", process.memory_in_mb)
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 1:
+            raise _unprocessable("Memory in mb must be greater than 0")  # ProcessScaleMessage
         if process.type == "web" and self._deploying(app):
             # app/actions/process_scale.rb: ScaleDisabledDuringDeployment (errors/v3.yml 390016).
             raise _CCError(422, 390016, "CF-ScaleDisabledDuringDeployment",
                            "Cannot scale this process while a deployment is in flight.")
+        if self._sidecar_memory_refused(process, memory):
+            raise _unprocessable(_SCALE_BELOW_SIDECARS)  # ProcessesController#scale
         if app.state == "STARTED" and instances > process.instances:
             self._check_quota(app, instances - process.instances, process.memory_in_mb)
+        process.memory_in_mb = memory
         self._boot(process, instances, self.clock())
         process.updated_at = _now()
         return _json_resp(202, self._present_process(process))
@@ -1828,9 +1985,151 @@ class FakeCloudFoundry:
         filters = {k: v for k, v in self._route_filters().items() if k not in ("app_guids", "organization_guids")}
         return self._paginate(req, f"/v3/apps/{guid}/routes", self._routes_of(app), self._present_route, filters)
 
+    # ---- sidecars --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _present_sidecar(sidecar: _Sidecar) -> dict[str, Any]:
+        # SidecarPresenter (app/presenters/v3/sidecar_presenter.rb): no links, no metadata, and
+        # memory_in_mb null when the sidecar has no limit of its own.
+        return {"guid": sidecar.guid, "name": sidecar.name, "command": sidecar.command,
+                "process_types": sorted(sidecar.process_types), "memory_in_mb": sidecar.memory_in_mb,
+                "origin": sidecar.origin, "relationships": {"app": {"data": {"guid": sidecar.app_guid}}},
+                "created_at": sidecar.created_at, "updated_at": sidecar.updated_at}
+
+    def _sidecars_of(self, app: _App) -> list[_Sidecar]:
+        return [sidecar for sidecar in self._sidecars if sidecar.app_guid == app.guid]
+
+    def _process_sidecars(self, process: _Process) -> list[_Sidecar]:
+        # ProcessModel#sidecars: joined on the app and the process type, so every web process of the
+        # app (the ones a deployment adds too) runs the app's web sidecars.
+        return [sidecar for sidecar in self._sidecars
+                if sidecar.app_guid == process.app_guid and process.type in sidecar.process_types]
+
+    def _sidecar_memory_refused(self, process: _Process, memory_in_mb: int) -> bool:
+        """ProcessModel#validate_sidecar_memory, when a scale changes the memory: the process's
+        sidecars must leave it some (SidecarMemoryLessThanProcessMemoryPolicy with nothing added)."""
+        if memory_in_mb == process.memory_in_mb:
+            return False  # Sequel validates it only when the column changed
+        return sum(s.memory_in_mb or 0 for s in self._process_sidecars(process)) >= memory_in_mb
+
+    def _check_sidecar_memory(self, app: _App, process_types: list[Any], memory_in_mb: Any,
+                              existing: _Sidecar | None) -> None:
+        """SidecarMemoryLessThanProcessMemoryPolicy
+        (app/models/runtime/constraints/sidecar_memory_less_than_process_memory_policy.rb): for each of
+        the app's processes of those types, the memory of its other sidecars plus this one's must stay
+        below the process's memory, equal is refused. A sidecar counts within its process's memory:
+        Diego gives the instance the process's memory, and the app's own MEMORY_LIMIT is what the
+        sidecars leave (lib/cloud_controller/diego/environment.rb)."""
+        for process in app.processes:
+            if process.type not in process_types:
+                continue
+            others = [s for s in self._process_sidecars(process) if existing is None or s.name != existing.name]
+            if memory_in_mb is not None and not isinstance(memory_in_mb, int):
+                # A quoted number ("256") passes the message's numericality check, then the policy adds
+                # it to an Integer: a TypeError nothing rescues.
+                raise _unknown_error()
+            if sum(s.memory_in_mb or 0 for s in others) + (memory_in_mb or 0) >= process.memory_in_mb:
+                raise _SidecarInvalid("The memory allocation defined is too large to run with the dependent "
+                                      f'"{process.type}" process')
+
+    def _name_taken(self, app_guid: str, name: str, sidecar: _Sidecar | None = None) -> bool:
+        return any(s.app_guid == app_guid and s.name == name and s is not sidecar for s in self._sidecars)
+
+    def _sidecar_create(self, app: _App, message: Mapping[str, Any]) -> _Sidecar:
+        """SidecarCreate.create (app/actions/sidecar_create.rb) on a validated message: the memory
+        policy when a memory is given, then the model's own validations and unique indexes."""
+        if "memory_in_mb" in message:
+            self._check_sidecar_memory(app, message["process_types"], message["memory_in_mb"], None)
+        errors = _sidecar_model_errors(message["name"], message["command"])
+        if errors:
+            raise _SidecarInvalid(", ".join(errors))
+        if self._name_taken(app.guid, message["name"]):  # SidecarModel#around_save
+            raise _SidecarInvalid(f"Sidecar with name '{message['name']}' already exists for given app")
+        error = _sidecar_process_type_error(message["process_types"])
+        if error:
+            raise _SidecarInvalid(error)  # the transaction takes the sidecar back with it
+        memory = message.get("memory_in_mb")
+        sidecar = _Sidecar(app.guid, message["name"], message["command"],
+                           [str(t) for t in message["process_types"]], int(memory) if memory is not None else None)
+        self._sidecars.append(sidecar)
+        return sidecar
+
+    def _sidecar_update(self, sidecar: _Sidecar, message: Mapping[str, Any]) -> _Sidecar:
+        """SidecarUpdate.update (app/actions/sidecar_update.rb): only the keys the message has; the
+        memory policy, without this sidecar's old self, whenever memory or process types change."""
+        app = self._get(self._apps, sidecar.app_guid, "App")
+        if "memory_in_mb" in message or "process_types" in message:
+            self._check_sidecar_memory(app, message.get("process_types", sidecar.process_types),
+                                       message["memory_in_mb"] if "memory_in_mb" in message else sidecar.memory_in_mb,
+                                       sidecar)
+        name, command = message.get("name", sidecar.name), message.get("command", sidecar.command)
+        errors = _sidecar_model_errors(name, command)
+        if errors:
+            raise _SidecarInvalid(", ".join(errors))
+        if self._name_taken(sidecar.app_guid, name, sidecar):
+            raise _SidecarInvalid(f"Sidecar with name '{name}' already exists for given app")
+        if "process_types" in message:
+            error = _sidecar_process_type_error(message["process_types"])
+            if error:
+                raise _SidecarInvalid(error)
+            sidecar.process_types = [str(t) for t in message["process_types"]]
+        sidecar.name, sidecar.command = name, command
+        if "memory_in_mb" in message:
+            memory = message["memory_in_mb"]
+            sidecar.memory_in_mb = int(memory) if memory is not None else None
+        sidecar.updated_at = _now()
+        return sidecar
+
+    def _sidecar_list(self, req: _Req, path: str, sidecars: list[_Sidecar]) -> _Resp:
+        # SidecarsListMessage (app/messages/sidecars_list_message.rb) takes no filter of its own: only
+        # ListMessage's guids and paging. The contract's names, label_selector and order_by=name are
+        # not CC's (CC answers them 400).
+        return self._paginate(req, path, sidecars, self._present_sidecar, {"guids": lambda s, v: s.guid in v})
+
+    def _h_app_sidecars(self, req: _Req, guid: str) -> _Resp:
+        app = self._get(self._apps, guid, "App")
+        return self._sidecar_list(req, f"/v3/apps/{guid}/sidecars", self._sidecars_of(app))
+
+    def _h_process_sidecars(self, req: _Req, guid: str) -> _Resp:
+        _, process = self._process(guid)
+        return self._sidecar_list(req, f"/v3/processes/{guid}/sidecars", self._process_sidecars(process))
+
+    def _h_get_sidecar(self, req: _Req, guid: str) -> _Resp:
+        return _json_resp(200, self._present_sidecar(self._get(self._sidecars, guid, "Sidecar")))
+
+    def _h_create_sidecar(self, req: _Req, guid: str) -> _Resp:
+        # SidecarsController#create (app/controllers/v3/sidecars_controller.rb)
+        app = self._get(self._apps, guid, "App")
+        body = req.json_object()
+        errors = _sidecar_message_errors(body)
+        if errors:
+            raise _unprocessable(", ".join(errors))
+        try:
+            sidecar = self._sidecar_create(app, body)
+        except _SidecarInvalid as error:
+            raise _unprocessable(str(error)) from None
+        return _json_resp(201, self._present_sidecar(sidecar))
+
+    def _h_update_sidecar(self, req: _Req, guid: str) -> _Resp:
+        sidecar = self._get(self._sidecars, guid, "Sidecar")
+        body = req.json_object()
+        errors = _sidecar_message_errors(body, update=True)
+        if errors:
+            raise _unprocessable(", ".join(errors))
+        try:
+            self._sidecar_update(sidecar, body)
+        except _SidecarInvalid as error:
+            raise _unprocessable(str(error)) from None
+        return _json_resp(200, self._present_sidecar(sidecar))
+
+    def _h_delete_sidecar(self, req: _Req, guid: str) -> _Resp:
+        # SidecarDelete.delete: at once, 204; running instances keep it until they restart.
+        self._sidecars.remove(self._get(self._sidecars, guid, "Sidecar"))
+        return _Resp(204, b"", {})
+
     # ---- apply_manifest and jobs -----------------------------------------------------------------
 
-    _MANIFEST_UNSUPPORTED = ("services", "sidecars", "random-route", "features", "cnb")
+    _MANIFEST_UNSUPPORTED = ("services", "random-route", "features", "cnb")
 
     def _h_apply_manifest(self, req: _Req, guid: str) -> _Resp:
         space = self._get(self._spaces, guid, "Space")
@@ -1853,6 +2152,8 @@ class FakeCloudFoundry:
                     self._apply_manifest_app(app, spec)
                 except _JobFailure as failure:
                     raise _JobFailure(f"For application '{app.name}': {failure}") from None
+                except _CCError as error:  # not among the errors SpaceApplyManifestActionJob prefixes
+                    raise _JobFailure(error.detail, error.code, error.title) from None
 
         job = self._new_job("space.apply_manifest", "space", space.guid, complete)
         return _Resp(202, b"", {"Location": f"{self.url}/v3/jobs/{job.guid}"})
@@ -1865,6 +2166,8 @@ class FakeCloudFoundry:
             if key in entry:
                 raise _unprocessable(f"For application '{name}': the stand-in does not implement manifest key '{key}'")
         spec: dict[str, Any] = {"name": name, "docker": "docker" in entry}
+        if "sidecars" in entry:
+            spec["sidecars"] = self._parse_manifest_sidecars(name, entry["sidecars"])
         web = dict(entry)
         for process in entry.get("processes") or []:
             if not isinstance(process, dict) or process.get("type") != "web":
@@ -1914,6 +2217,33 @@ class FakeCloudFoundry:
             spec["routes"] = []
         return spec
 
+    @staticmethod
+    def _parse_manifest_sidecars(app_name: str, value: object) -> list[dict[str, Any]]:
+        """AppManifestMessage#validate_sidecars! and #sidecar_create_attribute_mappings
+        (app/messages/app_manifest_message.rb): each entry becomes a SidecarCreateMessage of its name,
+        command, process_types and memory (other keys are ignored, and none is renamed: it is
+        `process_types`, never `process-types`); every error of every entry is answered at once."""
+        prefix = f"For application '{app_name}': "
+        if not isinstance(value, list):
+            raise _CompoundError([prefix + "Sidecars must be an array of sidecar configurations"])
+        messages: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for entry in value:
+            if not isinstance(entry, dict):
+                # `sidecar[:name]` on a string, list or nil raises inside CC, unrescued: its 500.
+                raise _unknown_error()
+            message = {"name": entry.get("name"), "memory_in_mb": _sidecar_manifest_memory(entry.get("memory")),
+                       "command": entry.get("command"), "process_types": entry.get("process_types")}
+            message = {key: item for key, item in message.items() if item is not None}  # Hash#compact
+            messages.append(message)
+            name = message.get("name")
+            for error in _sidecar_message_errors(message):
+                # An entry with a name prefixes its errors with it; one without gets them downcased.
+                errors.append(f'Sidecar "{name}": {error}' if not _blank(name) else f"Sidecar {error.lower()}")
+        if errors:
+            raise _CompoundError([prefix + error for error in errors])
+        return messages
+
     def _find_or_create_app(self, space: _Space, spec: Mapping[str, Any]) -> _App:
         app = next((a for a in self._apps if a.space_guid == space.guid and a.name == spec["name"]), None)
         if app is None:
@@ -1944,12 +2274,28 @@ class FakeCloudFoundry:
         elif "buildpacks" in spec or "stack" in spec:
             app.buildpacks = spec.get("buildpacks", app.buildpacks)
             app.stack = spec.get("stack", app.stack)
+        if "memory_in_mb" in spec:
+            for process in app.processes:
+                if self._sidecar_memory_refused(process, spec["memory_in_mb"]):
+                    raise _JobFailure(_SCALE_BELOW_SIDECARS)
         for process in app.processes:
             for key in self._PROCESS_KEYS:
                 if key in spec:
                     setattr(process, key, spec[key])
             self._boot(process, process.instances, self.clock())
             process.updated_at = _now()
+        # After the processes are scaled, before env and routes (AppApplyManifest#apply): each entry
+        # updates the app's sidecar of its name, or creates one. Sidecars the manifest leaves out stay.
+        for message in spec.get("sidecars", []):
+            existing = next((sidecar for sidecar in reversed(self._sidecars)  # find_sidecar: the last one
+                             if sidecar.app_guid == app.guid and sidecar.name == message["name"]), None)
+            try:
+                if existing is None:
+                    self._sidecar_create(app, message)
+                else:
+                    self._sidecar_update(existing, message)
+            except _SidecarInvalid as error:
+                raise _JobFailure(str(error)) from None
         if "env" in spec:
             app.env.update(spec["env"])
         for url in spec.get("routes", []):
@@ -2212,7 +2558,7 @@ class FakeCloudFoundry:
         base = f"/v3/revisions/{revision.guid}"
         return {"guid": revision.guid, "version": revision.version, "droplet": {"guid": revision.droplet_guid},
                 "processes": {ptype: {"command": command} for ptype, command in revision.commands.items()},
-                "sidecars": [], "description": revision.description,
+                "sidecars": copy.deepcopy(revision.sidecars), "description": revision.description,
                 "deployable": droplet is not None and droplet.state == "STAGED",
                 "relationships": {"app": {"data": {"guid": revision.app_guid}}}, "metadata": self._metadata(),
                 "created_at": revision.created_at, "updated_at": revision.updated_at,
@@ -2252,13 +2598,26 @@ class FakeCloudFoundry:
                       description: str) -> _Revision:
         latest = self._latest_revision(app)
         revision = _Revision(app.guid, (latest.version % 9999) + 1 if latest else 1, droplet_guid,
-                             copy.deepcopy(env), dict(commands), description)
+                             copy.deepcopy(env), dict(commands), description, self._sidecar_snapshot(app))
         self._revisions.append(revision)
         return revision
 
+    def _sidecar_snapshot(self, app: _App) -> list[dict[str, Any]]:
+        # RevisionCreate (app/actions/revision_create.rb) copies the app's sidecars into the revision as
+        # RevisionSidecarModel rows; RevisionPresenter#sidecars shows name, command, memory, types.
+        return [{"name": s.name, "command": s.command, "memory_in_mb": s.memory_in_mb,
+                 "process_types": list(s.process_types)} for s in self._sidecars_of(app)]
+
     @staticmethod
-    def _revision_reasons(latest: _Revision, droplet_guid: str, env: Mapping[str, Any],
-                          commands: Mapping[str, str | None]) -> list[str]:
+    def _sidecar_hashes(sidecars: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # SidecarMixin#to_hash, sorted by name: name, command and sorted types. Memory is not in it, so
+        # a memory change alone makes no new revision.
+        return [{"name": s["name"], "command": s["command"], "types": sorted(s["process_types"])}
+                for s in sorted(sidecars, key=lambda s: s["name"])]
+
+    @classmethod
+    def _revision_reasons(cls, latest: _Revision, droplet_guid: str, env: Mapping[str, Any],
+                          commands: Mapping[str, str | None], sidecars: list[dict[str, Any]]) -> list[str]:
         # RevisionResolver.revision_reasons
         reasons = []
         if latest.droplet_guid != droplet_guid:
@@ -2267,6 +2626,8 @@ class FakeCloudFoundry:
             reasons.append("New environment variables deployed.")
         if latest.commands != commands:
             reasons.append("Custom start command updated for 'web' process.")
+        if cls._sidecar_hashes(latest.sidecars) != cls._sidecar_hashes(sidecars):
+            reasons.append("Sidecars updated.")
         return sorted(reasons)
 
     def _update_app_revision(self, app: _App) -> _Revision:
@@ -2274,19 +2635,25 @@ class FakeCloudFoundry:
         latest = self._latest_revision(app)
         if latest is None:
             return self._new_revision(app, app.droplet_guid or "", app.env, commands, "Initial revision.")
-        reasons = self._revision_reasons(latest, app.droplet_guid or "", app.env, commands)
+        reasons = self._revision_reasons(latest, app.droplet_guid or "", app.env, commands, self._sidecar_snapshot(app))
         if not reasons:
             return latest
         return self._new_revision(app, app.droplet_guid or "", app.env, commands, " ".join(reasons))
 
     def _rollback_revision(self, app: _App, target: _Revision) -> _Revision:
         latest = self._latest_revision(app)
-        reasons = self._revision_reasons(latest, target.droplet_guid, target.env, target.commands) if latest else []
+        reasons = self._revision_reasons(latest, target.droplet_guid, target.env, target.commands,
+                                         target.sidecars) if latest else []
         if latest is not None and not reasons:
             raise _unprocessable("Unable to rollback. The code and configuration you are rolling back to is the "
                                  "same as the deployed revision.")
         reasons.append(f"Rolled back to revision {target.version}.")
         app.env = copy.deepcopy(target.env)
+        # DeploymentTargetState#apply_sidecars (lib/cloud_controller/deployments/deployment_target_state.rb):
+        # the app's sidecars are replaced by new ones made from the revision's (new guids, origin user).
+        self._sidecars = [s for s in self._sidecars if s.app_guid != app.guid]
+        self._sidecars += [_Sidecar(app.guid, s["name"], s["command"], list(s["process_types"]), s["memory_in_mb"])
+                           for s in target.sidecars]
         return self._new_revision(app, target.droplet_guid, target.env, target.commands, " ".join(reasons))
 
     # ---- deployments -----------------------------------------------------------------------------
