@@ -32,6 +32,18 @@ Covered:
     that would touch the web process (FAILED), restart.
   * Docker staging through containers/image's reference rules: a tag with a digest, or an invalid
     reference, fails the build; the droplet's image is the stager's normalised name.
+  * Sidecars (cloud_controller_ng app/messages/app_manifest_message.rb, app/actions/sidecar_create.rb,
+    sidecar_update.rb, app_apply_manifest.rb, app/models/runtime/sidecar_model.rb,
+    sidecar_process_type_model.rb, constraints/sidecar_memory_less_than_process_memory_policy.rb):
+    manifest ``sidecars`` validated at once (every error of every entry, CC's wording) and applied by
+    the job after the process is scaled, each entry creating or updating the app's sidecar of its name
+    (sidecars the manifest leaves out stay); the memory policy (a process's sidecars must leave it
+    memory, equal is refused; a scale or a deployment's memory_in_mb below them is refused too); the
+    model's limits and unique indexes; ``GET/POST /v3/apps/:guid/sidecars``, ``GET /v3/processes/:guid/sidecars``,
+    ``GET/PATCH/DELETE /v3/sidecars/:guid``; revisions record the app's sidecars
+    (revision_create.rb), a sidecar change makes a new one ("Sidecars updated.") and a rollback
+    restores the revision's sidecars. A sidecar runs within its process's memory: an instance's
+    mem_quota and the org's usage are the process's memory, nothing is added for the sidecar.
   * Log Cache's read API (``GET /api/v1/read/<source id>``, the root's ``log_cache`` link) over the
     lines ``emit_app_log`` adds: its auth proxy's bare 404s, the 1000 limit, time windows, protojson.
   * Networking policy API v1 external: list, create, delete policies; the network.write scope, or a
@@ -45,10 +57,15 @@ Covered:
 
 Not covered (each answers like an unrouted CC path, 404 CF-NotFound, or a loud 400/422 naming the
 stand-in, so a gap shows up as a failure and never as a silent success):
-  * v2 API, logs other than Log Cache's read API, SSH, tasks, sidecars, restart and restage, route/droplet relationship PATCHes,
-    deletes, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
-    parameters, manifest ``services``/``sidecars``/``random-route``, strategies other than rolling and
+  * v2 API, logs other than Log Cache's read API, SSH, tasks, restart and restage, route/droplet relationship PATCHes,
+    deletes other than a sidecar's, labels on resources other than apps, ``include``/``fields``/``label_selector`` query
+    parameters, manifest ``services``/``random-route``, strategies other than rolling and
     canary, canary ``steps``, roles other than space developer, space quotas.
+  * Sidecars: buildpack-origin sidecars (from a droplet's sidecars, SidecarSynchronizeFromAppDroplet),
+    a sidecar's own log lines (APP/PROC/WEB/SIDECAR/<NAME>) and
+    its instance env (Diego gives the app MEMORY_LIMIT minus the sidecars' memory), and running
+    instances picking up a sidecar change only when they restart: the stand-in keeps no per-instance
+    sidecar state, an instance's answers are the same with or without one.
   * Time moves only when a request arrives (each brings everything up to the clock's now), and the
     ISO timestamps CC shows (created_at) are wall-clock times, not the stand-in's clock; stats' usage
     figures are invented numbers.
@@ -2732,6 +2749,10 @@ class FakeCloudFoundry:
                 raise _unprocessable("Invalid droplet. Please specify a droplet in the request or set a current "
                                      "droplet for the app.")
 
+        if "memory_in_mb" in options and self._sidecar_memory_refused(app.web, options["memory_in_mb"]):
+            # DeploymentCreate sets the new process's memory and saves it: ProcessModel#validate_sidecar_memory
+            # fails, and the controller answers Sequel's raw message for it.
+            raise _unprocessable("memory process_memory_insufficient_for_sidecars")
         # DeploymentCreate: the app's current droplet switches now (cancel switches it back) and the
         # revision is recorded now, so both show in the 201.
         previous_droplet = app.droplet_guid

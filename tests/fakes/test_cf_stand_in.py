@@ -67,6 +67,8 @@ CONTRACT_OPERATIONS = {
     ("GET", "/v3/revisions/{guid}"), ("GET", "/v3/service_offerings"), ("GET", "/v3/service_plans"),
     ("GET", "/v3/service_instances"), ("POST", "/v3/service_credential_bindings"),
     ("GET", "/v3/service_credential_bindings/{guid}"), ("GET", "/v3/service_credential_bindings/{guid}/details"),
+    ("POST", "/v3/apps/{guid}/sidecars"), ("GET", "/v3/apps/{guid}/sidecars"), ("GET", "/v3/processes/{guid}/sidecars"),
+    ("GET", "/v3/sidecars/{guid}"), ("PATCH", "/v3/sidecars/{guid}"), ("DELETE", "/v3/sidecars/{guid}"),
 }
 
 
@@ -154,6 +156,18 @@ def _deployment_enums(spec: dict[str, Any]) -> None:
     _property(spec, "Deployment", "state")["enum"] += ["PREPAUSED", "PAUSED"]
 
 
+def _sidecar_shapes(spec: dict[str, Any]) -> None:
+    sidecar = spec["components"]["schemas"]["Sidecar"]
+    sidecar["required"] = [key for key in sidecar["required"] if key != "links"]
+    sidecar["properties"]["memory_in_mb"] = {"type": "integer", "minimum": 1, "nullable": True}
+    _nullable(spec, "SidecarUpdate", "memory_in_mb")
+    _property(spec, "Revision", "sidecars")["items"] = {
+        "type": "object", "required": ["name", "command", "memory_in_mb", "process_types"],
+        "properties": {"name": {"type": "string"}, "command": {"type": "string"},
+                       "memory_in_mb": {"type": "integer", "nullable": True},
+                       "process_types": {"type": "array", "items": {"type": "string"}}}}
+
+
 @dataclass(frozen=True)
 class Erratum:
     contract_says: str
@@ -213,9 +227,17 @@ ERRATA: list[Erratum] = [
             lambda s: _nullable(s, "FeatureFlag", "updated_at")),
     Erratum("POST /v3/deployments/:guid/actions/cancel answers the deployment",
             "DeploymentsController#cancel ends in `head :ok`: an empty 200", _empty_cancel),
+    Erratum("a Sidecar has links and a non-nullable memory_in_mb; a revision's sidecars are Sidecar resources",
+            "SidecarPresenter has no links and answers memory_in_mb null for a sidecar without its own limit "
+            "(which a PATCH with memory_in_mb null sets: SidecarUpdateMessage allow_nil); "
+            "RevisionPresenter#sidecars gives only name, command, memory_in_mb and process_types",
+            _sidecar_shapes),
 ]
 # Not patched, because the stand-in follows the contract there: deployments carry the deprecated
 # "state" field the contract requires but newer CC dropped.
+# Not patched, because no valid request shows it: the sidecar lists' `names`, `label_selector` and
+# `order_by=name` parameters and the `metadata` of a sidecar create/update are in the contract but not in
+# CC (SidecarsListMessage, SidecarCreateMessage), which answers them 400 / 422.
 # Also: the document itself fails openapi-spec-validator (bearerFormat on OAuth2 schemes), so it is
 # loaded without spec validation.
 
@@ -1096,6 +1118,182 @@ def test_environment_variables_patch_merges_and_null_removes(api: Api) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sidecars (cloud_controller_ng: app_manifest_message.rb, sidecar_create.rb, sidecar_update.rb,
+# sidecar_memory_less_than_process_memory_policy.rb, revision_create.rb)
+# --------------------------------------------------------------------------------------------------
+
+FANOUT = {"name": "blob-fanout", "command": "./bin/blob-fanout", "process_types": ["web"], "memory": "64M"}
+
+
+def proxy_manifest(*sidecars: dict[str, Any], memory: str = "256M", **extra: Any) -> dict[str, Any]:
+    return {"applications": [{"name": "proxy", "memory": memory, "docker": {"image": "x"},
+                              "sidecars": list(sidecars), **extra}]}
+
+
+def manifest_errors(api: Api, manifest: dict[str, Any] | str, status: int = 422) -> list[str]:
+    body = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+    response = api.post(f"/v3/spaces/{api.space_guid()}/actions/apply_manifest", expect=status, data=body,
+                        headers={"Content-Type": "application/x-yaml"})
+    return [error["detail"] for error in response.json()["errors"]]
+
+
+def test_manifest_sidecars_are_created_then_updated_by_name_and_unlisted_ones_stay(api: Api, cf: FakeCloudFoundry) -> None:
+    job = api.apply_manifest(proxy_manifest(FANOUT, {"name": "agent", "command": "agent", "process_types": ["web"],
+                                                     "memory": 32, "ignored-key": True}))
+    assert job["state"] == "COMPLETE", job
+    app_guid = api.app_guid("proxy")
+    listed = api.get(f"/v3/apps/{app_guid}/sidecars")
+    assert listed["pagination"]["total_results"] == 2
+    fanout, agent = listed["resources"]
+    assert {k: v for k, v in fanout.items() if k not in ("guid", "created_at", "updated_at")} == {
+        "name": "blob-fanout", "command": "./bin/blob-fanout", "process_types": ["web"], "memory_in_mb": 64,
+        "origin": "user", "relationships": {"app": {"data": {"guid": app_guid}}}}
+    assert agent["memory_in_mb"] == 32  # a bare number is megabytes for a sidecar (unlike app memory)
+    assert api.get(f"/v3/sidecars/{fanout['guid']}") == fanout
+    web = api.get(f"/v3/apps/{app_guid}/processes/web")
+    assert [s["name"] for s in api.get(f"/v3/processes/{web['guid']}/sidecars")["resources"]] == ["blob-fanout", "agent"]
+    # A second manifest updates by name (same guid), keeps a memory it does not give, and leaves out nothing.
+    job = api.apply_manifest(proxy_manifest({**{k: v for k, v in FANOUT.items() if k != "memory"},
+                                             "command": "./bin/blob-fanout -v"}))
+    assert job["state"] == "COMPLETE", job
+    after = {s["name"]: s for s in api.get(f"/v3/apps/{app_guid}/sidecars")["resources"]}
+    assert after["blob-fanout"]["guid"] == fanout["guid"] and after["blob-fanout"]["memory_in_mb"] == 64
+    assert after["blob-fanout"]["command"] == "./bin/blob-fanout -v" and after["agent"] == agent
+    assert [s["name"] for s in cf.app("proxy")["sidecars"]] == ["blob-fanout", "agent"]
+    assert api.get(f"/v3/apps/{app_guid}/sidecars?per_page=1&page=2")["resources"][0]["name"] == "agent"
+
+
+def test_manifest_sidecars_are_validated_before_anything_happens(api: Api, cf: FakeCloudFoundry) -> None:
+    assert manifest_errors(api, {"applications": [{"name": "proxy", "sidecars": "blob-fanout"}]}) == [
+        "For application 'proxy': Sidecars must be an array of sidecar configurations"]
+    errors = manifest_errors(api, proxy_manifest(
+        {"command": "x", "process_types": ["web"]},
+        {"name": "s", "command": " ", "process_types": []},
+        {"name": "m", "command": "c", "process-types": ["web"], "memory": "lots"},
+        {"name": "i", "command": "c", "process_types": "web", "memory": 1.5},
+        {"name": "z", "command": "c", "process_types": ["web"], "memory": "0.5M"}))
+    assert errors == ["For application 'proxy': " + e for e in (
+        "Sidecar name can't be blank", "Sidecar name must be a string",
+        'Sidecar "s": Command can\'t be blank', 'Sidecar "s": Process types must have at least 1 process_type',
+        'Sidecar "m": Process types must be an array',
+        'Sidecar "m": Process types must have at least 1 process_type', 'Sidecar "m": Memory in mb is not a number',
+        'Sidecar "i": Process types must be an array', 'Sidecar "i": Memory in mb must be an integer',
+        'Sidecar "z": Memory in mb must be greater than 0')]
+    # An entry that is not a mapping breaks CC's manifest parsing itself: its 500, nothing created.
+    crashed = api.post(f"/v3/spaces/{api.space_guid()}/actions/apply_manifest", expect=500,
+                       data="applications:\n- name: proxy\n  sidecars: [blob-fanout]\n",
+                       headers={"Content-Type": "application/x-yaml"})
+    assert cc_error(crashed) == (10001, "CF-UnknownError")
+    assert cf.app("proxy") is None
+
+
+def test_manifest_sidecars_fail_the_job_as_cc_does(api: Api) -> None:
+    def failed(manifest: dict[str, Any]) -> str:
+        job = api.apply_manifest(manifest)
+        assert job["state"] == "FAILED", job
+        return job["errors"][0]["detail"]
+
+    too_big = 'For application \'proxy\': The memory allocation defined is too large to run with the dependent "web" process'
+    assert failed(proxy_manifest({**FANOUT, "memory": "256M"})) == too_big  # equal to the process's: refused
+    assert failed(proxy_manifest({**FANOUT, "name": "n" * 256})) == \
+        "For application 'proxy': Name is too long (maximum is 255 characters)"
+    assert failed(proxy_manifest({**FANOUT, "process_types": ["web", "web"]})) == \
+        "For application 'proxy': sidecar_guid and type Sidecar is already associated with process type web"
+    app_guid = api.app_guid("proxy")
+    assert api.get(f"/v3/apps/{app_guid}/sidecars")["resources"] == []  # each failure took its sidecar back
+    # Two entries of one name: the second updates what the first created.
+    assert api.apply_manifest(proxy_manifest({**FANOUT, "memory": "128M"}, {**FANOUT, "command": "second"}))["state"] \
+        == "COMPLETE"
+    assert [(s["command"], s["memory_in_mb"]) for s in api.get(f"/v3/apps/{app_guid}/sidecars")["resources"]] == [
+        ("second", 64)]
+    # A second sidecar counts with the first: 64 + 192 fills the 256 MB process.
+    assert failed(proxy_manifest({**FANOUT, "name": "agent", "memory": "192M"})) == too_big
+    # The process cannot shrink to what its sidecars take (ProcessScale), before any sidecar is applied.
+    assert failed(proxy_manifest({**FANOUT, "memory": "32M"}, memory="64M")) == \
+        "For application 'proxy': The requested memory allocation is not large enough to run all of your sidecar " \
+        "processes"
+    # A quoted number passes validation, then breaks CC's memory policy: UnknownError, no app prefix.
+    job = api.apply_manifest(proxy_manifest({**FANOUT, "memory": "64"}))
+    assert (job["state"], job["errors"][0]["code"], job["errors"][0]["title"]) == ("FAILED", 10001, "CF-UnknownError")
+
+
+def test_sidecar_endpoints(api: Api) -> None:
+    api.apply_manifest(proxy_manifest())
+    app_guid = api.app_guid("proxy")
+    body = {"name": "blob-fanout", "command": "./bin/blob-fanout", "process_types": ["web"], "memory_in_mb": 64}
+    created = api.post(f"/v3/apps/{app_guid}/sidecars", body, 201).json()
+    assert created["origin"] == "user" and created["memory_in_mb"] == 64
+    assert api.post(f"/v3/apps/{app_guid}/sidecars", body, 422).json()["errors"][0]["detail"] == \
+        "Sidecar with name 'blob-fanout' already exists for given app"
+    with api.invalid():
+        refused = api.post(f"/v3/apps/{app_guid}/sidecars", {**body, "name": "", "metadata": {}, "process_types": []}, 422)
+    assert refused.json()["errors"][0]["detail"] == ("Unknown field(s): 'metadata', Name can't be blank, "
+                                                     "Process types must have at least 1 process_type")
+    path = f"/v3/sidecars/{created['guid']}"
+    assert api.call("PATCH", path, 422, json={"memory_in_mb": 256}).json()["errors"][0]["detail"] == \
+        'The memory allocation defined is too large to run with the dependent "web" process'
+    patched = api.call("PATCH", path, 200, json={"command": "./bin/blob-fanout -v", "memory_in_mb": None}).json()
+    assert (patched["command"], patched["memory_in_mb"], patched["name"]) == ("./bin/blob-fanout -v", None, "blob-fanout")
+    web = api.get(f"/v3/apps/{app_guid}/processes/web")
+    api.call("PATCH", path, 200, json={"memory_in_mb": 200})
+    scaled = api.post(f"/v3/processes/{web['guid']}/actions/scale", {"memory_in_mb": 200}, expect=422)
+    assert scaled.json()["errors"][0]["detail"] == \
+        "The requested memory allocation is not large enough to run all of your sidecar processes"
+    assert api.post(f"/v3/processes/{web['guid']}/actions/scale", {"memory_in_mb": 512}, expect=202).json()[
+        "memory_in_mb"] == 512
+    droplet = api.stage_docker(app_guid, "registry:2")
+    shrunk = api.post("/v3/deployments", {"relationships": {"app": {"data": {"guid": app_guid}}},
+                                          "droplet": {"guid": droplet}, "options": {"memory_in_mb": 200}}, 422)
+    assert shrunk.json()["errors"][0]["detail"] == "memory process_memory_insufficient_for_sidecars"
+    names = api.call("GET", f"/v3/apps/{app_guid}/sidecars?names=blob-fanout", 400)  # not CC's filter
+    assert cc_error(names) == (10005, "CF-BadQueryParameter")
+    assert api.call("DELETE", path, 204).content == b""
+    assert api.call("GET", path, 404).json()["errors"][0]["detail"] == "Sidecar not found"
+    assert api.call("GET", f"/v3/apps/{uuid.uuid4()}/sidecars", 404).json()["errors"][0]["detail"] == "App not found"
+    assert api.call("GET", f"/v3/processes/{uuid.uuid4()}/sidecars", 404).json()["errors"][0]["detail"] == \
+        "Process not found"
+
+
+def test_revisions_record_the_apps_sidecars_and_a_rollback_restores_them(api: Api, cf: FakeCloudFoundry) -> None:
+    api.apply_manifest(proxy_manifest(FANOUT))
+    app_guid = api.app_guid("proxy")
+    droplet = api.stage_docker(app_guid, "registry:2")
+    first = api.deploy(app_guid, droplet)["revision"]
+    recorded = {"name": "blob-fanout", "command": "./bin/blob-fanout", "memory_in_mb": 64, "process_types": ["web"]}
+    assert api.get(f"/v3/revisions/{first['guid']}")["sidecars"] == [recorded]
+
+    def deployed_revision() -> dict[str, Any]:
+        deployment = api.deploy(app_guid, droplet)
+        api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
+        return api.get(f"/v3/revisions/{deployment['revision']['guid']}")
+
+    # A manifest cannot touch the web process while a deployment rolls: each waits for the last.
+    assert api.apply_manifest(proxy_manifest({**FANOUT, "memory": "96M"}))["state"] == "COMPLETE"
+    assert deployed_revision()["version"] == 1  # memory is not what a revision compares
+    assert api.apply_manifest(proxy_manifest({**FANOUT, "command": "./bin/blob-fanout -v"}))["state"] == "COMPLETE"
+    second = deployed_revision()
+    assert (second["version"], second["description"]) == (2, "Sidecars updated.")
+    assert second["sidecars"] == [{**recorded, "command": "./bin/blob-fanout -v"}]
+    rollback = api.deploy(app_guid, revision={"guid": first["guid"]})
+    assert api.get(f"/v3/revisions/{rollback['revision']['guid']}")["description"] == \
+        "Sidecars updated. Rolled back to revision 1."
+    sidecar = api.one(f"/v3/apps/{app_guid}/sidecars")
+    assert (sidecar["command"], sidecar["memory_in_mb"], sidecar["origin"]) == ("./bin/blob-fanout", 64, "user")
+
+
+def test_a_sidecar_counts_within_its_process_memory(api: Api, cf: FakeCloudFoundry) -> None:
+    api.apply_manifest({"applications": [{**proxy_manifest(FANOUT)["applications"][0], "instances": 2}]})
+    app_guid = api.app_guid("proxy")
+    api.deploy(app_guid, api.stage_docker(app_guid, "registry:2"))
+    advance(cf, cf.timings.start)
+    web = api.get(f"/v3/apps/{app_guid}/processes/web")
+    stats = api.get(f"/v3/processes/{web['guid']}/stats")["resources"]
+    assert [s["mem_quota"] for s in stats] == [256 * 1024 * 1024] * 2  # Diego adds nothing on top
+    org = api.one("/v3/organizations?names=cloud-gov")["guid"]
+    assert api.get(f"/v3/organizations/{org}/usage_summary")["usage_summary"]["memory_in_mb"] == 512
+
+
+# --------------------------------------------------------------------------------------------------
 # Services
 # --------------------------------------------------------------------------------------------------
 
@@ -1223,6 +1421,13 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     api.get(f"/v3/processes/{process['guid']}")
     api.get(f"/v3/processes/{process['guid']}/stats")
     api.post(f"/v3/processes/{process['guid']}/actions/scale", {"instances": 2}, expect=202)
+    sidecar = api.post(f"/v3/apps/{app_guid}/sidecars", {"name": "s", "command": "c", "process_types": ["web"],
+                                                         "memory_in_mb": 16}, 201).json()
+    api.get(f"/v3/apps/{app_guid}/sidecars")
+    api.get(f"/v3/processes/{process['guid']}/sidecars")
+    api.get(f"/v3/sidecars/{sidecar['guid']}")
+    api.call("PATCH", f"/v3/sidecars/{sidecar['guid']}", 200, json={"memory_in_mb": None})
+    api.call("GET", f"/v3/sidecars/{uuid.uuid4()}", 404)
     api.apply_manifest({"applications": [{"name": "site", "memory": "64M"}]})
     site = api.app_guid("site")
     package = api.post("/v3/packages", {"type": "bits", "relationships": {"app": {"data": {"guid": site}}}},
@@ -1235,7 +1440,8 @@ def test_contract_tour_validates_every_covered_operation(cf: FakeCloudFoundry, c
     deployment = api.deploy(app_guid, api.stage_docker(app_guid, "registry:3"))
     api.get(f"/v3/apps/{app_guid}/revisions")
     api.get(f"/v3/apps/{app_guid}/revisions/deployed")
-    api.get(f"/v3/revisions/{deployment['revision']['guid']}")
+    api.get(f"/v3/revisions/{deployment['revision']['guid']}")  # with the sidecar recorded
+    api.call("DELETE", f"/v3/sidecars/{sidecar['guid']}", 204)
     api.post(f"/v3/deployments/{deployment['guid']}/actions/cancel", expect=200)
     api.finish(f"/v3/deployments/{deployment['guid']}", "status.value", ("ACTIVE",))
     canary = api.deploy(app_guid, api.stage_docker(app_guid, "registry:4"), strategy="canary")
