@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -62,3 +63,25 @@ def test_the_private_network_has_a_loopback_of_its_own() -> None:
                                 capture_output=True, text=True, timeout=30)
     assert inside.returncode != 0 and "ConnectionRefused" in inside.stderr, inside
     assert private_network.available() is None
+
+
+def test_a_stack_made_again_at_the_same_path_finds_none_of_the_old_ones_caches(tmp_path: Path) -> None:
+    root = tmp_path / "stack"
+    access = worker_access(root)
+    root.mkdir()
+    access.prepare(root)
+    try:
+        cached = access.shared / "proxy-blob-cache" / "entry"
+        cached.parent.mkdir(exist_ok=True)
+        cached.write_text("a tag list fetched by the old stack")
+        access.prepare(root)  # the same stack deploying again keeps its caches
+        assert cached.exists()
+        shutil.rmtree(root)
+        root.mkdir()
+        access.prepare(root)
+        assert not cached.exists()
+        assert access.shared.is_dir() and stat.S_IMODE(access.shared.stat().st_mode) == access.mode
+    finally:
+        access.release()
+        if access.shared.exists():
+            shutil.rmtree(access.shared)

@@ -21,6 +21,7 @@ import grp
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import stat
 import subprocess
@@ -30,6 +31,9 @@ from pathlib import Path
 WORKER_USER_PREFIX = "registry-mirror-"
 SHARED_PARENT = Path("/var/lib/registry-mirror")  # beside its sockets, as /var/lib/mysql does
 OWNER_FILE = "stack-root"
+# In the stack's own folder: a folder deleted and made again at the same path is another stack, whose
+# proxy must not find the old one's caches (its tags and blobs would be served as if fetched now).
+STACK_ID_FILE = "stack-id"
 MIRROR_UMASK = 0o007
 # What nginx's workers write in the shared folder; handed to the current worker user at each deploy
 # (a user removed by `down` and created again may come back with another uid).
@@ -70,11 +74,15 @@ class WorkerAccess:
             SHARED_PARENT.mkdir(mode=0o755, parents=True, exist_ok=True)
             _collect_orphans()
             ensure_system_user(self.user)
+        owner, recorded = _owner_record(stack_root), _recorded_owner(self.shared)
+        # A record without an identity is this stack's from before identities: adopted as it is.
+        if self.user is not None and recorded is not None and "\n" in recorded and recorded != owner:
+            shutil.rmtree(self.shared)  # left by an earlier stack at this path
         self.shared.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.shared, 0, entry.pw_gid)
-            (self.shared / OWNER_FILE).write_text(str(stack_root.resolve()))
+            (self.shared / OWNER_FILE).write_text(owner)
             for name in WORKER_FOLDERS:
                 _hand_over(self.shared / name, entry.pw_uid, entry.pw_gid)
         self.shared.chmod(self.mode)
@@ -168,7 +176,27 @@ def _hand_over(folder: Path, uid: int, gid: int) -> None:
 def _collect_orphans() -> None:
     # A stack folder deleted by hand (or a pytest temp dir) leaves its shared folder and user behind.
     for folder in SHARED_PARENT.iterdir():
-        owner = folder / OWNER_FILE
-        if folder.is_dir() and owner.is_file() and not Path(owner.read_text().strip()).exists():
+        recorded = _recorded_owner(folder) if folder.is_dir() else None
+        if recorded is None:
+            continue
+        root = Path(recorded.split("\n", 1)[0])
+        if not root.exists() or ("\n" in recorded and (root / STACK_ID_FILE).exists()
+                                 and _owner_record(root) != recorded):
             shutil.rmtree(folder, ignore_errors=True)
             remove_system_user(WORKER_USER_PREFIX + folder.name[:8])
+
+
+def _owner_record(stack_root: Path) -> str:
+    """The stack's path and its identity, made at its first deploy."""
+    ident = stack_root / STACK_ID_FILE
+    if not ident.exists():
+        stack_root.mkdir(parents=True, exist_ok=True)
+        ident.write_text(secrets.token_hex(16) + "\n")
+    return f"{stack_root.resolve()}\n{ident.read_text().strip()}"
+
+
+def _recorded_owner(shared: Path) -> str | None:
+    try:
+        return (shared / OWNER_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
