@@ -12,7 +12,7 @@ import pytest
 from registry_mirror.platforms.local import private_network
 from registry_mirror.platforms.local.paths import StackPaths
 from registry_mirror.platforms.local.stranger import Attempt, run_here
-from registry_mirror.platforms.local.worker_access import WORKER_USER_PREFIX, worker_access
+from registry_mirror.platforms.local.worker_access import OWNER_FILE, STACK_ID_FILE, WORKER_USER_PREFIX, worker_access
 
 
 def test_each_root_run_stack_has_a_worker_user_of_its_own(tmp_path: Path) -> None:
@@ -81,6 +81,16 @@ def test_a_stack_made_again_at_the_same_path_finds_none_of_the_old_ones_caches(t
         access.prepare(root)
         assert not cached.exists()
         assert access.shared.is_dir() and stat.S_IMODE(access.shared.stat().st_mode) == access.mode
+        if access.user is not None:
+            # A record from before stack identities names the path alone: kept for a stack that has been
+            # deployed, dropped for one that never was.
+            for fresh, kept in ((False, True), (True, False)):
+                cached.parent.mkdir(exist_ok=True)
+                cached.write_text("cached")
+                (access.shared / OWNER_FILE).write_text(str(root.resolve()))
+                (root / STACK_ID_FILE).unlink()
+                access.prepare(root, fresh=fresh)
+                assert cached.exists() == kept
     finally:
         access.release()
         if access.shared.exists():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ...rendering import FANOUT_SOCKET, MIRROR_PASS_SOCKET
 from .worker_access import WorkerAccess, worker_access
 
 
@@ -73,6 +74,20 @@ class StackPaths:
     def mirror_socket(self, name: str) -> Path:
         return self.shared / f"{name}.sock"
 
+    @property
+    def fanout_socket(self) -> Path:
+        return self.shared / FANOUT_SOCKET
+
+    @property
+    def mirror_pass_socket(self) -> Path:
+        """The proxy's own way to the mirrors, for blob-fanout."""
+        return self.shared / MIRROR_PASS_SOCKET
+
+    @property
+    def fanout_spool(self) -> Path:
+        """Blobs in flight through blob-fanout (each unlinked at once: nothing stays here)."""
+        return self.data / "blob-fanout"
+
     def nginx_prefix(self, name: str) -> Path:
         return self.root / "nginx" / name
 
@@ -84,6 +99,7 @@ class StackPaths:
         return (self.config, self.logs, self.data, self.run, self.secrets, self.root / "nginx")
 
     def create(self) -> None:
+        fresh = not self.state_file.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         self.client_dir.mkdir(exist_ok=True)
         for d in self.private:
@@ -91,7 +107,7 @@ class StackPaths:
         for name in ("proxy", "router"):
             self.nginx_prefix(name).mkdir(parents=True, exist_ok=True)
         self.seal()
-        self.access.prepare(self.root)
+        self.access.prepare(self.root, fresh=fresh)
 
     def seal(self) -> None:
         """The stack's own files for its user alone: 0700 folders, files without group or other bits.

@@ -67,16 +67,18 @@ class WorkerAccess:
     def mode(self) -> int:
         return 0o2750 if self.user is not None else 0o700
 
-    def prepare(self, stack_root: Path) -> None:
+    def prepare(self, stack_root: Path, *, fresh: bool = False) -> None:
         """Create the workers' user and the shared folder with its owner and mode; record which stack
-        the folder belongs to."""
+        the folder belongs to. `fresh`: the stack has never been deployed."""
         if self.user is not None:
             SHARED_PARENT.mkdir(mode=0o755, parents=True, exist_ok=True)
             _collect_orphans()
             ensure_system_user(self.user)
         owner, recorded = _owner_record(stack_root), _recorded_owner(self.shared)
-        # A record without an identity is this stack's from before identities: adopted as it is.
-        if self.user is not None and recorded is not None and "\n" in recorded and recorded != owner:
+        # A record without an identity was written before identities: this stack's, unless the stack
+        # has never been deployed (no state yet), when it can only be a removed one's.
+        foreign = recorded != owner if recorded and "\n" in recorded else recorded is not None and fresh
+        if self.user is not None and foreign:
             shutil.rmtree(self.shared)  # left by an earlier stack at this path
         self.shared.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
