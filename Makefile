@@ -31,12 +31,14 @@ users:
 	fi
 
 # The registry version production pins (and any other a params file names), and the Go clients
-# `make test` runs (the OCI conformance suite, crane), built from the Go module proxy into .tools/ once;
+# `make test` runs (the OCI conformance suite, crane), built from the Go module proxy into .tools/ once,
+# and the proxy's blob-fanout from this checkout's lib/blob-fanout;
 # a second run only checks the recorded checksums.
 tools: venv
 	@$(BIN)/python -m registry_mirror build-registry --params params/production.yaml --params params/local.yaml \
 	  --params params/staging.yaml
 	@$(BIN)/python -m registry_mirror build-test-tools
+	@$(BIN)/python -m registry_mirror build-blob-fanout
 
 # Install only what is missing, so a second run does not touch apt at all.
 apt:

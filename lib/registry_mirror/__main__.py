@@ -5,6 +5,7 @@
     python -m registry_mirror down           [--params FILE] [--confirm]   stop everything, keep data
     python -m registry_mirror build-registry  --params FILE ...  build each registry version the files pin
     python -m registry_mirror build-test-tools                   build the pinned Go clients the tests run
+    python -m registry_mirror build-blob-fanout                  build the proxy's blob-fanout from lib/blob-fanout
     python -m registry_mirror task-params     --params FILE --out FILE [--security-rules FILE]
                                               [--image-digest-file FILE]
 """
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .blob_fanout import fanout_binary, source_version
 from .errors import ParameterError, RunbookError
 from .parameters import load_params_file
 from .pipeline_params import write_task_params
@@ -66,6 +68,11 @@ def build_test_tools(args: argparse.Namespace) -> str:
     return "\n".join(f"{name} {b.version}: {b.binary} (sha256 {b.sha256[:16]}...)" for name, b in builds.items())
 
 
+def build_fanout(args: argparse.Namespace) -> str:
+    binary = fanout_binary(log=lambda line: print(line, file=sys.stderr))
+    return f"blob-fanout {source_version()}: {binary}"
+
+
 def task_params(args: argparse.Namespace) -> str:
     if not args.params:
         raise ParameterError("task-params needs --params: the environment's params file")
@@ -109,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     command("build-registry", build_registries, "build each registry version the params files pin",
             params="several")
     command("build-test-tools", build_test_tools, "build the pinned Go clients the tests run (OCI conformance, crane)",
+            params="none")
+    command("build-blob-fanout", build_fanout, "build the proxy's blob-fanout (Go) from lib/blob-fanout",
             params="none")
     task = command("task-params", task_params, "the params file a pipeline task runs the runbook with")
     task.add_argument("--out", type=Path, required=True, help="where to write the derived params file")
