@@ -13,6 +13,7 @@ from registry_mirror.platforms.local import private_network
 from registry_mirror.platforms.local.paths import StackPaths
 from registry_mirror.platforms.local.stranger import Attempt, run_here
 from registry_mirror.platforms.local.worker_access import OWNER_FILE, STACK_ID_FILE, WORKER_USER_PREFIX, worker_access
+from registry_mirror.processes import wait_until
 
 
 def test_each_root_run_stack_has_a_worker_user_of_its_own(tmp_path: Path) -> None:
@@ -95,3 +96,20 @@ def test_a_stack_made_again_at_the_same_path_finds_none_of_the_old_ones_caches(t
         access.release()
         if access.shared.exists():
             shutil.rmtree(access.shared)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a network namespace as root")
+def test_a_part_joins_the_private_network_once_its_holder_holds_it() -> None:
+    # Joined before the holder has made its namespace, a part would run in the starter's network.
+    argv = ["/usr/bin/sleep", "30"]
+    holder = subprocess.Popen(private_network.create_argv(argv))
+    try:
+        wait_until(lambda: private_network.holds_network(holder.pid, argv), timeout=10, what="the private network")
+        joined = subprocess.run(private_network.enter_argv(holder.pid, ["readlink", "/proc/self/ns/net"]),
+                                capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        assert joined == os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not private_network.holds_network(os.getpid(), argv)  # a process running something else
+    assert not private_network.holds_network(holder.pid, argv)  # one that is gone

@@ -18,7 +18,7 @@ from ...processes import (
 )
 from ...s3_clients import s3_client
 from .daemons import any_died, daemon_env, require, write_private
-from .private_network import create_argv, enter_argv
+from .private_network import create_argv, enter_argv, holds_network
 from .seaweedfs_security import ensure_security_config
 
 # Start order; stop goes the other way, so each part finishes its writes while what it writes to
@@ -94,7 +94,12 @@ def start_seaweedfs(*, data_dir: Path, config_dir: Path, run_dir: Path, logs: Pa
         (run_dir / leftover).unlink(missing_ok=True)  # left by a killed filer or gateway
     records: list[ProcessRecord] = []
     for name in argvs:  # the four weed parts, in start order; the relay follows
-        argv = create_argv(argvs[name]) if not records else enter_argv(records[0].pid, argvs[name])
+        if records:  # joins the master's network, which exists once the master runs as itself
+            wait_until(lambda: holds_network(records[0].pid, argvs["s3-master"]), timeout=timeout,
+                       what="SeaweedFS's private network", abort=any_died(records))
+            argv = enter_argv(records[0].pid, argvs[name])
+        else:
+            argv = create_argv(argvs[name])
         # SeaweedFS reads security.toml from its working directory.
         record = start_process(name, argv, log=logs / f"{name}.log", env=daemon_env(), cwd=secured,
                                umask=PRIVATE_UMASK)
