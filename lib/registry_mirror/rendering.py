@@ -8,6 +8,7 @@ from typing import Any
 
 import jinja2
 
+from .blob_fanout import BINARY as FANOUT_BINARY, fanout_argv
 from .errors import ParameterError
 from .parameters import PROJECT_ROOT, Settings
 from .registry_config import registry_config, registry_env, S3Location, Listener
@@ -22,6 +23,10 @@ BUILDPACK_MIRROR_ROUTE = '{{env "MIRROR_ROUTE"}}'
 # The instance's own container IP: with route integrity the Envoy sidecar connects to nginx from it.
 BUILDPACK_INSTANCE_IP = '{{env "CF_INSTANCE_INTERNAL_IP"}}'
 MIRROR_PORT = 5000
+# The app's folder, where the buildpack runs nginx and CF runs the sidecar.
+BUILDPACK_HOME = '{{env "HOME"}}'
+FANOUT_SOCKET = "blob-fanout.sock"
+MIRROR_PASS_SOCKET = "mirror-pass.sock"
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,18 @@ class NginxTarget:
     resolver: str = BUILDPACK_NAMESERVERS
     mirror_host: str = BUILDPACK_MIRROR_ROUTE
     mirror_port: int = MIRROR_PORT
+    # blob-fanout's socket, and the proxy's own way to the mirror that blob-fanout takes.
+    fanout_socket: str = f"{BUILDPACK_HOME}/{FANOUT_SOCKET}"
+    mirror_pass_socket: str = f"{BUILDPACK_HOME}/{MIRROR_PASS_SOCKET}"
 
     @classmethod
     def local(cls, run_dir: Path, *, name: str, listen: str, logs: Path,
               upstream_servers: tuple[str, ...] = (), user: str | None = None,
-              temp_dir: Path | None = None) -> NginxTarget:
+              temp_dir: Path | None = None, sockets_dir: Path | None = None) -> NginxTarget:
+        """`temp_dir` (default `run_dir`) holds nginx's temp folders, `sockets_dir` (default `run_dir`)
+        blob-fanout's socket and the proxy's own way to the mirror."""
         temp = (temp_dir or run_dir) / name
+        sockets = sockets_dir or run_dir
         return cls(
             kind="local",
             listen=listen,
@@ -56,6 +67,8 @@ class NginxTarget:
             workers=2,
             temp_paths=tuple((k, str(temp / k)) for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
             upstream_servers=upstream_servers,
+            fanout_socket=str(sockets / FANOUT_SOCKET),
+            mirror_pass_socket=str(sockets / MIRROR_PASS_SOCKET),
         )
 
     @classmethod
@@ -126,6 +139,24 @@ def render_cf_router_conf(target: NginxTarget, *, listen: str, load_balancer_add
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """A process CF runs beside the app's own in each instance (app manifest `sidecars`)."""
+
+    name: str
+    command: str
+    memory: str
+
+
+# blob-fanout beside nginx: CF's launcher runs the command with bash in the app's folder, so $HOME is
+# that folder; blobs in flight go to $TMPDIR (the flag's default), on the instance's disk.
+CF_FANOUT_SIDECAR = Sidecar(
+    name=FANOUT_BINARY,
+    command=" ".join(fanout_argv(f"./{FANOUT_BINARY}", listen=f"unix:$HOME/{FANOUT_SOCKET}",
+                                 upstream=f"unix:$HOME/{MIRROR_PASS_SOCKET}")),
+    memory="32M")
+
+
+@dataclass(frozen=True)
 class CfManifests:
     mirror: str
     proxy: str
@@ -149,7 +180,8 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
                      memory=settings.registry.memory, image=settings.registry.image, route=cf.mirror_route,
                      env=env)
     proxy = _render("cf/proxy-manifest.yml.j2", app=cf.proxy_app, instances=settings.proxy.instances,
-                    memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route)
+                    memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route,
+                    fanout=CF_FANOUT_SIDECAR)
     return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
                        proxy_nginx_conf=render_nginx_conf(
                            rules, NginxTarget.cloudfoundry(), real_ip_from=cf_real_ip_sources(rules),

@@ -6,13 +6,11 @@ tests/cf/runbooks.py) through `CloudFoundryPlatform` on a fake clock; one paperm
 (`CfRunner`) proves the notebook itself: its exit code and that no secret reaches it."""
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,16 +122,17 @@ def cc_session(cf: FakeCloudFoundry) -> requests.Session:
 
 @contextmanager
 def public_route(cf: FakeCloudFoundry, mirror_address: str) -> Iterator[Edge]:
-    """The proxy app as deployed, reachable the way the worker reaches its route: its current package's
-    nginx.conf, downloaded from the CF stand-in, runs behind the CF edge stand-ins."""
+    """The proxy app as deployed, reachable the way the worker reaches its route: its current package,
+    downloaded from the CF stand-in, runs behind the CF edge stand-ins with the app's sidecars."""
     session = cc_session(cf)
     app = cf.app("docker-registry-proxy")["guid"]
     droplet = session.get(f"{cf.url}/v3/apps/{app}/droplets/current", timeout=10).json()
     bits = session.get(droplet["links"]["package"]["href"] + "/download", timeout=10)
     assert bits.status_code == 200, bits.text
-    with zipfile.ZipFile(io.BytesIO(bits.content)) as package:
-        conf = package.read("nginx.conf").decode()
-    with cf_edge(conf, env={"MIRROR_ROUTE": mirror_address}) as edge:
+    # Each instance runs the app's sidecars beside nginx.
+    sidecars = session.get(f"{cf.url}/v3/apps/{app}/sidecars", timeout=10).json()["resources"]
+    with cf_edge(package=bits.content, sidecars=[s["command"] for s in sidecars],
+                 env={"MIRROR_ROUTE": mirror_address}) as edge:
         yield edge
 
 

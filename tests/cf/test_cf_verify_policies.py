@@ -124,13 +124,13 @@ def deploy_proxy_conf(cc: Cc, cf: FakeCloudFoundry, edit: Callable[[str], str]) 
     assert current.status_code == 200
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(current.content)) as old, zipfile.ZipFile(out, "w") as new:
-        for name in old.namelist():
-            data = old.read(name)
+        for entry in old.infolist():  # the entry keeps its mode: blob-fanout stays executable
+            name, data = entry.filename, old.read(entry)
             if name == "nginx.conf":
                 edited = edit(data.decode())
                 assert edited != data.decode(), "the edit changed nothing"
                 data = edited.encode()
-            new.writestr(name, data)
+            new.writestr(entry, data)
     package = cc.call("POST", "/v3/packages", json={"type": "bits", "relationships": {"app": {"data": {"guid": app}}}})
     cc.call("POST", f"/v3/packages/{package['guid']}/upload", files={"bits": ("app.zip", out.getvalue())})
     cc.wait(f"/v3/packages/{package['guid']}", lambda p: p["state"] == "READY")

@@ -4,18 +4,22 @@ Envoy sidecar. (The load balancer and gorouter hops are nginx, templates/nginx/c
 """
 from __future__ import annotations
 
+import io
+import os
+import pwd
 import re
 import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry_mirror.platforms.local.nginx import start_nginx
-from registry_mirror.processes import ProcessRecord, free_port, stop_process
+from registry_mirror.processes import ProcessRecord, free_port, start_process, stop_process, wait_until
 from registry_mirror.rendering import NginxTarget, render_cf_router_conf
 
 CONTAINER_IP = "127.0.0.2"  # CF_INSTANCE_INTERNAL_IP of the proxy instance
@@ -111,23 +115,34 @@ class Edge:
 
 
 @contextmanager
-def cf_edge(proxy_conf: str, *, env: dict[str, str] | None = None) -> Iterator[Edge]:
+def cf_edge(proxy_conf: str | None = None, *, env: dict[str, str] | None = None, package: bytes | None = None,
+            sidecars: Sequence[str] = ()) -> Iterator[Edge]:
     """STAND-IN for the road from a client to a proxy instance on CF: load balancer -> gorouter ->
     Envoy -> nginx running `proxy_conf` (as rendered for the buildpack, templated here as the
-    buildpack does at start, with the instance's environment)."""
+    buildpack does at start, with the instance's environment), or the nginx.conf of `package` (the
+    app's bits, unpacked as the app's folder), and beside it the `sidecars`' commands."""
     app_port, envoy_port, gorouter_port, public = (free_port() for _ in range(4))
     # The app's folder: nginx's unprivileged workers (vcap on CF, nobody here) must enter it for the
     # blob cache and temp files, which a pytest temp folder (0700) would not let them.
     root = Path(tempfile.mkdtemp(prefix="cf-edge-"))
     root.chmod(0o755)
     (root / "router").mkdir()
+    if package is not None:
+        _unpack(package, root)
+        proxy_conf = (root / "nginx.conf").read_text()
+    assert proxy_conf is not None, "cf_edge needs the proxy's nginx.conf or its package"
     conf = root / "nginx.conf"
-    instance_env = {"CF_INSTANCE_INTERNAL_IP": CONTAINER_IP, "MIRROR_ROUTE": MIRROR_CONTAINER, **(env or {})}
+    # The environment of a buildpack app's processes: HOME is the app's folder, TMPDIR beside it.
+    instance_env = {"HOME": str(root), "TMPDIR": str(root / "tmp"), "CF_INSTANCE_INTERNAL_IP": CONTAINER_IP,
+                    "MIRROR_ROUTE": MIRROR_CONTAINER, **(env or {})}
+    (root / "tmp").mkdir()
     conf.write_text(f"pid {root / 'proxy.pid'};\n" + buildpack_varify(
         proxy_conf, port=f"{CONTAINER_IP}:{app_port}", nameservers="127.0.0.1", env=instance_env))
     log = root / "proxy.log"
     records: list[ProcessRecord] = []
     try:
+        for index, command in enumerate(sidecars):
+            records.append(_start_sidecar(f"cf-sidecar-{index}", command, root, instance_env))
         records.append(start_nginx("cf-proxy", conf=conf, prefix=root, log=log, ready=(CONTAINER_IP, app_port),
                                    upstream_required=False))
         router_conf = root / "router.conf"
@@ -140,10 +155,40 @@ def cf_edge(proxy_conf: str, *, env: dict[str, str] | None = None) -> Iterator[E
                                        log=root / "router.log", ready=("127.0.0.1", public), upstream_required=False))
             yield Edge(public=public, app_port=app_port, proxy_log=log)
     finally:
-        for record in records:
+        for record in reversed(records):
             stop_process(record)
         assert not any(r.alive() for r in records)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _unpack(package: bytes, root: Path) -> None:
+    """The bits as the app's folder, with the modes the zip gives (an executable stays one)."""
+    with zipfile.ZipFile(io.BytesIO(package)) as bits:
+        for entry in bits.infolist():
+            target = bits.extract(entry, root)
+            mode = (entry.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(target, mode)
+
+
+def _start_sidecar(name: str, command: str, root: Path, env: dict[str, str]) -> ProcessRecord:
+    """A sidecar as CF's launcher runs it: `bash -c` in the app's folder with the instance's environment,
+    as the same user as nginx's workers (on CF every process of the instance is vcap). The stand-in
+    waits for the unix socket the command listens on, so a test does not race its start (CF does not)."""
+    argv = ["bash", "-c", command]
+    if os.geteuid() == 0:
+        # nobody, as nginx's workers here, owning the app's folder as vcap does on CF.
+        nobody = pwd.getpwnam("nobody")
+        for folder in (root, root / "tmp"):
+            os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    record = start_process(name, argv, log=root / f"{name}.log", env={"PATH": os.environ.get("PATH", ""), **env},
+                           cwd=root)
+    listens = re.search(r"-listen unix:\$HOME/(\S+)", command)
+    if listens:
+        wait_until(lambda: (root / listens.group(1)).exists(), timeout=10, what=f"{name}'s socket",
+                   abort=lambda: None if record.alive() else f"{name} exited: {(root / f'{name}.log').read_text()[-300:]}")
+    return record
 
 
 __all__ = ["CONTAINER_IP", "Edge", "EnvoyTcpProxy", "GOROUTER", "LOAD_BALANCER", "MIRROR_CONTAINER",

@@ -16,6 +16,7 @@ from registry_mirror.credentials import LocalStackSecrets
 from registry_mirror.parameters import load_params_file
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.cloudfoundry.push.package import proxy_bits
 from registry_mirror.platforms.local.mirrors import mirror_registry_binary
 from registry_mirror.processes import ProcessRecord, free_port, start_process, stop_process, wait_until
 from registry_mirror.registry_config import S3Location
@@ -48,10 +49,12 @@ def cf_chain(stack: LocalPlatform) -> Iterator[CfChain]:
     try:
         mirror_url = f"http://{MIRROR_CONTAINER}:{port}"
         wait_until(lambda: _answers(f"{mirror_url}/v2/"), timeout=30, what="the CF mirror app")
-        conf = render_cf_manifests(PRODUCTION, CF_RULES, s3=S3Location("unused", "unused")).proxy_nginx_conf
+        manifests = render_cf_manifests(PRODUCTION, CF_RULES, s3=S3Location("unused", "unused"))
         # The app port of the mirror is 5000 on CF; here a free one.
-        conf = conf.replace(":5000;", f":{port};")
-        with cf_edge(conf, env={"MIRROR_ROUTE": MIRROR_CONTAINER}) as edge:
+        conf = manifests.proxy_nginx_conf.replace(":5000;", f":{port};")
+        # The app as the deploy uploads it, with the sidecars its manifest declares.
+        sidecars = [s["command"] for s in yaml.safe_load(manifests.proxy)["applications"][0].get("sidecars", [])]
+        with cf_edge(package=proxy_bits(conf), sidecars=sidecars, env={"MIRROR_ROUTE": MIRROR_CONTAINER}) as edge:
             yield CfChain(public=edge.public, mirror_url=mirror_url)
     finally:
         stop_process(record)

@@ -17,6 +17,7 @@ from registry_mirror.client_pull import pull_with_skopeo
 from registry_mirror.errors import DeployError
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.daemons import daemon_env
+from registry_mirror.platforms.local.fanout import FANOUT
 from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
 from registry_mirror.platforms.local.seaweedfs import SEAWEEDFS_PARTS, stop_seaweedfs_part
 from registry_mirror.platforms.local.state import HUB_PARTS, StackState
@@ -95,7 +96,7 @@ def test_a_machine_restart_leaves_stale_state_and_deploy_brings_the_stack_back(l
 # The S3 relay is left out to save a SeaweedFS restart: the s3-down drill stops it and the triage
 # runbook's redeploy brings it back (tests/integration/test_incident_triage.py).
 @pytest.mark.parametrize("component", [*(p for p in SEAWEEDFS_PARTS if p != "s3-relay"), *HUB_PARTS, "mirror",
-                                       "proxy", "router"])
+                                       FANOUT, "proxy", "router"])
 def test_a_killed_component_is_named_and_the_next_deploy_restores_it_without_orphans(
         life: LocalPlatform, component: str) -> None:
     life.deploy()
@@ -115,7 +116,7 @@ def test_a_killed_component_is_named_and_the_next_deploy_restores_it_without_orp
     now = _records(life)
     assert all(r.alive() for r in now.values())
     assert {"mirror" if n.startswith("mirror-") else n for n in now} == {
-        *SEAWEEDFS_PARTS, *HUB_PARTS, "mirror", "proxy", "router"}
+        *SEAWEEDFS_PARTS, *HUB_PARTS, "mirror", FANOUT, "proxy", "router"}
     assert sum(n.startswith("mirror-") for n in now) == life.settings.registry.instances
     for old in records.values():
         if now.get(old.name) != old:

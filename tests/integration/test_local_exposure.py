@@ -107,7 +107,9 @@ def test_another_stacks_workers_cannot_connect_to_this_stacks_sockets(stack: Loc
             os.umask(old)
         listener.listen()
         theirs = Attempt("their socket", "unix", (str(other.shared / "mirror-1-0.sock"),))
-        ours = [Attempt(f"our {p.name}", "unix", (str(p),)) for p in [stack.paths.proxy_socket, *stack.mirror_sockets()]]
+        ours = [Attempt(f"our {p.name}", "unix", (str(p),)) for p in [stack.paths.proxy_socket, *stack.mirror_sockets(),
+                                                                     stack.paths.fanout_socket,
+                                                                     stack.paths.mirror_pass_socket]]
         as_other = run_as(other.user, [theirs, *ours])
         as_own = run_as(own.user, [theirs, *ours])
         listener.close()

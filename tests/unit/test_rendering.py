@@ -35,6 +35,7 @@ from registry_mirror.registry_config import (
     registry_env,
 )
 from registry_mirror.rendering import (
+    BUILDPACK_HOME,
     BUILDPACK_INSTANCE_IP,
     BUILDPACK_MIRROR_ROUTE,
     BUILDPACK_NAMESERVERS,
@@ -96,7 +97,11 @@ def test_local_security_proxy_conf_passes_nginx_t(tmp_path: Path) -> None:
     text = render_nginx_conf(rules, target, real_ip_from=["unix:", *rules.trusted_routers])
     _nginx_t(tmp_path, "proxy", text)
     # What it says, beyond being accepted.
-    assert re.findall(r"set_real_ip_from (\S+);", text) == ["unix:"]
+    public, mirror_pass = text.split("\n    server {")[1:]
+    assert re.findall(r"set_real_ip_from (\S+);", text.split("\n    server {")[0]) == ["unix:"]
+    # The proxy's own way to the mirror believes the client address that the public server passed on.
+    assert f"listen unix:{target.mirror_pass_socket};" in mirror_pass and "set_real_ip_from unix:;" in mirror_pass
+    assert "set_real_ip_from" not in public and "access_log off;" in mirror_pass
     for server in sockets:
         assert f"server {server} " in text
     for cidr in rules.allow:
@@ -122,11 +127,12 @@ def test_router_stand_in_conf_passes_nginx_t(tmp_path: Path) -> None:
 
 def _buildpack_substitute(text: str, *, port: int, temp_dir: Path) -> str:
     """What the nginx buildpack does at start, plus temp paths so that nginx -t stays in tmp_path."""
-    for placeholder in (BUILDPACK_PORT, BUILDPACK_NAMESERVERS, BUILDPACK_MIRROR_ROUTE, BUILDPACK_INSTANCE_IP):
+    for placeholder in (BUILDPACK_PORT, BUILDPACK_NAMESERVERS, BUILDPACK_MIRROR_ROUTE, BUILDPACK_INSTANCE_IP,
+                        BUILDPACK_HOME):
         assert placeholder in text, placeholder
     text = (text.replace(BUILDPACK_PORT, str(port)).replace(BUILDPACK_NAMESERVERS, "127.0.0.1")
             .replace(BUILDPACK_MIRROR_ROUTE, "docker-registry-mirror-staging.apps.internal")
-            .replace(BUILDPACK_INSTANCE_IP, "10.255.7.9"))
+            .replace(BUILDPACK_INSTANCE_IP, "10.255.7.9").replace(BUILDPACK_HOME, str(temp_dir)))
     temp = "".join(f"\n    {kind}_temp_path {temp_dir / kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                                 "uwsgi", "scgi"))
     return text.replace("http {", "http {" + temp, 1)
@@ -139,7 +145,8 @@ def test_cf_security_proxy_conf_passes_nginx_t_after_buildpack_substitution(tmp_
     _nginx_t(tmp_path, "cf-proxy", text)
     assert "{{" not in text
     # Exactly this instance (where its Envoy connects from) and the routers: not 127.0.0.1, not the overlay.
-    assert re.findall(r"set_real_ip_from (\S+);", text) == ["10.255.7.9", *EXAMPLE_RULES.trusted_routers]
+    http_level = text.split("\n    server {")[0]
+    assert re.findall(r"set_real_ip_from (\S+);", http_level) == ["10.255.7.9", *EXAMPLE_RULES.trusted_routers]
     # The internal route is re-resolved (a variable in proxy_pass), never pinned at start.
     assert re.search(r"set \$mirror_backend docker-registry-mirror-staging\.apps\.internal;", text)
     assert "proxy_pass http://$mirror_backend:5000;" in text

@@ -58,7 +58,7 @@ class StackConfigs:
         servers = tuple(f"unix:{self.paths.mirror_socket(n)}" for n in mirrors)
         target = NginxTarget.local(prefix, name=name, listen=f"unix:{self.paths.proxy_socket}",
                                    logs=self.paths.logs, upstream_servers=servers, user=self.paths.access.user,
-                                   temp_dir=self.paths.nginx_temp)
+                                   temp_dir=self.paths.nginx_temp, sockets_dir=self.paths.shared)
         # The router stand-in connects over a unix socket: that, and only that, is the trusted hop.
         cache = BlobCache.sized(self.settings.proxy.blob_cache_size, str(self.paths.blob_cache))
         return render_nginx_conf(self.rules, target, real_ip_from=["unix:", *self.rules.trusted_routers],

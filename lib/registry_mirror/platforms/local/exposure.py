@@ -83,8 +83,9 @@ def stranger_attempts(stack: LocalPlatform) -> list[tuple[Attempt, str]]:
     attempts += [(Attempt(f"read {f.relative_to(paths.root) if f != paths.root else 'the stack folder'}", "read",
                           (str(f),)), "refused") for f in files if f.exists()]
     state = StackState.load(paths.state_file)
-    sockets = [paths.proxy_socket, *(paths.mirror_socket(n) for n in state.mirrors),
-               *paths.run.glob("*.sock")]
+    # blob-fanout's socket and the proxy's way to the mirrors for it trust the caller as the proxy's own.
+    sockets = [paths.proxy_socket, *(paths.mirror_socket(n) for n in state.mirrors), paths.fanout_socket,
+               paths.mirror_pass_socket, *paths.run.glob("*.sock")]
     attempts += [(Attempt(f"connect to {s.name}", "unix", (str(s),)), "refused") for s in sockets if s.exists()]
     return attempts
 

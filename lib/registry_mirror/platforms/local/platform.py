@@ -23,6 +23,7 @@ from ...s3_clients import s3_client
 from ...security_rules import SecurityRules
 from ..base import COMPONENTS, CheckFn, PlatformStatus
 from .configs import StackConfigs
+from .fanout import FANOUT, fanout_healthy
 from .mirrors import mirror_healthy, mirror_secret_env, upstream_answers
 from .nginx import nginx_answers
 from .paths import StackPaths
@@ -283,6 +284,8 @@ The mirror answers at {self.public_url} (plain HTTP, loopback only).
                 return mirror_healthy(self.paths.mirror_socket(name))
             if name == "proxy":
                 return nginx_answers(self.paths.proxy_socket)
+            if name == FANOUT:
+                return fanout_healthy(self.paths)
             if name == "router":
                 return nginx_answers((self.local.address, self.local.public_port))
             if name in ("hub", "hub-front"):

@@ -21,6 +21,7 @@ from ...sample_images import SAMPLE_IMAGES, seed_registry
 from . import private_network
 from .configs import Nginx, StackConfigs
 from .daemons import binary
+from .fanout import FANOUT, FANOUT_STOP_SECONDS, fanout_fingerprint, start_fanout
 from .hub_stand_in import hub_seeder, start_hub_stand_in
 from .mirrors import (
     mirror_healthy, mirror_registry_binary, mirror_secret_env, registry_version, start_mirror_instance,
@@ -117,6 +118,8 @@ def stop_recorded(record: ProcessRecord, *, storage_alive: bool = True, drain_de
         if drain_deadline is None:
             drain_deadline = time.monotonic() + mirror_stop_seconds()
         stop_process(record, timeout=max(0.0, drain_deadline - time.monotonic()))
+    elif record.name == FANOUT:
+        stop_process(record, timeout=FANOUT_STOP_SECONDS)
     else:
         stop_process(record)
 
@@ -143,6 +146,7 @@ class Rollout:
         self.ensure_s3()
         self.ensure_upstream()
         self.ensure_mirrors(replace=replace_mirrors)
+        self.ensure_fanout()
         self.ensure_nginx("proxy")
         self.ensure_nginx("router")
         self.steps.run("router", "ready: the public endpoint answers through proxy and mirrors", lambda: Unchanged(
@@ -268,6 +272,22 @@ class Rollout:
         if not steps.dry_run:
             state.fingerprints["mirror"] = fingerprint
 
+    def ensure_fanout(self) -> None:
+        """blob-fanout before the proxy that sends it blobs (until it answers, the proxy's backup way
+        to the mirrors serves them); restarted when its source or command line changed."""
+        state, fingerprint = self.state, fanout_fingerprint(self.paths)
+        if state.running(FANOUT) and state.fingerprints.get(FANOUT) == fingerprint:
+            self.steps.unchanged(FANOUT, "start", f"pid {state.processes[FANOUT].pid}")
+            return
+
+        def start() -> str:
+            self._stop_all((FANOUT,))
+            rec = start_fanout(self.paths, register=self._register, timeout=self.local.ready_timeout_seconds)
+            state.fingerprints[FANOUT] = fingerprint
+            return f"pid {rec.pid}"
+        self.steps.run(FANOUT, "start" if FANOUT not in state.processes else "restart (new build)", start,
+                       detail="unix socket")
+
     def ensure_nginx(self, name: Nginx) -> None:
         state, conf = self.state, self.paths.config / f"{name}.conf"
         text = self.configs.nginx_conf(name, state.mirrors)
@@ -279,6 +299,7 @@ class Rollout:
             def reload() -> str:
                 conf.write_text(text)
                 reload_nginx(state.processes[name], conf=conf, prefix=self.paths.nginx_prefix(name))
+                self._close_sockets(name)
                 return "config changed; reloaded gracefully"
             self.steps.run(name, "reload nginx", reload)
             return
@@ -289,19 +310,26 @@ class Rollout:
                                              else (self.local.address, self.local.public_port))
             # Workers of a master that was killed outlive it and keep serving the old config.
             self._stop_all((name,))
-            if name == "proxy" and self.paths.proxy_socket.exists():
-                self.paths.proxy_socket.unlink()  # left behind by a killed nginx; it would block bind()
+            if name == "proxy":
+                for socket in (self.paths.proxy_socket, self.paths.mirror_pass_socket):
+                    socket.unlink(missing_ok=True)  # left behind by a killed nginx; it would block bind()
             rec = start_nginx(name, conf=conf, prefix=self.paths.nginx_prefix(name),
                               log=self.paths.logs / f"{name}.stderr.log", ready=ready,
                               register=self._register, timeout=self.local.ready_timeout_seconds)
-            if name == "proxy":
-                # nginx makes its unix sockets 0666; the folder alone would guard the trusted hop.
-                self.paths.proxy_socket.chmod(0o660)
+            self._close_sockets(name)
             return f"pid {rec.pid}"
         self.steps.run(name, "start nginx", start,
                        detail=f"http://{self.configs.endpoint}" if name == "router" else "unix socket")
 
     # ------------------------------------------------------------------ helpers
+
+    def _close_sockets(self, name: Nginx) -> None:
+        """nginx makes its unix sockets 0666 (a reload too, for a socket the new config adds); the
+        folder alone would guard the trusted hops."""
+        if name == "proxy":
+            for socket in (self.paths.proxy_socket, self.paths.mirror_pass_socket):
+                if socket.exists():
+                    socket.chmod(0o660)
 
     def _retire(self, victim: str) -> None:
         self.steps.run("proxy", f"remove {victim}", lambda: set_service(

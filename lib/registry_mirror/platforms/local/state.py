@@ -22,7 +22,7 @@ from .seaweedfs import SEAWEEDFS_PARTS
 # Clients' side first, storage last; SeaweedFS's parts in the reverse of their start order.
 # The Docker Hub stand-in's processes: its front (the listener), the registry, the token service.
 HUB_PARTS = ("hub-front", "hub", "hub-token")
-STOP_ORDER = ("router", "proxy", "mirror", *HUB_PARTS, *reversed(SEAWEEDFS_PARTS), "s3")
+STOP_ORDER = ("router", "proxy", "blob-fanout", "mirror", *HUB_PARTS, *reversed(SEAWEEDFS_PARTS), "s3")
 PROCESS_COLUMNS = ["component", "pid", "running", "ready", "in_service", "log"]
 
 

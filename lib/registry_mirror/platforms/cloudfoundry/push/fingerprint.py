@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ....blob_fanout import source_version
 from ..resources import CloudController, Resource
 from ..space import Component
 
@@ -18,7 +19,7 @@ LEGACY_DIGEST_VAR = "MIRROR_RUNBOOK_DIGEST"  # where earlier versions kept it, i
 def fingerprint(component: Component, manifest: str, image: str, nginx_conf: str, secret_env: dict[str, str]) -> str:
     material = [component, manifest, image]
     if component == "proxy":
-        material.append(nginx_conf)
+        material += [nginx_conf, f"blob-fanout {source_version()}"]
     # Hashes of secrets, so rotating a key redeploys; the values never leave this process.
     material += [hashlib.sha256(f"{k}={v}".encode()).hexdigest() for k, v in sorted(secret_env.items())]
     return hashlib.sha256("\n".join(material).encode()).hexdigest()[:20]

@@ -1,4 +1,5 @@
-"""The app's package: the registry image pinned by digest (docker), or the proxy's nginx.conf (bits)."""
+"""The app's package: the registry image pinned by digest (docker), or the proxy's nginx.conf and
+blob-fanout (bits)."""
 from __future__ import annotations
 
 import io
@@ -7,6 +8,7 @@ from typing import Any
 
 from ..resources import Resource
 from ..space import Component, Space
+from ....blob_fanout import BINARY as FANOUT_BINARY, fanout_binary
 from ....credentials import Secret, secret_from_env
 from ....deploy_report import StepRecorder
 from ....errors import DeployError
@@ -41,7 +43,7 @@ def create_package(space: Space, steps: StepRecorder, component: Component, app:
         if done["state"] == "FAILED":
             raise DeployError(f"{name}: package {created['guid']} FAILED: "
                               f"{(done.get('data') or {}).get('error') or 'CF gave no reason'}")
-        return f"package {created['guid']} (nginx.conf, allow-list inside)"
+        return f"package {created['guid']} (nginx.conf, allow-list inside; blob-fanout)"
 
     steps.run(name, "create package", docker if component == "registry" else bits)
     return result
@@ -56,10 +58,15 @@ def image_pull_password(settings: Settings) -> Secret:
 
 
 def proxy_bits(nginx_conf: str) -> bytes:
-    """The proxy app as the nginx buildpack wants it: nginx.conf and mime.types at the root."""
+    """The proxy app as the nginx buildpack wants it: nginx.conf and mime.types at the root, and
+    blob-fanout's binary (built from this checkout) for the sidecar the manifest declares."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("nginx.conf", nginx_conf)
         zf.writestr("mime.types", "types {\n    application/octet-stream bin;\n    application/json json;\n}\n")
         zf.writestr("buildpack.yml", "nginx:\n  version: stable\n")
+        binary = zipfile.ZipInfo(FANOUT_BINARY, date_time=(1980, 1, 1, 0, 0, 0))
+        binary.external_attr = (0o100755 << 16)  # a regular file, executable: CF keeps the zip's modes
+        binary.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(binary, fanout_binary().read_bytes())
     return buffer.getvalue()
