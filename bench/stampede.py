@@ -1,11 +1,13 @@
-"""Big cold layers under a stampede (issue 22, item 4), on a private stack, against a same-run baseline.
+"""Big cold layers under a stampede (issue 22, item 4), on a private stack, against same-run baselines.
 
-The proxy is pointed at one extra mirror instance whose upstream is the Docker Hub stand-in behind a
-relay throttled to RATE bytes/s (as Docker Hub is slower than a local disk). Then:
-  baseline  one client pulls a cold layer through the public endpoint;
-  herd      CLIENTS clients pull another cold layer of the same size at once;
-  herd, long lock    the same with the blob cache lock timeout at 15 minutes (as it was) instead of the
-            rendered 20 s (after which a waiting client goes upstream itself, uncached).
+The Docker Hub stand-in sends blobs at RATE bytes/s per connection (as Docker Hub is slower than a
+local disk; its front rate-limits them, so tokens and manifests are not slowed). Then, each on a layer
+of its own:
+  baseline        one client pulls a cold layer through the public endpoint;
+  herd            CLIENTS clients pull a cold layer at once, as rendered: the blob cache lock holds a
+                  late client 1 s, then blob-fanout joins it to the fill in flight;
+  herd_no_fanout  the same lock, but a late client goes on to the mirror itself (no blob-fanout);
+  herd_lock_15m   no blob-fanout and the lock held for the whole fill (15 minutes, as it once was).
 For each: time to the response headers and to the last byte per client, and the upstream blob GETs.
 A containerd 2.3 client gives up when headers take longer than 30 s: the count of clients past that
 is printed too.
@@ -16,10 +18,8 @@ Results go to bench/results/stampede.json with the machine description.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import socket
 import sys
 import tempfile
 import threading
@@ -28,18 +28,12 @@ from pathlib import Path
 
 from common import ROOT, local_test_settings, machine  # noqa: F401 - also puts the project on sys.path
 
-import yaml
-
 from registry_mirror.access_logs import log_size, read_registry_log
-from registry_mirror.credentials import LocalStackSecrets
 from registry_mirror.http_clients import client_from
 from registry_mirror.platforms.local import LocalPlatform
-from registry_mirror.platforms.local.hub_stand_in import hub_seeder
-from registry_mirror.platforms.local.mirrors import mirror_registry_binary, start_mirror_instance
+from registry_mirror.platforms.local.hub_stand_in import blobs_at_rate, hub_seeder
 from registry_mirror.platforms.local.nginx import reload_nginx
-from registry_mirror.platforms.local.rollout import set_service
 from registry_mirror.platforms.local.state import StackState
-from registry_mirror.processes import free_port, stop_process
 from registry_mirror.sample_images import SampleImage, build_image, seed_registry
 
 ALLOWED = "127.0.0.10"
@@ -48,32 +42,30 @@ HEADER_TIMEOUT = 30.0  # containerd 2.3's fixed response-header timeout
 
 def main() -> int:
     size = int(float(sys.argv[1]) * 2**20) if len(sys.argv) > 1 else 400 * 2**20
-    rate = float(sys.argv[2]) * 2**20 if len(sys.argv) > 2 else 8 * 2**20
+    rate = int(float(sys.argv[2]) * 2**20) if len(sys.argv) > 2 else 8 * 2**20
     clients = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     with tempfile.TemporaryDirectory(prefix="bench-stampede-") as tmp:
         settings = local_test_settings(str(Path(tmp) / "state"))
         stack = LocalPlatform(settings, settings.load_security_rules())
-        relay_port = free_port()
-        relay = ThrottledRelay(("127.0.0.1", relay_port), ("127.0.0.1", settings.local.hub_port), rate)
-        record = None
+        local = settings.local
         try:
             stack.deploy()
-            relay.start()
-            record = _throttled_mirror(stack, f"http://127.0.0.1:{relay_port}")
-            results = {"machine": machine(), "layer_bytes": size, "upstream_bytes_per_s": rate,
-                       "baseline_one_client": _pull(stack, size, 1), "herd": _pull(stack, size, clients)}
-            _blob_lock_timeout(stack, "15m")
-            results["herd_lock_15m"] = _pull(stack, size, clients)
+            front = StackState.load(stack.paths.state_file).processes["hub-front"]
+            with blobs_at_rate(front, config_dir=stack.paths.secrets, logs=stack.paths.logs, address=local.address,
+                               port=local.hub_port, token_port=local.hub_token_port, bytes_per_second=rate):
+                results = {"machine": machine(), "layer_bytes": size, "upstream_bytes_per_s": rate,
+                           "baseline_one_client": _pull(stack, size, 1), "herd": _pull(stack, size, clients)}
+                _proxy_variant(stack, fanout=False, lock_timeout="1s")
+                results["herd_no_fanout"] = _pull(stack, size, clients)
+                _proxy_variant(stack, fanout=False, lock_timeout="15m")
+                results["herd_lock_15m"] = _pull(stack, size, clients)
         finally:
-            if record is not None:
-                stop_process(record)
-            relay.stop()
             stack.down()
     out = ROOT / "bench" / "results" / "stampede.json"
     out.write_text(json.dumps(results, indent=2))
     one = results["baseline_one_client"]
     print(json.dumps(results, indent=2))
-    for name in ("herd", "herd_lock_15m"):
+    for name in ("herd", "herd_no_fanout", "herd_lock_15m"):
         herd = results[name]
         print(f"{name}: headers median {herd['headers_s']['median']:.1f} s, max {herd['headers_s']['max']:.1f} s "
               f"against one client's {one['headers_s']['max']:.1f} s; past {HEADER_TIMEOUT:.0f} s: "
@@ -83,30 +75,21 @@ def main() -> int:
     return 0
 
 
-def _throttled_mirror(stack: LocalPlatform, upstream: str):  # type: ignore[no-untyped-def]
-    """One more mirror instance, configured as the stack's but fetching through the relay; the proxy then
-    sends to it alone."""
-    name = "mirror-throttled"
-    config = stack.configs.mirror_config(name)
-    config["proxy"]["remoteurl"] = upstream
-    path = stack.paths.config / f"{name}.yml"
-    path.write_text(yaml.safe_dump(config))
-    secrets_env = stack.mirror_secret_env(LocalStackSecrets.load_or_create(stack.paths.secrets_file, create=False))
-    started = start_mirror_instance(name, executable=mirror_registry_binary(stack.settings.registry.version),
-                                    config_file=path, socket_path=stack.paths.mirror_socket(name),
-                                    log=stack.paths.logs / f"{name}.log", secrets=secrets_env)
-    set_service(stack.configs, StackState.load(stack.paths.state_file), [name])
-    return started.record
-
-
-def _blob_lock_timeout(stack: LocalPlatform, value: str) -> None:
-    """The proxy's config as deployed, but for the blob cache lock's timeout (its age stays 15 minutes:
-    no second fill starts while the first one runs)."""
+def _proxy_variant(stack: LocalPlatform, *, fanout: bool, lock_timeout: str) -> None:
+    """The proxy's config as deployed, but for the blob cache lock's timeout and whether a blob the
+    cache does not hold goes to blob-fanout (its age stays 15 minutes: no second fill starts while the
+    first one runs)."""
     state = StackState.load(stack.paths.state_file)
     conf = stack.paths.config / "proxy.conf"
     text = stack.configs.nginx_conf("proxy", state.mirrors)
-    assert text.count("proxy_cache_lock_timeout 20s;") == 1
-    conf.write_text(text.replace("proxy_cache_lock_timeout 20s;", f"proxy_cache_lock_timeout {value};"))
+    assert text.count("proxy_cache_lock_timeout 1s;") == 1
+    text = text.replace("proxy_cache_lock_timeout 1s;", f"proxy_cache_lock_timeout {lock_timeout};")
+    if not fanout:
+        primary = f"server unix:{stack.paths.fanout_socket} max_fails=1 fail_timeout=5s;"
+        backup = f"server unix:{stack.paths.mirror_pass_socket} backup;"
+        assert text.count(primary) == 1 and text.count(backup) == 1
+        text = text.replace(primary, "").replace(backup, f"server unix:{stack.paths.mirror_pass_socket};")
+    conf.write_text(text)
     reload_nginx(state.processes["proxy"], conf=conf, prefix=stack.paths.nginx_prefix("proxy"))
 
 
@@ -142,48 +125,6 @@ def _pull(stack: LocalPlatform, size: int, clients: int) -> dict[str, object]:
             "last_byte_s": {"max": max(t[1] for t in timings)},
             "clients_past_header_timeout": sum(h > HEADER_TIMEOUT for h in headers),
             "upstream_blob_gets": gets}
-
-
-class ThrottledRelay:
-    """A TCP relay whose answers (upstream to client) flow at `rate` bytes/s per connection."""
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], rate: float) -> None:
-        self.listen, self.target, self.rate = listen, target, rate
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    async def _serve(self) -> None:
-        sock = socket.create_server(self.listen)
-        await asyncio.start_server(self._relay, sock=sock)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(self._pipe(reader, up_writer, None), self._pipe(up_reader, writer, self.rate))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float | None) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-                await writer.drain()
-                if rate:
-                    await asyncio.sleep(len(chunk) / rate)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
 
 if __name__ == "__main__":

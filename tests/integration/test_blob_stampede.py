@@ -20,8 +20,7 @@ from registry_mirror.access_logs import log_size, read_registry_log
 from registry_mirror.http_clients import client_from
 from registry_mirror.platforms.local import LocalPlatform
 from registry_mirror.platforms.local.fanout import FANOUT
-from registry_mirror.platforms.local.hub_stand_in import hub_front_config, hub_registry_address, hub_seeder
-from registry_mirror.platforms.local.nginx import reload_nginx
+from registry_mirror.platforms.local.hub_stand_in import blobs_at_rate, hub_seeder
 from registry_mirror.platforms.local.state import StackState
 from registry_mirror.processes import wait_until
 from registry_mirror.sample_images import SampleImage, build_image, seed_registry
@@ -33,15 +32,7 @@ pytestmark = pytest.mark.integration
 LAYER = 8 * 2**20
 LATE_CLIENTS = 4
 # 1 MiB/s: the first fill takes about 8 s, long enough that every late client arrives during it.
-TRICKLE = """\
-location ~ ^/v2/.+/blobs/ {{
-            # limit_rate holds back nothing on an unbuffered proxied answer (the front's default).
-            # In memory only: the front's temp folder is not its workers' to write.
-            proxy_buffering on;
-            proxy_max_temp_file_size 0;
-            limit_rate 1m;
-            proxy_pass http://{registry};
-        }}"""
+TRICKLE = 2**20
 
 
 @dataclass
@@ -109,23 +100,12 @@ def _fetch(url: str, into: Fetch, has_bytes: threading.Event) -> None:
 
 @contextmanager
 def _blobs_trickle_from_docker_hub(stack: LocalPlatform) -> Iterator[None]:
-    """The Docker Hub stand-in's front, reloaded with blobs rate-limited; reloaded back afterwards."""
     assert stack.settings.local is not None
-    local, config_dir = stack.settings.local, stack.paths.secrets
-    front = StackState.load(stack.paths.state_file).processes["hub-front"]
-    prefix = config_dir / "hub-front"
-    conf = prefix / "nginx.conf"
-    original = conf.read_text()
-    conf.write_text(hub_front_config(
-        prefix=prefix, logs=stack.paths.logs, address=local.address, port=local.hub_port,
-        token_port=local.hub_token_port, registry=hub_registry_address(config_dir),
-        extra_locations=TRICKLE.format(registry=hub_registry_address(config_dir))))
-    try:
-        reload_nginx(front, conf=conf, prefix=prefix)
+    local = stack.settings.local
+    with blobs_at_rate(StackState.load(stack.paths.state_file).processes["hub-front"], config_dir=stack.paths.secrets,
+                       logs=stack.paths.logs, address=local.address, port=local.hub_port,
+                       token_port=local.hub_token_port, bytes_per_second=TRICKLE):
         yield
-    finally:
-        conf.write_text(original)
-        reload_nginx(front, conf=conf, prefix=prefix)
 
 
 def test_blobs_still_come_from_the_mirror_while_blob_fanout_is_down(shared_stack: LocalPlatform) -> None:

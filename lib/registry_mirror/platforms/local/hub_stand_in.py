@@ -14,7 +14,8 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import bcrypt
@@ -25,7 +26,7 @@ from ...processes import PermanentError, ProcessRecord, free_port, start_process
 from ...registry_auth import RegistryAuth
 from ...registry_build import built_registry
 from .daemons import any_died, daemon_env, died, write_private
-from .nginx import start_nginx
+from .nginx import reload_nginx, start_nginx
 from .hub_token_service import TokenServiceConfig, write_signing_material
 
 # What the stand-in's registry runs: the release whose tag paging matches Docker Hub's (see
@@ -123,6 +124,27 @@ def hub_registry_address(config_dir: Path) -> str:
     return str(yaml.safe_load((config_dir / "hub.yml").read_text())["http"]["addr"])
 
 
+@contextmanager
+def blobs_at_rate(front: ProcessRecord, *, config_dir: Path, logs: Path, address: str, port: int, token_port: int,
+                  bytes_per_second: int) -> Iterator[None]:
+    """Docker Hub slow for blobs (each answer sent at `bytes_per_second`) while the block runs: the
+    front is reloaded with a rate-limited blob location, and with its own config again afterwards.
+    Tokens and manifests are not slowed, and the realm stays where the mirrors send credentials."""
+    prefix = config_dir / "hub-front"
+    conf = prefix / "nginx.conf"
+    original = conf.read_text()
+    registry = hub_registry_address(config_dir)
+    conf.write_text(hub_front_config(prefix=prefix, logs=logs, address=address, port=port, token_port=token_port,
+                                     registry=registry, extra_locations=_SLOW_BLOBS.format(
+                                         registry=registry, rate=bytes_per_second)))
+    try:
+        reload_nginx(front, conf=conf, prefix=prefix)
+        yield
+    finally:
+        conf.write_text(original)
+        reload_nginx(front, conf=conf, prefix=prefix)
+
+
 def _listens(where: str) -> bool:
     host, _, port = where.rpartition(":")
     try:
@@ -150,6 +172,16 @@ def upstream_authenticates(url: str, username: str, password: str, *, timeout: f
     except requests.HTTPError as exc:  # the token service refused the credentials: waiting will not help
         raise PermanentError(f"token service refused the upstream credentials: {exc}") from None
 
+
+_SLOW_BLOBS = """\
+location ~ ^/v2/.+/blobs/ {{
+            # limit_rate holds nothing back on an unbuffered answer (the front's default); in memory
+            # only, as the front's temp folder is not its workers' to write.
+            proxy_buffering on;
+            proxy_max_temp_file_size 0;
+            limit_rate {rate};
+            proxy_pass http://{registry};
+        }}"""
 
 _FRONT = """\
 # STAND-IN for Docker Hub's front: auth.docker.io's /token and the registry on one listener.
