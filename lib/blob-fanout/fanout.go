@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log"
 	"net"
@@ -121,7 +124,8 @@ func (f *Fanout) join(r *http.Request) (*fill, error) {
 	}
 	// Unlinked at once: the bytes live as long as someone reads them, and a crash leaves nothing.
 	_ = os.Remove(file.Name())
-	fl := &fill{file: file, readers: 1, changed: make(chan struct{}), started: time.Now()}
+	fl := &fill{file: file, readers: 1, changed: make(chan struct{}), started: time.Now(),
+		digest: r.URL.Path[strings.LastIndex(r.URL.Path, ":")+1:]}
 	f.fills[r.URL.Path] = fl
 	// The fetch belongs to every reader, not to the client that started it: it runs to its end even
 	// if that client goes (the registry keeps the blob in S3 only after a whole fetch).
@@ -174,6 +178,14 @@ func (f *Fanout) passThrough(w http.ResponseWriter, r *http.Request) {
 type fill struct {
 	file    *os.File
 	started time.Time
+	digest  string // the hex the path names
+
+	// For a 200, the bytes are checked against the digest as they are spooled, and every answer holds
+	// its last byte back until they match: a cache in front never keeps a blob that is not the one
+	// asked for (the registry serves what S3 holds without checking it), and a client sees a broken
+	// transfer instead.
+	verify bool
+	hash   hash.Hash
 
 	mu         sync.Mutex
 	changed    chan struct{} // closed (and replaced) whenever anything below changes
@@ -191,6 +203,9 @@ type fill struct {
 func (fl *fill) publishHeader(status int, header http.Header, length int64) {
 	fl.mu.Lock()
 	fl.status, fl.header, fl.length, fl.haveHeader = status, header, length, true
+	if status == http.StatusOK {
+		fl.verify, fl.hash = true, sha256.New()
+	}
 	fl.notifyLocked()
 	fl.mu.Unlock()
 }
@@ -203,6 +218,9 @@ func (fl *fill) copyBody(body io.Reader, idleTimeout time.Duration) error {
 			if _, werr := fl.file.Write(buf[:n]); werr != nil {
 				return fmt.Errorf("spool write failed: %w", werr)
 			}
+			if fl.verify {
+				fl.hash.Write(buf[:n])
+			}
 			fl.mu.Lock()
 			fl.written += int64(n)
 			fl.notifyLocked()
@@ -213,6 +231,11 @@ func (fl *fill) copyBody(body io.Reader, idleTimeout time.Duration) error {
 			defer fl.mu.Unlock()
 			if fl.length >= 0 && fl.written != fl.length {
 				return fmt.Errorf("the mirror sent %d of %d bytes", fl.written, fl.length)
+			}
+			if fl.verify {
+				if got := hex.EncodeToString(fl.hash.Sum(nil)); got != fl.digest {
+					return fmt.Errorf("the mirror's bytes are sha256:%s, not the digest asked for", got)
+				}
 			}
 			return nil
 		}
@@ -258,6 +281,9 @@ func (fl *fill) serve(w http.ResponseWriter, r *http.Request) {
 	for {
 		fl.mu.Lock()
 		haveHeader, written, done, err, changed := fl.haveHeader, fl.written, fl.done, fl.err, fl.changed
+		if fl.verify && !(done && err == nil) && written > 0 {
+			written-- // the last byte waits for the digest to match
+		}
 		fl.mu.Unlock()
 
 		if !sentHeader && haveHeader {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"io"
 	"log"
 	"net/http"
@@ -15,14 +17,21 @@ import (
 	"time"
 )
 
-const blob = "/v2/library/big/blobs/sha256:" + "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12"
-
-// slowMirror serves `body` for blob GETs in pieces, each sent only when the test releases it.
+// slowMirror serves `body` for GETs of `path` in pieces, each sent only when the test releases it.
 type slowMirror struct {
+	path    string
 	body    []byte
 	release chan struct{}
 	gets    int32
 	failAt  int // cut the connection after this many bytes (0: never)
+}
+
+// newMirror serves `size` random bytes under the path their digest names.
+func newMirror(t *testing.T, size int) *slowMirror {
+	body := randomBody(t, size)
+	sum := sha256.Sum256(body)
+	return &slowMirror{path: "/v2/library/big/blobs/sha256:" + hex.EncodeToString(sum[:]), body: body,
+		release: make(chan struct{})}
 }
 
 func (m *slowMirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -32,12 +41,12 @@ func (m *slowMirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	atomic.AddInt32(&m.gets, 1)
-	if r.URL.Path != blob {
+	if r.URL.Path != m.path {
 		w.Write([]byte("{}"))
 		return
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(m.body)))
-	w.Header().Set("Docker-Content-Digest", "sha256:ab12")
+	w.Header().Set("Docker-Content-Digest", m.path[strings.LastIndex(m.path, "/")+1:])
 	w.WriteHeader(http.StatusOK)
 	w.(http.Flusher).Flush()
 	piece := len(m.body) / 4
@@ -76,15 +85,15 @@ func randomBody(t *testing.T, size int) []byte {
 }
 
 func TestClientsArrivingDuringAFillGetHeadersAtOnceAndShareOneFetch(t *testing.T) {
-	mirror := &slowMirror{body: randomBody(t, 4<<20), release: make(chan struct{})}
+	mirror := newMirror(t, 4<<20)
 	fanout := setup(t, mirror)
 
-	first := get(t, fanout.URL+blob)
+	first := get(t, fanout.URL+mirror.path)
 	mirror.release <- struct{}{} // a quarter is spooled; the rest waits on the test
 	// Clients that arrive now get their headers while three quarters are still upstream.
 	var late []*http.Response
 	for i := 0; i < 5; i++ {
-		resp, err := http.Get(fanout.URL + blob)
+		resp, err := http.Get(fanout.URL + mirror.path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,10 +122,11 @@ func TestClientsArrivingDuringAFillGetHeadersAtOnceAndShareOneFetch(t *testing.T
 }
 
 func TestAFillThatBreaksBreaksEveryAnswerInsteadOfEndingItShort(t *testing.T) {
-	mirror := &slowMirror{body: randomBody(t, 1<<20), release: make(chan struct{}), failAt: 1 << 19}
+	mirror := newMirror(t, 1<<20)
+	mirror.failAt = 1 << 19
 	fanout := setup(t, mirror)
-	first := get(t, fanout.URL+blob)
-	second := get(t, fanout.URL+blob)
+	first := get(t, fanout.URL+mirror.path)
+	second := get(t, fanout.URL+mirror.path)
 	go mirror.releaseChunks(3)
 	for _, resp := range []*http.Response{first, second} {
 		got, err := io.ReadAll(resp.Body)
@@ -128,7 +138,7 @@ func TestAFillThatBreaksBreaksEveryAnswerInsteadOfEndingItShort(t *testing.T) {
 	// The next request starts a new fill.
 	mirror.failAt = 0
 	go mirror.releaseChunks(4)
-	resp := get(t, fanout.URL+blob)
+	resp := get(t, fanout.URL+mirror.path)
 	got, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil || !bytes.Equal(got, mirror.body) {
@@ -137,10 +147,10 @@ func TestAFillThatBreaksBreaksEveryAnswerInsteadOfEndingItShort(t *testing.T) {
 }
 
 func TestAClientThatLeavesDoesNotStopTheFillForTheOthers(t *testing.T) {
-	mirror := &slowMirror{body: randomBody(t, 1<<20), release: make(chan struct{})}
+	mirror := newMirror(t, 1<<20)
 	fanout := setup(t, mirror)
-	first := get(t, fanout.URL+blob)
-	second := get(t, fanout.URL+blob)
+	first := get(t, fanout.URL+mirror.path)
+	second := get(t, fanout.URL+mirror.path)
 	first.Body.Close()
 	go mirror.releaseChunks(4)
 	got, err := io.ReadAll(second.Body)
@@ -150,17 +160,31 @@ func TestAClientThatLeavesDoesNotStopTheFillForTheOthers(t *testing.T) {
 	}
 }
 
-func TestHeadsRangesAndOtherPathsPassThrough(t *testing.T) {
-	mirror := &slowMirror{body: []byte("01234567"), release: make(chan struct{}, 4)}
+func TestBytesThatAreNotTheDigestNeverEndAnAnswer(t *testing.T) {
+	mirror := newMirror(t, 1<<20)
+	mirror.body[len(mirror.body)-1] ^= 0xff // S3 handed the registry something else
 	fanout := setup(t, mirror)
-	resp, err := http.Head(fanout.URL + blob)
+	resp := get(t, fanout.URL+mirror.path)
+	go mirror.releaseChunks(4)
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || len(got) >= len(mirror.body) {
+		t.Fatalf("a client read %d of %d bytes, err %v: an answer that looks whole", len(got), len(mirror.body), err)
+	}
+}
+
+func TestHeadsRangesAndOtherPathsPassThrough(t *testing.T) {
+	mirror := newMirror(t, 8)
+	mirror.release = make(chan struct{}, 4)
+	fanout := setup(t, mirror)
+	resp, err := http.Head(fanout.URL + mirror.path)
 	if err != nil || resp.Header.Get("X-Head") != "yes" {
 		t.Fatalf("HEAD was not passed through: %v %v", err, resp.Header)
 	}
 	for i := 0; i < 4; i++ {
 		mirror.release <- struct{}{}
 	}
-	req, _ := http.NewRequest(http.MethodGet, fanout.URL+blob, nil)
+	req, _ := http.NewRequest(http.MethodGet, fanout.URL+mirror.path, nil)
 	req.Header.Set("Range", "bytes=0-3")
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
@@ -181,7 +205,7 @@ func TestAMirrorThatCannotBeReachedGivesA502(t *testing.T) {
 	upstream, _ := NewUpstream("unix:/nonexistent/mirror.sock", time.Second)
 	fanout := httptest.NewServer(NewFanout(upstream, t.TempDir(), time.Second, log.New(io.Discard, "", 0)))
 	defer fanout.Close()
-	resp := get(t, fanout.URL+blob)
+	resp := get(t, fanout.URL+newMirror(t, 8).path)
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "UNAVAILABLE") {
 		t.Fatalf("status %d body %q", resp.StatusCode, body)
