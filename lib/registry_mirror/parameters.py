@@ -245,12 +245,26 @@ class StorageSettings(_Model):
     root_directory: str = Field(default="/", pattern=r"^/[A-Za-z0-9._/-]*$")
 
 
+# The proxy's manifest cache on disk (rendering.ManifestCache): a fixed size, manifests being small.
+PROXY_MANIFEST_CACHE_MB = 64
+
+
+def size_mb(size: str) -> int:
+    """A params size (256M, 1G, 512MB, or 0) in MB, as CC counts memory and disk."""
+    number = size.rstrip("BGM")
+    return int(number) * (1024 if "G" in size else 1)
+
+
 class ProxySettings(_Model):
     instances: int = Field(ge=1, le=64)
     memory: Size
     security_rules_file: str | None = None  # private file (allow/deny/trusted_routers) read at run time
     security_rules: SecurityRules | None = None  # inline rules: only for the local environment
     blob_cache_size: CacheSize = "0"  # on-disk blob cache per proxy instance; 0 turns it off
+    # Each proxy instance's disk on Cloud Foundry (the app's disk_quota): its caches, and every cold
+    # layer in flight twice (nginx's copy for the cache and blob-fanout's spool). CC's default maximum
+    # is 2G; the caches may take at most half of it.
+    disk_quota: CacheSize = "2G"
     expose_catalog: bool = False  # /v2/_catalog lists every cached repository: refused unless true
     # A tag's manifest is served from the proxy for this long without asking Docker Hub; after that it
     # is revalidated in the background while the cached copy is served, and served stale while the
@@ -360,6 +374,11 @@ class Settings(_Model):
                 raise KeyedValueError(("registry", "image"), "must be an image pinned by digest on cloudfoundry")
             if self.environment == "local":
                 raise KeyedValueError("environment", "local runs on platform local only")
+            caches = size_mb(self.proxy.blob_cache_size) + PROXY_MANIFEST_CACHE_MB
+            if caches > size_mb(self.proxy.disk_quota) // 2:
+                raise KeyedValueError(("proxy", "blob_cache_size"), f"plus the {PROXY_MANIFEST_CACHE_MB}M manifest cache "
+                                      f"must fit in half of proxy.disk_quota ({self.proxy.disk_quota}): the other "
+                                      "half holds the layers in flight")
         if self.environment == "production" and self.on_failure != "cancel":
             raise KeyedValueError("on_failure", "must be cancel in production (roll back a failed deployment)")
         if self.environment != "local":

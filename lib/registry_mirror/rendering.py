@@ -10,7 +10,7 @@ import jinja2
 
 from .blob_fanout import BINARY as FANOUT_BINARY, fanout_argv
 from .errors import ParameterError
-from .parameters import PROJECT_ROOT, Settings
+from .parameters import PROJECT_ROOT, PROXY_MANIFEST_CACHE_MB, Settings
 from .registry_config import registry_config, registry_env, S3Location, Listener
 from .security_rules import SecurityRules
 
@@ -101,7 +101,7 @@ class ManifestCache:
     path: str
     tag_seconds: int = 60
     timeout_seconds: int = 15
-    max_size: str = "64m"  # manifests are a few KB: room for thousands within a CF disk quota
+    max_size: str = f"{PROXY_MANIFEST_CACHE_MB}m"  # manifests are a few KB: thousands fit
 
     @classmethod
     def from_settings(cls, settings: Settings, path: str) -> ManifestCache:
@@ -180,7 +180,7 @@ def render_cf_manifests(settings: Settings, rules: SecurityRules, *, s3: S3Locat
                      memory=settings.registry.memory, image=settings.registry.image, route=cf.mirror_route,
                      env=env)
     proxy = _render("cf/proxy-manifest.yml.j2", app=cf.proxy_app, instances=settings.proxy.instances,
-                    memory=settings.proxy.memory, route=cf.proxy_route, mirror_route=cf.mirror_route,
+                    memory=settings.proxy.memory, disk_quota=settings.proxy.disk_quota, route=cf.proxy_route, mirror_route=cf.mirror_route,
                     fanout=CF_FANOUT_SIDECAR)
     return CfManifests(mirror=mirror, proxy=proxy, mirror_env=env,
                        proxy_nginx_conf=render_nginx_conf(

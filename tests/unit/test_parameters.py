@@ -163,6 +163,10 @@ BAD_FILES = [
     pytest.param(Bad("local", "registry.replicas", "unknown key", _set("registry.replicas", 2)),
                  id="unknown-nested-key"),
     pytest.param(Bad("local", "proxy", "missing key", _delete("proxy")), id="missing-top-level-key"),
+    pytest.param(Bad("staging", "proxy.blob_cache_size", "half of proxy.disk_quota",
+                     _set("proxy.blob_cache_size", "1G")), id="cf-caches-leave-no-room-for-layers-in-flight"),
+    pytest.param(Bad("staging", "proxy.disk_quota", "a size such as", _set("proxy.disk_quota", "lots")),
+                 id="disk-quota-not-a-size"),
     pytest.param(Bad("staging", "cloudfoundry.mirror_route", "missing key", _delete("cloudfoundry.mirror_route")),
                  id="missing-nested-key"),
     # types (strict: nothing is coerced)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .resources import CloudController, Resource
 from .services import S3_OFFERING
 from .session import CfApiError, CfSession
-from ...parameters import CloudFoundrySettings, Settings
+from ...parameters import CloudFoundrySettings, Settings, size_mb
 from ...preflight import Check
 
 # CC takes `options.max_in_flight` on deployments from API 3.173.0 on (cloud_controller_ng PR #3907,
@@ -111,8 +111,8 @@ def _quota(cc: CloudController, settings: Settings, *, first_deploy: bool) -> Ch
     deploy, else max_in_flight extra instances of the larger app while a rolling deployment runs."""
     cf = settings.cloudfoundry
     assert cf is not None
-    apps = [(settings.registry.instances, _mb(settings.registry.memory)), (settings.proxy.instances,
-                                                                           _mb(settings.proxy.memory))]
+    apps = [(settings.registry.instances, size_mb(settings.registry.memory)), (settings.proxy.instances,
+                                                                           size_mb(settings.proxy.memory))]
     if first_deploy:
         need_instances, need_mb = sum(n for n, _ in apps), sum(n * mb for n, mb in apps)
     else:
@@ -129,9 +129,3 @@ def _quota(cc: CloudController, settings: Settings, *, first_deploy: bool) -> Ch
     if problems:
         return Check("org quota", False, f"the quota of {cf.org} has no room for " + " and ".join(problems))
     return Check("org quota", True, f"room for {need_instances} instance(s), {need_mb} MB")
-
-
-def _mb(size: str) -> int:
-    """A params memory size (256M, 1G, 512MB) in MB, as CC counts quota."""
-    number = size.rstrip("BGM")
-    return int(number) * (1024 if "G" in size else 1)
