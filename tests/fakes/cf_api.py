@@ -129,6 +129,16 @@ _JSON = "application/json; charset=utf-8"
 _ACTIVE_STATES = ("DEPLOYING", "PREPAUSED", "PAUSED", "CANCELING")  # DeploymentModel::ACTIVE_STATES
 # ProcessScale::SidecarMemoryLessThanProcessMemory (app/actions/process_scale.rb)
 _SCALE_BELOW_SIDECARS = "The requested memory allocation is not large enough to run all of your sidecar processes"
+# CC's `maximum_app_disk_in_mb` (config default 2048): a process's disk above it fails its validation
+# (app/models/runtime/constraints/max_disk_quota_policy.rb).
+MAXIMUM_APP_DISK_IN_MB = 2048
+
+
+def _disk_refused(disk_in_mb: int) -> str | None:
+    if disk_in_mb > MAXIMUM_APP_DISK_IN_MB:
+        return (f"Disk quota too much disk requested (requested {disk_in_mb} MB - must be less than "
+                f"{MAXIMUM_APP_DISK_IN_MB} MB)")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1906,9 +1916,14 @@ class FakeCloudFoundry:
                            "Cannot scale this process while a deployment is in flight.")
         if self._sidecar_memory_refused(process, memory):
             raise _unprocessable(_SCALE_BELOW_SIDECARS)  # ProcessesController#scale
+        disk = body.get("disk_in_mb", process.disk_in_mb)
+        if not isinstance(disk, int) or isinstance(disk, bool) or disk < 1:
+            raise _unprocessable("Disk in mb must be greater than 0")  # ProcessScaleMessage
+        if refused := _disk_refused(disk):
+            raise _unprocessable(refused)
         if app.state == "STARTED" and instances > process.instances:
             self._check_quota(app, instances - process.instances, process.memory_in_mb)
-        process.memory_in_mb = memory
+        process.memory_in_mb, process.disk_in_mb = memory, disk
         self._boot(process, instances, self.clock())
         process.updated_at = _now()
         return _json_resp(202, self._present_process(process))
@@ -2295,6 +2310,8 @@ class FakeCloudFoundry:
             for process in app.processes:
                 if self._sidecar_memory_refused(process, spec["memory_in_mb"]):
                     raise _JobFailure(_SCALE_BELOW_SIDECARS)
+        if "disk_in_mb" in spec and (refused := _disk_refused(spec["disk_in_mb"])):
+            raise _JobFailure(refused)  # the job prefixes the application's name
         for process in app.processes:
             for key in self._PROCESS_KEYS:
                 if key in spec:

@@ -1217,6 +1217,21 @@ def test_manifest_sidecars_fail_the_job_as_cc_does(api: Api) -> None:
     assert (job["state"], job["errors"][0]["code"], job["errors"][0]["title"]) == ("FAILED", 10001, "CF-UnknownError")
 
 
+def test_a_disk_quota_above_the_foundations_maximum_is_refused(api: Api) -> None:
+    """CC's maximum_app_disk_in_mb (2048 by default): the manifest's job fails, a scale answers 422."""
+    assert api.apply_manifest(proxy_manifest(disk_quota="2G"))["state"] == "COMPLETE"
+    job = api.apply_manifest(proxy_manifest(disk_quota="4G"))
+    assert (job["state"], job["errors"][0]["detail"]) == (
+        "FAILED", "For application 'proxy': Disk quota too much disk requested (requested 4096 MB - must be less "
+        "than 2048 MB)")
+    web = api.get(f"/v3/apps/{api.app_guid('proxy')}/processes/web")
+    assert web["disk_in_mb"] == 2048
+    refused = api.post(f"/v3/processes/{web['guid']}/actions/scale", {"disk_in_mb": 2049}, expect=422)
+    assert refused.json()["errors"][0]["detail"].startswith("Disk quota too much disk requested (requested 2049 MB")
+    assert api.post(f"/v3/processes/{web['guid']}/actions/scale", {"disk_in_mb": 512}, expect=202).json()[
+        "disk_in_mb"] == 512
+
+
 def test_sidecar_endpoints(api: Api) -> None:
     api.apply_manifest(proxy_manifest())
     app_guid = api.app_guid("proxy")
